@@ -1,0 +1,191 @@
+"""Where a heap's bytes live.
+
+A region is a fixed-size, page-aligned byte range that is reserved up front
+and committed by the OS as it is touched:
+
+- ``AnonymousRegion``: a private anonymous mapping (``MAP_NORESERVE``), the
+  memory of a private heap;
+- ``SharedRegion``: a named POSIX shared-memory object, mapped shared, that any
+  process may attach to by name;
+- ``FileRegion``: a file mapped shared, so that the heap persists in it.
+
+Each exposes ``buf`` (the mmap), ``words`` (the same bytes as native 8-byte
+unsigned words) and ``release(start, end)``, which hands whole pages inside
+``[start, end)`` back to the OS; they read as zeros when touched again.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+
+PAGE_SIZE = mmap.PAGESIZE
+
+_SHM_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
+_SHM_DIR = "/dev/shm"
+
+
+def page_round_up(n: int) -> int:
+    return (n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
+def _check_size(size: object) -> int:
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"region size must be an int, not {type(size).__name__}")
+    if size <= 0:
+        raise ValueError(f"region size must be positive, got {size}")
+    return page_round_up(size)
+
+
+class Region:
+    """A mapped byte range. Subclasses decide where the bytes come from."""
+
+    name: str | None = None
+
+    def __init__(self, buf: mmap.mmap) -> None:
+        self.buf = buf
+        self.size = len(buf)
+        self.words = memoryview(buf).cast("Q")
+        self.closed = False
+
+    def release(self, start: int, end: int) -> None:
+        """Give the whole pages inside ``[start, end)`` back to the OS."""
+        lo = page_round_up(start)
+        hi = end & ~(PAGE_SIZE - 1)
+        if hi > lo:
+            self._discard(lo, hi - lo)
+
+    def _discard(self, start: int, length: int) -> None:
+        self.buf.madvise(mmap.MADV_DONTNEED, start, length)
+
+    def close(self) -> None:
+        """Unmap the region. Views handed out earlier must be released first."""
+        if self.closed:
+            return
+        self.words.release()
+        try:
+            self.buf.close()
+        except BufferError:
+            # Someone still holds a view; restore our own so the region stays usable.
+            self.words = memoryview(self.buf).cast("Q")
+            raise
+        self.closed = True
+
+
+class AnonymousRegion(Region):
+    """Private memory: an anonymous mapping reserved without swap accounting."""
+
+    def __init__(self, size: int) -> None:
+        size = _check_size(size)
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
+        super().__init__(mmap.mmap(-1, size, flags=flags))
+
+
+def _shm_path(name: str) -> str:
+    if not isinstance(name, str) or not _SHM_NAME.match(name):
+        raise ValueError(
+            f"shared-memory name must be 1-200 letters, digits, '_', '-' or '.', got {name!r}"
+        )
+    return os.path.join(_SHM_DIR, name)
+
+
+class SharedRegion(Region):
+    """A named POSIX shared-memory object mapped shared.
+
+    On Linux, POSIX shared-memory objects are the files of ``/dev/shm``; this
+    class opens them there so that no resource tracker unlinks a segment
+    behind the program's back when one of its users exits.
+    """
+
+    def __init__(self, name: str, buf: mmap.mmap) -> None:
+        super().__init__(buf)
+        self.name = name
+
+    @classmethod
+    def create(cls, name: str, size: int) -> SharedRegion:
+        path = _shm_path(name)
+        size = _check_size(size)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            buf = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+        except BaseException:
+            os.unlink(path)
+            raise
+        finally:
+            os.close(fd)
+        return cls(name, buf)
+
+    @classmethod
+    def attach(cls, name: str) -> SharedRegion:
+        path = _shm_path(name)
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no shared-memory segment named {name!r}") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                raise ValueError(f"shared-memory segment {name!r} is empty")
+            buf = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+        finally:
+            os.close(fd)
+        return cls(name, buf)
+
+    def _discard(self, start: int, length: int) -> None:
+        # Shared pages are freed with MADV_REMOVE; DONTNEED would only unmap
+        # them from this process.
+        self.buf.madvise(getattr(mmap, "MADV_REMOVE", mmap.MADV_DONTNEED), start, length)
+
+    def unlink(self) -> None:
+        """Remove the name; the memory goes away when the last user unmaps it."""
+        unlink_shared(self.name or "")
+
+    @staticmethod
+    def exists(name: str) -> bool:
+        return os.path.exists(_shm_path(name))
+
+
+def unlink_shared(name: str) -> None:
+    try:
+        os.unlink(_shm_path(name))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no shared-memory segment named {name!r}") from None
+
+
+def list_shared() -> list[str]:
+    """Names of the POSIX shared-memory objects on this machine."""
+    try:
+        return sorted(os.listdir(_SHM_DIR))
+    except FileNotFoundError:
+        return []
+
+
+class FileRegion(Region):
+    """A regular file mapped shared; the heap persists in the file."""
+
+    def __init__(self, path: str | os.PathLike[str], size: int | None = None) -> None:
+        self.path = os.fspath(path)
+        exists = os.path.exists(self.path)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            current = os.fstat(fd).st_size
+            if size is None:
+                if not exists or current == 0:
+                    raise ValueError(f"{self.path}: a new heap file needs a size")
+                size = current
+            size = _check_size(size)
+            if current < size:
+                os.ftruncate(fd, size)  # sparse: blocks are allocated as touched
+            buf = mmap.mmap(fd, max(size, current), flags=mmap.MAP_SHARED)
+        finally:
+            os.close(fd)
+        super().__init__(buf)
+        self.name = self.path
+
+    def _discard(self, start: int, length: int) -> None:
+        self.buf.madvise(getattr(mmap, "MADV_REMOVE", mmap.MADV_DONTNEED), start, length)
+
+    def flush(self) -> None:
+        self.buf.flush()
