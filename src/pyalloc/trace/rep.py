@@ -160,27 +160,11 @@ def _parse_lines(lines: list[str], source: str, name: str) -> Trace:
     while end and not body[end - 1].strip():
         end -= 1
     first_op_line = len(HEADER_FIELDS) + 1
-    if end < num_ops:
-        lineno = first_op_line + end
-        raise TraceFormatError(
-            source,
-            lineno,
-            f"expected op {end + 1} of {num_ops} (header line 3), but the file ends",
-        )
-    if end > num_ops:
-        lineno = first_op_line + num_ops
-        raise TraceFormatError(
-            source,
-            lineno,
-            f"expected the end of the file after {num_ops} ops (header line 3), "
-            f"got {body[num_ops]!r}",
-        )
-
     kinds = {"a": "a", "f": "f", "r": "r"}  # maps to the interned kind strings
     fields_per_kind = _FIELDS_PER_KIND
     ops: list[Op] = []
     append = ops.append
-    for offset in range(num_ops):
+    for offset in range(min(end, num_ops)):
         parts = body[offset].split()
         kind = kinds.get(parts[0]) if parts else None
         if kind is None or len(parts) != fields_per_kind[kind]:
@@ -207,6 +191,21 @@ def _parse_lines(lines: list[str], source: str, name: str) -> Trace:
                 f"expected a size as a non-negative integer, got {parts[2]!r}",
             )
         append(Op(kind, block_id, size))
+    if end < num_ops:
+        lineno = first_op_line + end
+        raise TraceFormatError(
+            source,
+            lineno,
+            f"expected op {end + 1} of {num_ops} (header line 3), but the file ends",
+        )
+    if end > num_ops:
+        lineno = first_op_line + num_ops
+        raise TraceFormatError(
+            source,
+            lineno,
+            f"expected the end of the file after {num_ops} ops (header line 3), "
+            f"got {body[num_ops]!r}",
+        )
     return Trace(ops=ops, num_ids=num_ids, weight=weight, heap_hint=heap_hint, name=name)
 
 

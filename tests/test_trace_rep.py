@@ -1,0 +1,198 @@
+"""The .rep trace format: round trips, gzip, and every malformed input refused."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+from pyalloc.trace.rep import Op, Trace, TraceFormatError, parse_trace, read_trace, write_trace
+
+CLASSIC = Path(__file__).resolve().parents[1].parent / "shared" / "traces" / "classic"
+
+SAMPLE = Trace(
+    ops=[
+        Op("a", 0, 24),
+        Op("a", 1, 0),
+        Op("r", 0, 100),
+        Op("f", 1, 0),
+        Op("r", 2, 8),
+        Op("f", 0, 0),
+        Op("r", 2, 0),
+    ],
+    num_ids=3,
+    weight=2,
+    heap_hint=4096,
+    name="sample",
+)
+
+
+def test_round_trip_plain(tmp_path: Path) -> None:
+    path = tmp_path / "sample.rep"
+    write_trace(SAMPLE, path)
+    assert path.read_bytes()[:2] != b"\x1f\x8b"
+    assert path.read_text().splitlines()[:4] == ["4096", "3", "7", "2"]
+    assert read_trace(path) == SAMPLE
+
+
+def test_round_trip_gzip(tmp_path: Path) -> None:
+    path = tmp_path / "sample.rep.gz"
+    write_trace(SAMPLE, path)
+    raw = path.read_bytes()
+    assert raw[:2] == b"\x1f\x8b"
+    assert gzip.decompress(raw).decode().splitlines()[4] == "a 0 24"
+    assert read_trace(path) == SAMPLE
+
+
+def test_gzip_output_is_reproducible(tmp_path: Path) -> None:
+    first, second = tmp_path / "one.rep.gz", tmp_path / "two.rep.gz"
+    write_trace(SAMPLE, first)
+    write_trace(SAMPLE, second)
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_gzip_contents_detected_without_gz_suffix(tmp_path: Path) -> None:
+    path = tmp_path / "packed.rep"
+    path.write_bytes(gzip.compress(b"0\n1\n1\n1\na 0 5\n"))
+    trace = read_trace(path)
+    assert trace.ops == [Op("a", 0, 5)]
+    assert trace.name == "packed"
+
+
+def test_name_comes_from_file_name(tmp_path: Path) -> None:
+    path = tmp_path / "amptjp-bal.rep.gz"
+    write_trace(SAMPLE, path)
+    assert read_trace(path).name == "amptjp-bal"
+
+
+def test_crlf_tabs_and_trailing_blank_lines_accepted() -> None:
+    text = "1\r\n2\r\n3\r\n1\r\na\t0   16\r\nr 0 32\r\n  f 0  \r\n\r\n   \r\n"
+    trace = parse_trace(text)
+    assert trace.ops == [Op("a", 0, 16), Op("r", 0, 32), Op("f", 0, 0)]
+    assert (trace.heap_hint, trace.num_ids, trace.weight) == (1, 2, 1)
+
+
+def test_empty_trace() -> None:
+    trace = parse_trace("0\n0\n0\n0\n")
+    assert trace.ops == [] and trace.num_ids == 0 and trace.weight == 0
+
+
+def test_parse_reports_given_name() -> None:
+    with pytest.raises(TraceFormatError, match=r"^mine\.rep:5: "):
+        parse_trace("1\n1\n1\n1\nq 0\n", name="mine.rep")
+
+
+MALFORMED = {
+    "empty file": ("", 1, "heap_hint"),
+    "header cut short": ("1\n2\n", 3, "num_ops"),
+    "header word": ("1\nmany\n1\n1\na 0 1\n", 2, "num_ids"),
+    "header negative": ("1\n2\n1\n-1\na 0 1\n", 4, "weight"),
+    "header two numbers": ("1 2\n2\n1\n1\na 0 1\n", 1, "heap_hint"),
+    "header blank": ("1\n\n1\n1\na 0 1\n", 2, "num_ids"),
+    "too few ops": ("1\n2\n3\n1\na 0 1\nf 0\n", 7, "op 3 of 3"),
+    "too many ops": ("1\n2\n1\n1\na 0 1\nf 0\n", 6, "end of the file"),
+    "blank line among ops": ("1\n2\n2\n1\na 0 1\n\nf 0\n", 6, "expected an op"),
+    "unknown kind": ("1\n2\n1\n1\nm 0 1\n", 5, "expected an op"),
+    "upper-case kind": ("1\n2\n1\n1\nA 0 1\n", 5, "expected an op"),
+    "alloc without size": ("1\n2\n1\n1\na 0\n", 5, "expected an op"),
+    "realloc without size": ("1\n2\n1\n1\nr 1\n", 5, "expected an op"),
+    "free with size": ("1\n2\n1\n1\nf 0 8\n", 5, "expected an op"),
+    "alloc extra field": ("1\n2\n1\n1\na 0 8 9\n", 5, "expected an op"),
+    "id out of range": ("1\n2\n1\n1\na 2 8\n", 5, "id in [0, 2)"),
+    "id negative": ("1\n2\n1\n1\nf -1\n", 5, "id in [0, 2)"),
+    "id not a number": ("1\n2\n1\n1\na x 8\n", 5, "id in"),
+    "size negative": ("1\n2\n1\n1\na 0 -8\n", 5, "size"),
+    "size with sign": ("1\n2\n1\n1\na 0 +8\n", 5, "size"),
+    "size with underscore": ("1\n2\n1\n1\nr 0 1_0\n", 5, "size"),
+    "size float": ("1\n2\n1\n1\na 0 8.5\n", 5, "size"),
+    "ids with no room": ("1\n0\n1\n1\na 0 8\n", 5, "id in [0, 0)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_file_names_file_and_line(tmp_path: Path, case: str) -> None:
+    text, lineno, expected = MALFORMED[case]
+    path = tmp_path / "bad.rep"
+    path.write_bytes(text.encode("utf-8"))
+    with pytest.raises(TraceFormatError) as info:
+        read_trace(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:{lineno}: "), message
+    assert expected in message
+    assert info.value.lineno == lineno
+    assert info.value.source == str(path)
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_gzip_file_refused_alike(tmp_path: Path, case: str) -> None:
+    text, lineno, _ = MALFORMED[case]
+    path = tmp_path / "bad.rep.gz"
+    path.write_bytes(gzip.compress(text.encode("utf-8")))
+    with pytest.raises(TraceFormatError, match=rf"^{path}:{lineno}: "):
+        read_trace(path)
+
+
+def test_non_ascii_byte_refused_with_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin.rep"
+    path.write_bytes(b"1\n2\n1\n1\na 0 8\xe9\n")
+    with pytest.raises(TraceFormatError, match=rf"^{path}:5: expected ASCII"):
+        read_trace(path)
+
+
+def test_non_ascii_digit_refused_in_text() -> None:
+    with pytest.raises(TraceFormatError, match=r"^t:5: expected a size"):
+        parse_trace("1\n2\n1\n1\na 0 \u0663\n", name="t")
+
+
+def test_truncated_gzip_refused(tmp_path: Path) -> None:
+    path = tmp_path / "cut.rep.gz"
+    path.write_bytes(gzip.compress(b"1\n2\n1\n1\na 0 8\n")[:-6])
+    with pytest.raises(TraceFormatError, match=rf"^{path}: expected a gzip stream"):
+        read_trace(path)
+
+
+def test_gz_name_with_plain_contents_refused(tmp_path: Path) -> None:
+    path = tmp_path / "plain.rep.gz"
+    path.write_text("1\n2\n1\n1\na 0 8\n")
+    with pytest.raises(TraceFormatError, match=rf"^{path}: expected a gzip stream"):
+        read_trace(path)
+
+
+def test_missing_file_is_an_os_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        read_trace(tmp_path / "absent.rep")
+
+
+def test_format_error_is_a_value_error() -> None:
+    assert issubclass(TraceFormatError, ValueError)
+
+
+@pytest.mark.parametrize(
+    "bad_op",
+    [Op("x", 0, 1), Op("a", 3, 1), Op("a", -1, 1), Op("a", 0, -1), Op("f", 0, 8)],
+)
+def test_write_refuses_invalid_trace(tmp_path: Path, bad_op: Op) -> None:
+    trace = Trace(ops=[Op("a", 0, 8), bad_op], num_ids=3)
+    path = tmp_path / "out.rep"
+    with pytest.raises(ValueError, match="op 1"):
+        write_trace(trace, path)
+    assert not path.exists()
+
+
+def test_write_refuses_negative_header(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="weight"):
+        write_trace(Trace(ops=[], num_ids=0, weight=-1), tmp_path / "out.rep")
+
+
+@pytest.mark.skipif(not CLASSIC.is_dir(), reason="classic traces not present")
+def test_classic_traces_read_and_round_trip(tmp_path: Path) -> None:
+    paths = sorted(CLASSIC.glob("*.rep"))
+    assert paths
+    for path in paths:
+        trace = read_trace(path)
+        assert trace.name == path.stem
+        assert len(trace.ops) == int(path.read_text().split()[2])
+        copy = tmp_path / f"{path.stem}.rep.gz"
+        write_trace(trace, copy)
+        assert read_trace(copy) == trace
