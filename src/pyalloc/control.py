@@ -1,0 +1,45 @@
+"""The control record at the start of every heap region.
+
+Word layout (8-byte words from offset 0)::
+
+    0   MAGIC                 identifies a pyalloc heap
+    1   format                FORMAT_VERSION | policy id << 16
+    2   capacity              bytes of the region the heap may use
+    3   heap_start            offset of the first block header
+    4   brk                   offset of the epilogue header
+    5   peak_footprint        highest brk + 8 ever reached
+    6   header_key            XOR key of stored headers
+    7   tag_secret            secret of the header tags
+    8   link_key              XOR key of free-list links
+    9   hash_probe            tag of a fixed input: detects a process whose
+                              hash function differs from the creator's
+    10  lock                  process-shared lock word (shared heaps)
+    11-23                     reserved for shared heaps (journal, directory)
+    24- policy words          bin heads and bitmaps of the free-block index
+
+Everything a process needs to use the heap is here; nothing about the heap
+lives only in Python objects.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+MAGIC: Final = int.from_bytes(b"pyalloc\x01", "little")
+FORMAT_VERSION: Final = 1
+
+W_MAGIC: Final = 0
+W_FORMAT: Final = 1
+W_CAPACITY: Final = 2
+W_HEAP_START: Final = 3
+W_BRK: Final = 4
+W_PEAK: Final = 5
+W_HEADER_KEY: Final = 6
+W_TAG_SECRET: Final = 7
+W_LINK_KEY: Final = 8
+W_HASH_PROBE: Final = 9
+W_LOCK: Final = 10
+W_RESERVED: Final = 11
+CONTROL_WORDS: Final = 24  # policy words start here
+
+HASH_PROBE_INPUT: Final = (0x5A5A5A5A5A, 0x1234567)

@@ -1,0 +1,673 @@
+"""The engine: malloc, free, realloc and calloc over a region's bytes.
+
+The block format is described in ``layout.py`` and the control record in
+``control.py``; this module owns what happens to blocks:
+
+- malloc asks the policy for a free block of at least ``need`` bytes, splits
+  it when the remainder can hold a minimum block, and otherwise grows the
+  heap like ``sbrk``: the break moves up by exactly what is missing (a free
+  block at the top is extended rather than left behind);
+- free coalesces at once with both neighbours (boundary tags), so no two
+  free blocks touch; a free block of at least TRIM_THRESHOLD at the top is
+  cut down to TOP_PAD and its pages go back to the OS;
+- realloc works in place whenever it can: shrinking splits off the tail,
+  growing takes a free successor or moves the break; otherwise it copies.
+
+Refuse before writing: every operation reads and checks every header, footer
+and link it will depend on before its first write, so a rejected call leaves
+the heap exactly as it was.
+
+Edge cases, each tested:
+- ``malloc(0)`` returns a unique, valid pointer (a minimum block);
+- ``free(0)`` does nothing; ``realloc(0, n)`` is ``malloc(n)``;
+- ``realloc(p, 0)`` frees ``p`` and returns 0;
+- a realloc that cannot be served raises MemoryError and leaves ``p`` intact;
+- a pointer the heap does not own raises InvalidPointerError, a second free
+  DoubleFreeError, metadata that fails its check HeapCorruptionError.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from types import TracebackType
+from typing import Any, Final
+
+from . import control as C
+from .errors import DoubleFreeError, HeapCorruptionError, HeapError, InvalidPointerError
+from .layout import (
+    ALLOCATED,
+    BODY_MASK,
+    HEADER,
+    MAX_BLOCK,
+    MIN_BLOCK,
+    PREV_ALLOCATED,
+    SIZE_MASK,
+    SLACK_MAX,
+    SLACK_SHIFT,
+    TAG_MASK,
+    TAG_SHIFT,
+    block_size,
+    is_allocated,
+    prev_is_allocated,
+    slack_of,
+    tag_of,
+)
+from .policies import POLICIES, policy_by_id, policy_class
+from .policies.base import FreeIndex
+from .regions import AnonymousRegion, Region
+
+DEFAULT_CAPACITY: Final = 256 << 20
+TRIM_THRESHOLD: Final = 1 << 18  # a free top block this large is trimmed ...
+TOP_PAD: Final = 1 << 16  # ... down to this many bytes
+M64: Final = (1 << 64) - 1
+
+assert TOP_PAD >= MIN_BLOCK and TRIM_THRESHOLD > TOP_PAD
+
+__all__ = ["DEFAULT_CAPACITY", "POLICIES", "Heap"]
+
+
+def _check_size(size: object, what: str = "size") -> int:
+    if size.__class__ is not int:
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError(f"{what} must be an int, not {type(size).__name__}")
+        size = int(size)
+    if size < 0:
+        raise ValueError(f"{what} must be >= 0, got {size}")
+    return size
+
+
+def _check_pointer(p: object) -> int:
+    if p.__class__ is not int:
+        if isinstance(p, bool) or not isinstance(p, int):
+            raise TypeError(f"pointer must be an int, not {type(p).__name__}")
+        p = int(p)
+    return p
+
+
+class Heap:
+    """A heap of variable-sized blocks in a private anonymous mapping.
+
+    ``capacity`` is the most bytes the heap may take from its region,
+    control record included; the region is reserved up front and committed
+    by the OS as it is touched. ``policy`` names the free-block index (see
+    ``POLICIES``). With ``lock=True`` (the default) every call holds a
+    per-heap lock, so threads may share the heap.
+    """
+
+    region: Region
+    policy: FreeIndex
+
+    def __init__(
+        self,
+        capacity: int = DEFAULT_CAPACITY,
+        *,
+        policy: str = "segregated",
+        lock: bool = True,
+    ) -> None:
+        capacity = _check_size(capacity, "capacity")
+        policy_cls = policy_class(policy)
+        words = C.CONTROL_WORDS + policy_cls.words_needed(capacity)
+        heap_start = ((words * 8 + HEADER + 15) & ~15) - HEADER
+        if capacity < heap_start + HEADER + MIN_BLOCK:
+            raise ValueError(f"capacity {capacity} is too small for a heap (minimum {heap_start + 40})")
+        if capacity > MAX_BLOCK:
+            raise ValueError(f"capacity {capacity} exceeds the largest heap ({MAX_BLOCK} bytes)")
+        region = AnonymousRegion(capacity)
+        self._format(region, capacity, policy_cls, heap_start)
+        self._bind(region, lock)
+
+    # -- set-up --------------------------------------------------------------
+
+    @staticmethod
+    def _format(region: Region, capacity: int, policy_cls: type[FreeIndex], heap_start: int) -> None:
+        """Write a fresh control record and an empty heap into ``region``."""
+        words = region.words
+        for i in range(heap_start >> 3):
+            words[i] = 0
+        words[C.W_FORMAT] = C.FORMAT_VERSION | policy_cls.policy_id << 16
+        words[C.W_CAPACITY] = capacity
+        words[C.W_HEAP_START] = heap_start
+        words[C.W_BRK] = heap_start
+        words[C.W_PEAK] = heap_start + HEADER
+        key = secrets.randbits(64)
+        secret = secrets.randbits(62)
+        words[C.W_HEADER_KEY] = key
+        words[C.W_TAG_SECRET] = secret
+        words[C.W_LINK_KEY] = secrets.randbits(64) & ~15  # keep the low bits of links readable
+        words[C.W_HASH_PROBE] = tag_of(*C.HASH_PROBE_INPUT, secret)
+        # The epilogue: an allocated block of size 0 whose predecessor (none) is allocated.
+        words[heap_start >> 3] = _stored(ALLOCATED | PREV_ALLOCATED, heap_start, secret, key)
+        words[C.W_MAGIC] = C.MAGIC  # last: a half-written record is not a heap
+
+    def _bind(self, region: Region, lock: bool) -> None:
+        """Load the Python-side caches of the control record."""
+        words = region.words
+        if words[C.W_MAGIC] != C.MAGIC:
+            raise HeapError("the region does not hold a pyalloc heap (bad magic number)")
+        fmt = words[C.W_FORMAT]
+        if fmt & 0xFFFF != C.FORMAT_VERSION:
+            raise HeapError(
+                f"heap format version {fmt & 0xFFFF} is not supported (expected {C.FORMAT_VERSION})"
+            )
+        self.region = region
+        self.words = words
+        self.buf = region.buf
+        self.bytes = memoryview(region.buf)
+        self.capacity = words[C.W_CAPACITY]
+        self.heap_start = words[C.W_HEAP_START]
+        self.brk = words[C.W_BRK]
+        self.header_key = words[C.W_HEADER_KEY]
+        self.tag_secret = words[C.W_TAG_SECRET]
+        self.link_key = words[C.W_LINK_KEY]
+        if words[C.W_HASH_PROBE] != tag_of(*C.HASH_PROBE_INPUT, self.tag_secret):
+            raise HeapError("this heap was written by a Python whose hash function differs")
+        self.policy = policy_by_id(fmt >> 16)(self, C.CONTROL_WORDS)
+        self._lock = threading.Lock()
+        self._closed = False
+        if not lock:
+            # The unlocked entry points replace the locking wrappers on this instance.
+            self.malloc = self._malloc  # type: ignore[method-assign]
+            self.free = self._free  # type: ignore[method-assign]
+            self.realloc = self._realloc  # type: ignore[method-assign]
+
+    # -- header words ----------------------------------------------------------
+
+    def _header(self, b: int) -> int:
+        """The body of the header at ``b``, or -1 if it fails its tag."""
+        plain = self.words[b >> 3] ^ self.header_key
+        body = plain & BODY_MASK
+        if plain >> TAG_SHIFT != hash((body, b ^ self.tag_secret)) & TAG_MASK:
+            return -1
+        return body
+
+    def _set_header(self, b: int, body: int) -> None:
+        self.words[b >> 3] = _stored(body, b, self.tag_secret, self.header_key)
+
+    def _set_free(self, b: int, size: int) -> None:
+        """Header and footer of a free block whose predecessor is allocated."""
+        word = _stored(size | PREV_ALLOCATED, b, self.tag_secret, self.header_key)
+        words = self.words
+        words[b >> 3] = word
+        words[(b + size - 8) >> 3] = word
+
+    def free_block_size(self, b: int) -> int:
+        """Size of the free block at ``b``; HeapCorruptionError if it is not one."""
+        if not (self.heap_start <= b < self.brk and b & 15 == 8):
+            raise HeapCorruptionError(f"free-list link to offset {b:#x} is outside the heap")
+        body = self._header(b)
+        if body < 0:
+            raise HeapCorruptionError(f"header of free block {b + 8} is corrupted")
+        if body & ALLOCATED:
+            raise HeapCorruptionError(f"free list holds block {b + 8}, which is allocated")
+        return body & SIZE_MASK
+
+    def _live_header(self, p: int) -> int:
+        """Validate ``p`` as a live block's payload; return its header body."""
+        b = p - HEADER
+        if not (self.heap_start <= b and p + 24 <= self.brk and p & 15 == 0):
+            if p == 0:
+                raise InvalidPointerError("NULL is not a block")
+            raise InvalidPointerError(f"pointer {p} is not in this heap or not aligned")
+        body = self._header(b)
+        if body < 0:
+            self._explain_bad_header(p)
+        if not body & ALLOCATED:
+            raise DoubleFreeError(f"block {p} is already free")
+        if b + (body & SIZE_MASK) > self.brk or body & SIZE_MASK < MIN_BLOCK:
+            raise HeapCorruptionError(f"header of block {p} holds an impossible size")
+        return body
+
+    def _explain_bad_header(self, p: int) -> None:
+        """A pointer's header failed its tag: tell a stray pointer from corruption.
+
+        Walks the blocks from the start; only reached on an error.
+        """
+        target = p - HEADER
+        b = self.heap_start
+        brk = self.brk
+        while b < brk:
+            if b == target:
+                raise HeapCorruptionError(f"header of block {p} is corrupted")
+            body = self._header(b)
+            if body < 0:
+                raise HeapCorruptionError(
+                    f"header of block {b + 8} is corrupted (found while checking pointer {p})"
+                )
+            size = body & SIZE_MASK
+            if size < MIN_BLOCK:
+                raise HeapCorruptionError(f"header of block {b + 8} holds an impossible size")
+            if b < target < b + size:
+                raise InvalidPointerError(f"pointer {p} lies inside block {b + 8}, not at its start")
+            b += size
+        raise InvalidPointerError(f"pointer {p} is not a block of this heap")
+
+    def _next_header(self, n: int) -> int:
+        """Header body of the block at ``n`` that follows a block being changed."""
+        body = self._header(n)
+        if body < 0:
+            raise HeapCorruptionError(f"header of block {n + 8} is corrupted")
+        if not body & PREV_ALLOCATED:
+            raise HeapCorruptionError(f"block {n + 8} says its allocated predecessor is free")
+        return body
+
+    def _free_neighbour(self, b: int, body: int) -> int:
+        """Size of the free block at ``b`` (header ``body``), footer and links checked."""
+        size = body & SIZE_MASK
+        end = b + size
+        if size < MIN_BLOCK or end > self.brk:
+            raise HeapCorruptionError(f"free block {b + 8} holds an impossible size")
+        if self.words[(end - 8) >> 3] != self.words[b >> 3]:
+            raise HeapCorruptionError(f"footer of free block {b + 8} does not match its header")
+        self.policy.validate(b, size)
+        return size
+
+    def _free_predecessor(self, b: int) -> int:
+        """Offset of the free block before ``b``, found through its footer."""
+        footer = self.words[(b - 8) >> 3]
+        size = (footer ^ self.header_key) & SIZE_MASK
+        pb = b - size
+        if size < MIN_BLOCK or pb < self.heap_start:
+            raise HeapCorruptionError(f"footer before block {b + 8} is corrupted")
+        body = self._header(pb)
+        if body < 0 or body & ALLOCATED or self.words[pb >> 3] != footer:
+            raise HeapCorruptionError(f"free block before {b + 8} has a bad header or footer")
+        self._free_neighbour(pb, body)
+        return pb
+
+    def _set_brk(self, brk: int) -> None:
+        words = self.words
+        self.brk = brk
+        words[C.W_BRK] = brk
+        if brk + HEADER > words[C.W_PEAK]:
+            words[C.W_PEAK] = brk + HEADER
+
+    # -- malloc ----------------------------------------------------------------
+
+    def malloc(self, size: int) -> int:
+        """Allocate ``size`` bytes; return the 16-byte-aligned payload offset.
+
+        MemoryError when the heap cannot grow enough. ``malloc(0)`` returns a
+        unique pointer to a minimum block.
+        """
+        with self._lock:
+            return self._malloc(size)
+
+    def _malloc(self, size: int) -> int:
+        if size.__class__ is not int or size < 0:
+            size = _check_size(size)
+        # layout.block_size_for, inlined
+        need = (size + 23) & ~15
+        if need < MIN_BLOCK:
+            need = MIN_BLOCK
+        if need > self.capacity:
+            raise MemoryError(f"cannot allocate {size} bytes: the heap's capacity is {self.capacity}")
+        b = self.policy.find(need)
+        if b:
+            self._place(b, need, size)
+        else:
+            b = self._extend(need, size)
+        return b + HEADER
+
+    def _place(self, b: int, need: int, size: int) -> None:
+        """Allocate ``need`` bytes at the start of the free block ``b``."""
+        have = self.free_block_size(b)
+        rest = have - need
+        if rest >= MIN_BLOCK:
+            self.policy.remove(b, have)
+            self._set_header(b, _allocated_body(need, size))
+            r = b + need
+            self._set_free(r, rest)
+            self.policy.insert(r, rest)
+        else:
+            n = b + have
+            nbody = self._header(n)
+            if nbody < 0:
+                raise HeapCorruptionError(f"header of block {n + 8} is corrupted")
+            self.policy.remove(b, have)
+            self._set_header(b, _allocated_body(have, size))
+            self._set_header(n, nbody | PREV_ALLOCATED)
+
+    def _top_free_block(self) -> int:
+        """Offset of the free block ending at the break, or 0."""
+        brk = self.brk
+        epilogue = self._header(brk)
+        if epilogue < 0:
+            raise HeapCorruptionError("the heap's epilogue header is corrupted")
+        if epilogue & PREV_ALLOCATED:
+            return 0
+        return self._free_predecessor(brk)
+
+    def _extend(self, need: int, size: int) -> int:
+        """Serve ``need`` bytes by moving the break; return the block's offset."""
+        brk = self.brk
+        top = self._top_free_block()
+        b = top or brk
+        new_brk = b + need
+        if new_brk + HEADER > self.capacity:
+            raise MemoryError(
+                f"cannot allocate {size} bytes: the heap would exceed its capacity of {self.capacity}"
+            )
+        if top:
+            self.policy.remove(top, brk - top)
+        # New epilogue first: the block below it is never left without one.
+        self._set_header(new_brk, ALLOCATED | PREV_ALLOCATED)
+        self._set_header(b, _allocated_body(need, size))
+        self._set_brk(new_brk)
+        return b
+
+    # -- free ------------------------------------------------------------------
+
+    def free(self, p: int) -> None:
+        """Free the block at ``p``; ``free(0)`` does nothing."""
+        with self._lock:
+            self._free(p)
+
+    def _free(self, p: int) -> None:
+        if p.__class__ is not int:
+            p = _check_pointer(p)
+        if not p:
+            return
+        body = self._live_header(p)
+        self._release(p - HEADER, body)
+
+    def _release(self, b: int, body: int) -> None:
+        """Turn the allocated block ``b`` into free space, coalescing both ways."""
+        size = body & SIZE_MASK
+        n = b + size
+        nbody = self._next_header(n)
+        start = b
+        total = size
+        pb = 0
+        if not body & PREV_ALLOCATED:
+            pb = self._free_predecessor(b)
+            start = pb
+            total += b - pb
+        nsize = 0
+        if not nbody & ALLOCATED:  # the epilogue is allocated, so n < brk here
+            nsize = self._free_neighbour(n, nbody)
+            total += nsize
+        # Everything is checked; now write.
+        policy = self.policy
+        if pb:
+            policy.remove(pb, b - pb)
+            # Mark the absorbed header free so that a second free of p is refused as such.
+            self._set_header(b, size | PREV_ALLOCATED)
+        if nsize:
+            policy.remove(n, nsize)
+        else:
+            self._set_header(n, nbody & ~PREV_ALLOCATED)
+        end = start + total
+        if end == self.brk and total >= TRIM_THRESHOLD:
+            self._trim(start, total)
+            return
+        self._set_free(start, total)
+        policy.insert(start, total)
+
+    def _trim(self, start: int, total: int) -> None:
+        """Cut the free top block down to TOP_PAD and give its pages back."""
+        old_brk = self.brk
+        new_brk = start + TOP_PAD
+        self._set_header(new_brk, ALLOCATED)  # epilogue, predecessor free
+        self._set_free(start, TOP_PAD)
+        self.policy.insert(start, TOP_PAD)
+        self.brk = new_brk
+        self.words[C.W_BRK] = new_brk
+        self.region.release(new_brk + HEADER, old_brk + HEADER)
+
+    # -- realloc ---------------------------------------------------------------
+
+    def realloc(self, p: int, size: int) -> int:
+        """Resize the block at ``p`` to ``size`` bytes, in place when possible.
+
+        ``realloc(0, n)`` is ``malloc(n)``; ``realloc(p, 0)`` frees ``p`` and
+        returns 0. If the request cannot be served, MemoryError is raised and
+        the block at ``p`` is left as it was.
+        """
+        with self._lock:
+            return self._realloc(p, size)
+
+    def _realloc(self, p: int, size: int) -> int:
+        if p.__class__ is not int:
+            p = _check_pointer(p)
+        if size.__class__ is not int or size < 0:
+            size = _check_size(size)
+        if not p:
+            return self._malloc(size)
+        body = self._live_header(p)
+        if not size:
+            self._release(p - HEADER, body)
+            return 0
+        b = p - HEADER
+        have = body & SIZE_MASK
+        need = (size + 23) & ~15  # layout.block_size_for, inlined
+        if need < MIN_BLOCK:
+            need = MIN_BLOCK
+        prev_bit = body & PREV_ALLOCATED
+        if need <= have:
+            self._shrink(b, prev_bit, have, need, size)
+            return p
+        if need <= self.capacity and self._grow_in_place(b, prev_bit, have, need, size):
+            return p
+        q = self._malloc(size)
+        usable = have - HEADER
+        view = self.bytes
+        view[q : q + usable] = view[p : p + usable]
+        self._release(b, self._header(b))
+        return q
+
+    def _shrink(self, b: int, prev_bit: int, have: int, need: int, size: int) -> None:
+        rest = have - need
+        if rest < MIN_BLOCK:
+            self._set_header(b, _allocated_body(have, size, prev_bit))
+            return
+        # Split off the tail as an allocated block and free it: that coalesces it.
+        r = b + need
+        n = r + rest
+        nbody = self._next_header(n)
+        if not nbody & ALLOCATED:
+            self._free_neighbour(n, nbody)
+        self._set_header(b, _allocated_body(need, size, prev_bit))
+        self._set_header(r, rest | ALLOCATED | PREV_ALLOCATED)
+        self._release(r, rest | ALLOCATED | PREV_ALLOCATED)
+
+    def _grow_in_place(self, b: int, prev_bit: int, have: int, need: int, size: int) -> bool:
+        n = b + have
+        brk = self.brk
+        if n == brk:  # the block is at the top: move the break
+            new_brk = b + need
+            if new_brk + HEADER > self.capacity:
+                return False
+            self._set_header(new_brk, ALLOCATED | PREV_ALLOCATED)
+            self._set_header(b, _allocated_body(need, size, prev_bit))
+            self._set_brk(new_brk)
+            return True
+        nbody = self._next_header(n)
+        if nbody & ALLOCATED:
+            return False
+        nsize = self._free_neighbour(n, nbody)
+        total = have + nsize
+        if total >= need:
+            after = n + nsize
+            rest = total - need
+            abody = 0 if rest >= MIN_BLOCK else self._header(after)
+            if abody < 0:
+                raise HeapCorruptionError(f"header of block {after + 8} is corrupted")
+            self.policy.remove(n, nsize)
+            if rest >= MIN_BLOCK:
+                self._set_header(b, _allocated_body(need, size, prev_bit))
+                self._set_free(b + need, rest)
+                self.policy.insert(b + need, rest)
+            else:
+                self._set_header(b, _allocated_body(total, size, prev_bit))
+                self._set_header(after, abody | PREV_ALLOCATED)
+            return True
+        if n + nsize == brk:  # a free top block that is too small: take it and move the break
+            new_brk = b + need
+            if new_brk + HEADER > self.capacity:
+                return False
+            self.policy.remove(n, nsize)
+            self._set_header(new_brk, ALLOCATED | PREV_ALLOCATED)
+            self._set_header(b, _allocated_body(need, size, prev_bit))
+            self._set_brk(new_brk)
+            return True
+        return False
+
+    # -- calloc, sizes, views ----------------------------------------------------
+
+    def calloc(self, count: int, size: int) -> int:
+        """Allocate ``count * size`` zeroed bytes."""
+        count = _check_size(count, "count")
+        size = _check_size(size)
+        total = count * size
+        if total > self.capacity:
+            raise MemoryError(f"cannot allocate {count} x {size} bytes: exceeds the heap's capacity")
+        with self._lock:
+            p = self._malloc(total)
+            usable = (self._header(p - HEADER) & SIZE_MASK) - HEADER
+        self.bytes[p : p + usable] = bytes(usable)
+        return p
+
+    def usable_size(self, p: int) -> int:
+        """Bytes usable at the live block ``p`` (at least the size asked)."""
+        p = _check_pointer(p)
+        with self._lock:
+            return (self._live_header(p) & SIZE_MASK) - HEADER
+
+    def view(self, p: int) -> memoryview:
+        """A writable, zero-copy view of the usable bytes of the live block ``p``."""
+        p = _check_pointer(p)
+        with self._lock:
+            usable = (self._live_header(p) & SIZE_MASK) - HEADER
+        return self.bytes[p : p + usable]
+
+    # -- checking and statistics -------------------------------------------------
+
+    def _walk(self) -> tuple[dict[int, int], int, int]:
+        """Validate every block; return (free blocks, live blocks, live bytes)."""
+        heap_start = self.heap_start
+        brk = self.brk
+        words = self.words
+        if words[C.W_MAGIC] != C.MAGIC or words[C.W_BRK] != brk:
+            raise HeapCorruptionError("the heap's control record is corrupted")
+        free_blocks: dict[int, int] = {}
+        live_blocks = live_bytes = 0
+        prev_allocated = True
+        b = heap_start
+        while b < brk:
+            body = self._header(b)
+            if body < 0:
+                raise HeapCorruptionError(f"header of block {b + 8} is corrupted")
+            size = block_size(body)
+            if size < MIN_BLOCK or b + size > brk:
+                raise HeapCorruptionError(f"block {b + 8} holds an impossible size {size}")
+            if prev_is_allocated(body) != prev_allocated:
+                raise HeapCorruptionError(f"block {b + 8} has a wrong prev-allocated bit")
+            if is_allocated(body):
+                slack = slack_of(body)
+                if slack > size - HEADER:
+                    raise HeapCorruptionError(f"block {b + 8} holds an impossible slack")
+                live_blocks += 1
+                live_bytes += size - HEADER - slack
+            else:
+                if not prev_allocated:
+                    raise HeapCorruptionError(f"free blocks before {b + 8} were not coalesced")
+                if words[(b + size - 8) >> 3] != words[b >> 3]:
+                    raise HeapCorruptionError(f"footer of free block {b + 8} does not match")
+                free_blocks[b] = size
+            prev_allocated = is_allocated(body)
+            b += size
+        epilogue = self._header(brk)
+        if epilogue < 0 or block_size(epilogue) or not is_allocated(epilogue):
+            raise HeapCorruptionError("the heap's epilogue header is corrupted")
+        if prev_is_allocated(epilogue) != prev_allocated:
+            raise HeapCorruptionError("the epilogue has a wrong prev-allocated bit")
+        if words[C.W_PEAK] < brk + HEADER or words[C.W_PEAK] > self.capacity:
+            raise HeapCorruptionError("the heap's peak footprint is inconsistent")
+        self.policy.check(free_blocks)
+        return free_blocks, live_blocks, live_bytes
+
+    def check(self) -> None:
+        """Walk every block and free list; HeapCorruptionError on any fault."""
+        with self._lock:
+            self._walk()
+
+    def stats(self) -> dict[str, int]:
+        """Counts derived from a full walk of the heap (so also a check)."""
+        with self._lock:
+            free_blocks, live_blocks, live_bytes = self._walk()
+            brk = self.brk
+            peak = self.words[C.W_PEAK]
+        return {
+            "capacity": self.capacity,
+            "heap_bytes": brk + HEADER,
+            "peak_heap_bytes": peak,
+            "live_bytes": live_bytes,
+            "live_blocks": live_blocks,
+            "free_bytes": sum(free_blocks.values()),
+            "free_blocks": len(free_blocks),
+            "largest_free": max(free_blocks.values(), default=0),
+        }
+
+    def blocks(self) -> list[tuple[int, int, bool]]:
+        """Every block as (payload offset, block size, allocated), in address order."""
+        out: list[tuple[int, int, bool]] = []
+        with self._lock:
+            b = self.heap_start
+            while b < self.brk:
+                body = self._header(b)
+                if body < 0:
+                    raise HeapCorruptionError(f"header of block {b + 8} is corrupted")
+                out.append((b + HEADER, block_size(body), is_allocated(body)))
+                b += block_size(body) or MIN_BLOCK
+        return out
+
+    @property
+    def policy_name(self) -> str:
+        return self.policy.name
+
+    # -- lifetime ----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Unmap the heap. Views from ``view()`` must be released first."""
+        if self._closed:
+            return
+        self.bytes.release()
+        try:
+            self.region.close()
+        except BufferError:
+            self.bytes = memoryview(self.region.buf)
+            raise BufferError(
+                "the heap still has views in use; release them before close()"
+            ) from None
+        self._closed = True
+
+    def __enter__(self) -> Heap:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{self.brk + HEADER} of {self.capacity} bytes"
+        return f"<{type(self).__name__} {self.policy.name}, {state}>"
+
+    def __getstate__(self) -> Any:
+        raise TypeError(f"a private {type(self).__name__} cannot be pickled; use SharedHeap")
+
+
+def _stored(body: int, b: int, secret: int, key: int) -> int:
+    """layout.encode with the heap's secrets: the stored word of a header."""
+    return (body | (hash((body, b ^ secret)) & TAG_MASK) << TAG_SHIFT) ^ key
+
+
+def _allocated_body(size: int, asked: int, prev_bit: int = PREV_ALLOCATED) -> int:
+    """Header body of an allocated block of ``size`` bytes serving ``asked``."""
+    slack = size - HEADER - asked
+    assert 0 <= slack <= SLACK_MAX
+    return size | ALLOCATED | prev_bit | slack << SLACK_SHIFT

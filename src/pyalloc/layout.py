@@ -1,0 +1,152 @@
+"""The block format: how a heap's bytes are laid out, in one place.
+
+Glossary
+--------
+region      the mapped bytes a heap lives in (see ``regions.py``).
+control     the heap's own record at the start of the region: magic, format,
+            secrets, the break, and the free-block index of the policy.
+block       a header word plus the bytes after it, up to the next header.
+            A block's offset ``b`` is the offset of its header; ``b % 16 == 8``.
+payload     what the caller gets: ``p = b + 8``, so ``p % 16 == 0``. A pointer
+            is a payload offset; 0 is NULL.
+break       ``brk``: the offset just past the last block. The epilogue header
+            sits at ``brk``: a zero-sized, allocated block that only carries
+            the prev-allocated bit of the last block.
+footprint   ``brk + 8``: the bytes taken from the region, control included.
+
+Region::
+
+    0            control (CONTROL_WORDS words, then the policy's words)
+    heap_start   first block header              heap_start % 16 == 8
+    ...          blocks, each a multiple of 16 bytes, at least MIN_BLOCK
+    brk          epilogue header
+    brk + 8      untouched, up to the capacity
+
+Blocks::
+
+    allocated:  | header | payload ...................................... |
+    free:       | header | next link | prev link | ........... | footer |
+                b        b+8         b+16                        b+size-8
+
+The footer of a free block is a copy of its header word; it lets the next
+block find the start of a free predecessor (boundary tags). Allocated blocks
+have no footer, so the overhead of an allocated block is the header alone:
+``usable_size = size - 8``. The prev-allocated bit in each header tells
+whether the footer before it exists.
+
+Header word (64 bits), before encoding::
+
+    bit 0        allocated
+    bit 1        previous block allocated
+    bits 2-3     zero
+    bits 4-37    block size in bytes (a multiple of 16: bits 0-3 are free)
+    bits 38-43   slack: usable size minus the size asked (allocated blocks)
+    bits 44-63   tag: a keyed hash of bits 0-43 and of the block's offset
+
+Stored word = header ^ header_key. The key and the tag's secret are random
+per heap; a header copied to another offset, or any changed bit, fails the tag
+check with probability 1 - 2**-20. The slack lets the heap derive the bytes
+the caller asked for (``usable - slack``) from the header alone, so live byte
+counts can be rebuilt from the region.
+
+Free-list links are stored as ``link ^ link_key ^ (field_offset << 20)``,
+after glibc's safe-linking: a link copied elsewhere or overwritten with a
+plain offset decodes to garbage, which the alignment, range and header checks
+of its target refuse.
+
+Invariants::
+
+    sum(block sizes) == brk - heap_start
+    block.prev_allocated == previous block.allocated
+    no two adjacent blocks are both free            (immediate coalescing)
+    free block: footer word == header word
+    a block is in the policy's index  <=>  it is free
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+WORD: Final = 8
+ALIGN_SHIFT: Final = 4
+ALIGNMENT: Final = 1 << ALIGN_SHIFT  # payload alignment, and block size granule
+HEADER: Final = WORD
+MIN_BLOCK: Final = 4 * WORD  # header, two links and a footer when free
+
+ALLOCATED: Final = 1
+PREV_ALLOCATED: Final = 2
+FLAGS_MASK: Final = ALIGNMENT - 1
+
+SIZE_BITS: Final = 38  # blocks up to 256 GiB
+SIZE_MASK: Final = ((1 << SIZE_BITS) - 1) & ~FLAGS_MASK
+SLACK_SHIFT: Final = SIZE_BITS
+SLACK_BITS: Final = 6
+SLACK_MAX: Final = (1 << SLACK_BITS) - 1
+TAG_SHIFT: Final = SLACK_SHIFT + SLACK_BITS
+TAG_BITS: Final = 64 - TAG_SHIFT
+TAG_MASK: Final = (1 << TAG_BITS) - 1
+BODY_MASK: Final = (1 << TAG_SHIFT) - 1  # flags, size and slack: what the tag covers
+MAX_BLOCK: Final = SIZE_MASK
+LINK_SHIFT: Final = 20
+
+assert MIN_BLOCK % ALIGNMENT == 0 and MIN_BLOCK >= 4 * WORD
+assert TAG_BITS == 20
+# The slack of a block never exceeds what splitting leaves: a block is split
+# when the remainder reaches MIN_BLOCK, so slack < MIN_BLOCK + ALIGNMENT + 8.
+assert MIN_BLOCK + ALIGNMENT + HEADER <= SLACK_MAX + 1
+
+
+def block_size_for(size: int) -> int:
+    """Block size serving a request of ``size`` payload bytes."""
+    need = (size + HEADER + FLAGS_MASK) & ~FLAGS_MASK
+    return need if need > MIN_BLOCK else MIN_BLOCK
+
+
+def tag_of(body: int, offset: int, secret: int) -> int:
+    """Keyed integrity tag of a header body stored at ``offset``."""
+    return hash((body, offset ^ secret)) & TAG_MASK
+
+
+def encode(body: int, offset: int, secret: int, key: int) -> int:
+    """The stored form of header ``body`` (flags | size | slack) at ``offset``."""
+    return (body | tag_of(body, offset, secret) << TAG_SHIFT) ^ key
+
+
+def decode(word: int, offset: int, secret: int, key: int) -> int:
+    """The body of a stored header word, or -1 when its tag does not match."""
+    plain = word ^ key
+    body = plain & BODY_MASK
+    if plain >> TAG_SHIFT != tag_of(body, offset, secret):
+        return -1
+    return body
+
+
+def make_body(size: int, allocated: bool, prev_allocated: bool, slack: int = 0) -> int:
+    return size | (ALLOCATED if allocated else 0) | (PREV_ALLOCATED if prev_allocated else 0) | (
+        slack << SLACK_SHIFT
+    )
+
+
+# Named accessors of a decoded header body. Hot paths inline the same masks.
+def block_size(body: int) -> int:
+    return body & SIZE_MASK
+
+
+def is_allocated(body: int) -> bool:
+    return bool(body & ALLOCATED)
+
+
+def prev_is_allocated(body: int) -> bool:
+    return bool(body & PREV_ALLOCATED)
+
+
+def slack_of(body: int) -> int:
+    return (body >> SLACK_SHIFT) & SLACK_MAX
+
+
+def mangle(link: int, field_offset: int, key: int) -> int:
+    """Stored form of a free-list link kept at ``field_offset``."""
+    return link ^ key ^ (field_offset << LINK_SHIFT)
+
+
+unmangle = mangle  # the transform is its own inverse

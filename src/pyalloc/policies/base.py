@@ -1,0 +1,154 @@
+"""The interface between the engine and a free-block index.
+
+The engine owns the block format, splitting, coalescing and growth. A policy
+only indexes the free blocks: ``insert`` a free block, ``remove`` one, and
+``find`` a free block of at least ``need`` bytes. Its state (list heads,
+bitmaps, a roving pointer) lives in ``words_needed`` words of the control
+record, from word ``base`` on, so that every process sees the same index.
+
+``LinkedLists`` gives policies doubly linked lists threaded through the free
+blocks themselves: the next link at ``b + 8`` and the prev link at
+``b + 16``, both mangled (see ``layout.py``). A list head is one control word
+holding the first block's offset, 0 when empty. Unlinking validates both
+neighbours' links first (``next.prev == b`` and ``prev.next == b``), so a
+corrupted link is reported before anything is written.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from ..errors import HeapCorruptionError
+from ..layout import LINK_SHIFT
+
+if TYPE_CHECKING:
+    from ..heap import Heap
+
+NEXT: int = 8  # link offsets inside a free block
+PREV: int = 16
+
+
+class FreeIndex:
+    """A policy: the index of a heap's free blocks."""
+
+    name: ClassVar[str]
+    policy_id: ClassVar[int]
+
+    def __init__(self, heap: Heap, base: int) -> None:
+        self.heap = heap
+        self.base = base  # first control word of this policy
+        self.words = heap.region.words
+
+    @classmethod
+    def words_needed(cls, capacity: int) -> int:
+        raise NotImplementedError
+
+    def insert(self, b: int, size: int) -> None:
+        raise NotImplementedError
+
+    def validate(self, b: int, size: int) -> None:
+        """Raise HeapCorruptionError if removing ``b`` would follow a bad link."""
+        raise NotImplementedError
+
+    def remove(self, b: int, size: int) -> None:
+        raise NotImplementedError
+
+    def find(self, need: int) -> int:
+        """A free block of at least ``need`` bytes, or 0; the engine removes it."""
+        raise NotImplementedError
+
+    def check(self, free_blocks: dict[int, int]) -> None:
+        """Verify the index holds exactly ``free_blocks`` (offset -> size)."""
+        raise NotImplementedError
+
+    def blocks(self) -> list[int]:
+        """Every block the index holds, for diagnostics."""
+        raise NotImplementedError
+
+
+class LinkedLists(FreeIndex):
+    """Helpers for policies made of doubly linked free lists."""
+
+    def __init__(self, heap: Heap, base: int) -> None:
+        super().__init__(heap, base)
+        self.link_key = heap.link_key
+
+    def read_link(self, b: int, field: int) -> int:
+        at = b + field
+        return self.words[at >> 3] ^ self.link_key ^ (at << LINK_SHIFT)
+
+    def write_link(self, b: int, field: int, link: int) -> None:
+        at = b + field
+        self.words[at >> 3] = link ^ self.link_key ^ (at << LINK_SHIFT)
+
+    def push(self, head: int, b: int) -> None:
+        """Put ``b`` first on the list whose head word is ``head``."""
+        words = self.words
+        key = self.link_key
+        first = words[head]
+        at = b + NEXT
+        words[at >> 3] = first ^ key ^ (at << LINK_SHIFT)
+        at = b + PREV
+        words[at >> 3] = key ^ (at << LINK_SHIFT)  # prev = 0
+        if first:
+            at = first + PREV
+            words[at >> 3] = b ^ key ^ (at << LINK_SHIFT)
+        words[head] = b
+
+    def neighbours(self, head: int, b: int) -> tuple[int, int]:
+        """``b``'s (prev, next) on the list at ``head``, checked both ways."""
+        words = self.words
+        key = self.link_key
+        at = b + NEXT
+        nxt = words[at >> 3] ^ key ^ (at << LINK_SHIFT)
+        at = b + PREV
+        prv = words[at >> 3] ^ key ^ (at << LINK_SHIFT)
+        heap = self.heap
+        lo = heap.heap_start
+        hi = heap.brk
+        if nxt:
+            if not (lo <= nxt < hi and nxt & 15 == 8):
+                raise HeapCorruptionError(f"free block {b + 8}: next link {nxt:#x} is invalid")
+            at = nxt + PREV
+            if words[at >> 3] ^ key ^ (at << LINK_SHIFT) != b:
+                raise HeapCorruptionError(f"free block {b + 8}: next block's prev link is broken")
+        if prv:
+            if not (lo <= prv < hi and prv & 15 == 8):
+                raise HeapCorruptionError(f"free block {b + 8}: prev link {prv:#x} is invalid")
+            at = prv + NEXT
+            if words[at >> 3] ^ key ^ (at << LINK_SHIFT) != b:
+                raise HeapCorruptionError(f"free block {b + 8}: prev block's next link is broken")
+        elif words[head] != b:
+            raise HeapCorruptionError(f"free block {b + 8} has no prev link but is not first")
+        return prv, nxt
+
+    def unlink(self, head: int, b: int) -> None:
+        """Take ``b`` off the list at ``head``; links are checked first."""
+        prv, nxt = self.neighbours(head, b)
+        words = self.words
+        key = self.link_key
+        if prv:
+            at = prv + NEXT
+            words[at >> 3] = nxt ^ key ^ (at << LINK_SHIFT)
+        else:
+            words[head] = nxt
+        if nxt:
+            at = nxt + PREV
+            words[at >> 3] = prv ^ key ^ (at << LINK_SHIFT)
+
+    def walk(self, head: int, limit: int) -> list[int]:
+        """The blocks on the list at ``head``; corruption and cycles raise."""
+        heap = self.heap
+        found: list[int] = []
+        prv = 0
+        b = self.words[head]
+        while b:
+            if len(found) >= limit:
+                raise HeapCorruptionError(f"free list at control word {head} has a cycle")
+            heap.free_block_size(b)
+            if self.read_link(b, PREV) != prv:
+                raise HeapCorruptionError(f"free block {b + 8}: prev link disagrees with its list")
+            found.append(b)
+            prv = b
+            b = self.read_link(b, NEXT)
+        return found
