@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .errors import DoubleFreeError, HeapCorruptionError, HeapError, InvalidPointerError
 from .heap import POLICIES, Heap
+
+if TYPE_CHECKING:
+    from .pool import Pool
 
 __all__ = [
     "POLICIES",
@@ -12,4 +17,14 @@ __all__ = [
     "Heap",
     "HeapError",
     "InvalidPointerError",
+    "Pool",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # Pool needs the optional atomicshm package: import it only when asked for.
+    if name == "Pool":
+        from .pool import Pool
+
+        return Pool
+    raise AttributeError(f"module 'pyalloc' has no attribute {name!r}")
