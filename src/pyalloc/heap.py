@@ -107,21 +107,32 @@ class Heap:
     ) -> None:
         capacity = _check_size(capacity, "capacity")
         policy_cls = policy_class(policy)
-        words = C.CONTROL_WORDS + policy_cls.words_needed(capacity)
-        heap_start = ((words * 8 + HEADER + 15) & ~15) - HEADER
-        if capacity < heap_start + HEADER + MIN_BLOCK:
-            raise ValueError(f"capacity {capacity} is too small for a heap (minimum {heap_start + 40})")
-        if capacity > MAX_BLOCK:
-            raise ValueError(f"capacity {capacity} exceeds the largest heap ({MAX_BLOCK} bytes)")
-        region = AnonymousRegion(capacity)
-        self._format(region, capacity, policy_cls, heap_start)
+        region = AnonymousRegion(self.layout_size(capacity, policy_cls))
+        self._format(region, capacity, policy_cls)
         self._bind(region, lock)
 
     # -- set-up --------------------------------------------------------------
 
     @staticmethod
-    def _format(region: Region, capacity: int, policy_cls: type[FreeIndex], heap_start: int) -> None:
+    def control_bytes(capacity: int, policy_cls: type[FreeIndex]) -> int:
+        """Offset of the first block header: the control record and policy words."""
+        words = C.CONTROL_WORDS + policy_cls.words_needed(capacity)
+        return ((words * 8 + HEADER + 15) & ~15) - HEADER
+
+    @classmethod
+    def layout_size(cls, capacity: int, policy_cls: type[FreeIndex]) -> int:
+        """Check ``capacity``; return the region bytes a heap of it needs."""
+        heap_start = cls.control_bytes(capacity, policy_cls)
+        if capacity < heap_start + HEADER + MIN_BLOCK:
+            raise ValueError(f"capacity {capacity} is too small for a heap (minimum {heap_start + 40})")
+        if capacity > MAX_BLOCK:
+            raise ValueError(f"capacity {capacity} exceeds the largest heap ({MAX_BLOCK} bytes)")
+        return capacity
+
+    @classmethod
+    def _format(cls, region: Region, capacity: int, policy_cls: type[FreeIndex]) -> None:
         """Write a fresh control record and an empty heap into ``region``."""
+        heap_start = cls.control_bytes(capacity, policy_cls)
         words = region.words
         for i in range(heap_start >> 3):
             words[i] = 0
@@ -141,10 +152,15 @@ class Heap:
         words[C.W_MAGIC] = C.MAGIC  # last: a half-written record is not a heap
 
     def _bind(self, region: Region, lock: bool) -> None:
-        """Load the Python-side caches of the control record."""
-        words = region.words
-        if words[C.W_MAGIC] != C.MAGIC:
+        """Load the Python-side caches of the control record.
+
+        Every metadata word is read and written through ``self.words``;
+        ``_metadata_words`` and ``_make_lock`` are the hooks a subclass
+        overrides to journal those writes or to lock across processes.
+        """
+        if region.size < C.CONTROL_WORDS * 8 or region.words[C.W_MAGIC] != C.MAGIC:
             raise HeapError("the region does not hold a pyalloc heap (bad magic number)")
+        words = self._metadata_words(region)
         fmt = words[C.W_FORMAT]
         if fmt & 0xFFFF != C.FORMAT_VERSION:
             raise HeapError(
@@ -157,19 +173,27 @@ class Heap:
         self.capacity = words[C.W_CAPACITY]
         self.heap_start = words[C.W_HEAP_START]
         self.brk = words[C.W_BRK]
+        if not self.heap_start < self.capacity <= region.size or self.brk >= self.capacity:
+            raise HeapError("the heap's control record is inconsistent with its region")
         self.header_key = words[C.W_HEADER_KEY]
         self.tag_secret = words[C.W_TAG_SECRET]
         self.link_key = words[C.W_LINK_KEY]
         if words[C.W_HASH_PROBE] != tag_of(*C.HASH_PROBE_INPUT, self.tag_secret):
             raise HeapError("this heap was written by a Python whose hash function differs")
         self.policy = policy_by_id(fmt >> 16)(self, C.CONTROL_WORDS)
-        self._lock = threading.Lock()
+        self._lock = self._make_lock()
         self._closed = False
         if not lock:
             # The unlocked entry points replace the locking wrappers on this instance.
             self.malloc = self._malloc  # type: ignore[method-assign]
             self.free = self._free  # type: ignore[method-assign]
             self.realloc = self._realloc  # type: ignore[method-assign]
+
+    def _metadata_words(self, region: Region) -> Any:
+        return region.words
+
+    def _make_lock(self) -> Any:
+        return threading.Lock()
 
     # -- header words ----------------------------------------------------------
 

@@ -37,7 +37,7 @@ class FreeIndex:
     def __init__(self, heap: Heap, base: int) -> None:
         self.heap = heap
         self.base = base  # first control word of this policy
-        self.words = heap.region.words
+        self.words = heap.words
 
     @classmethod
     def words_needed(cls, capacity: int) -> int:
