@@ -1,0 +1,121 @@
+"""One heap shared by several threads; and a heap without its lock, used by one.
+
+The threads switch far more often than usual (``sys.setswitchinterval``) so
+that their calls interleave inside the allocator; each thread verifies the
+bytes it wrote before freeing them, so a block handed to two threads at once
+shows up as a changed payload.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from heap_model import ALIGNMENT, HEADER, LiveBlocks, overlaps, read
+
+THREADS = 6
+ROUNDS = 1500
+
+
+@pytest.fixture
+def fast_switching() -> Iterator[None]:
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
+
+
+def _worker(
+    heap: Any, seed: int, kept: dict[int, tuple[int, bytes]], errors: list[BaseException]
+) -> None:
+    rng = random.Random(seed)
+    mine: dict[int, tuple[int, bytes]] = {}
+    try:
+        for _ in range(ROUNDS):
+            if mine and (len(mine) > 24 or rng.random() < 0.45):
+                p = rng.choice(list(mine))
+                asked, data = mine.pop(p)
+                assert read(heap, p, len(data)) == data, f"block {p} changed under its owner"
+                if rng.random() < 0.2:
+                    n = rng.randrange(0, 3000)
+                    q = heap.realloc(p, n)
+                    kept_bytes = min(asked, n)
+                    if n:
+                        assert read(heap, q, kept_bytes) == data[:kept_bytes]
+                        mine[q] = (n, _stamp(heap, q, n, rng))
+                else:
+                    heap.free(p)
+            else:
+                n = rng.choice(
+                    [rng.randrange(0, 64), rng.randrange(0, 600), rng.randrange(0, 5000)]
+                )
+                p = heap.calloc(1, n) if rng.random() < 0.1 else heap.malloc(n)
+                assert p % ALIGNMENT == 0
+                mine[p] = (n, _stamp(heap, p, n, rng))
+        for p, (_, data) in mine.items():
+            assert read(heap, p, len(data)) == data, f"block {p} changed under its owner"
+        kept.update(mine)
+    except BaseException as error:  # reported by the main thread
+        errors.append(error)
+
+
+def _stamp(heap: Any, p: int, n: int, rng: random.Random) -> bytes:
+    data = rng.randbytes(n)
+    heap.region.buf[p : p + n] = data
+    return data
+
+
+def test_threads_share_one_heap(make_heap: Any, fast_switching: None) -> None:
+    heap = make_heap(32 << 20)
+    kept: dict[int, tuple[int, bytes]] = {}
+    errors: list[BaseException] = []
+    workers = [
+        threading.Thread(target=_worker, args=(heap, 1000 + i, kept, errors), name=f"worker-{i}")
+        for i in range(THREADS)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if errors:
+        raise errors[0]
+
+    heap.check()
+    stats = heap.stats()
+    assert stats["live_blocks"] == len(kept)
+    assert stats["live_bytes"] == sum(asked for asked, _ in kept.values())
+    spans = [(p - HEADER, p + heap.usable_size(p)) for p in kept]
+    assert not overlaps(spans)
+    for p, (_, data) in kept.items():
+        assert read(heap, p, len(data)) == data
+    for p in kept:
+        heap.free(p)
+    heap.check()
+    assert heap.stats()["live_blocks"] == 0
+
+
+def test_heap_without_lock_works_in_one_thread(make_heap: Any) -> None:
+    heap = make_heap(4 << 20, lock=False)
+    rng = random.Random(21)
+    live = LiveBlocks(heap)
+    for _ in range(2000):
+        if live and rng.random() < 0.45:
+            p = rng.choice(live.pointers())
+            block = live.remove(p)
+            assert read(heap, p, len(block.data)) == block.data
+            heap.free(p)
+        else:
+            n = rng.randrange(0, 2000)
+            live.add(heap.malloc(n), n, rng)
+    live.assert_all()
+    p = live.pointers()[0]
+    live.remove(p)
+    q = heap.realloc(p, 10_000)
+    live.add(q, 10_000, rng)
+    live.assert_all()
