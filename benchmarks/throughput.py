@@ -22,6 +22,16 @@ heap that also tracks the live payload: peak live payload divided by
 ``stats()['peak_heap_bytes']``, as the malloc lab defines it.  That replay
 ends with ``check()``.
 
+Averages: "per op" is the sum of the best times over the sum of ops of the
+averaged traces (so long traces weigh more); the geometric mean of the
+per-trace ratios, which weighs every trace alike, is printed beside it.
+Utilization is averaged with the traces' header weights.  The targets are
+judged on the per-op figures:
+
+    pyalloc ns/op            <= 2 x glibc ns/op
+    multiprocessing ns/op    >= 4 x pyalloc ns/op
+    average utilization      >= 85 %
+
 Traces: the classic malloc-lab traces in ``shared/traces/classic`` beside the
 repository when present, else generated workloads (``--generated`` forces
 them).  Traces with fewer than 100 ops are shown but left out of averages:
