@@ -337,6 +337,21 @@ def test_exhausting_the_capacity_raises_memory_error_and_heap_stays_usable(
     live.assert_all()
 
 
+def test_a_request_of_most_of_the_capacity_fits(make_heap: Any) -> None:
+    capacity = 1 << 20
+    heap = make_heap(capacity)
+    n = capacity - (64 << 10)
+    p = heap.malloc(n)
+    assert heap.usable_size(p) >= n
+    heap.region.buf[p + n - 1] = 0x7F  # the last byte asked is inside the region
+    assert heap.stats()["heap_bytes"] <= capacity
+    heap.check()
+    heap.free(p)
+    q = heap.malloc(n)  # and again after it was freed
+    heap.free(q)
+    heap.check()
+
+
 @pytest.mark.parametrize("size", [1 << 40, 1 << 63, 1 << 100])
 def test_huge_malloc_raises_memory_error(heap: Any, size: int) -> None:
     with pytest.raises(MemoryError):

@@ -73,6 +73,7 @@ def _bad_pointers(state: Populated) -> dict[str, int]:
         "control-area": 16,
         "past-the-region": heap.region.size + 16,
         "far-past-the-region": 1 << 40,
+        "beyond-64-bits": 1 << 100,
         "past-the-footprint": (footprint + 64) & ~(ALIGNMENT - 1),
         "misaligned-by-1": first + 1,
         "misaligned-by-8": first + 8,
@@ -92,6 +93,7 @@ BAD_POINTER_KINDS = [
     "control-area",
     "past-the-region",
     "far-past-the-region",
+    "beyond-64-bits",
     "past-the-footprint",
     "misaligned-by-1",
     "misaligned-by-8",
@@ -250,6 +252,54 @@ def test_refused_calls_leave_the_heap_usable(populated: Populated) -> None:
         heap.free(p)
     heap.check()
     assert heap.stats()["live_blocks"] == 0
+
+
+def test_memory_error_changes_nothing(populated: Populated) -> None:
+    heap, live = populated.heap, populated.live
+    rng = random.Random(15)
+    # Fill the heap up to a little below its capacity, so that requests of
+    # moderate size fail after the heap has tried to grow.
+    while True:
+        try:
+            live.add(heap.malloc(16 << 10), 16 << 10, rng)
+        except MemoryError:
+            break
+    victim = live.pointers()[len(live) // 2]
+    before = populated.snapshot()
+    for call in (
+        lambda: heap.malloc(64 << 10),
+        lambda: heap.calloc(64, 1 << 10),
+        lambda: heap.realloc(victim, 64 << 10),
+        lambda: heap.malloc(heap.region.size),
+        lambda: heap.realloc(victim, 1 << 50),
+    ):
+        with pytest.raises(MemoryError):
+            call()
+        populated.assert_unchanged(before)
+
+
+def test_failed_realloc_with_free_neighbours_merges_nothing(make_heap: Any) -> None:
+    heap = make_heap(1 << 20)
+    rng = random.Random(16)
+    live = LiveBlocks(heap)
+    a, p, c = heap.malloc(1000), heap.malloc(1000), heap.malloc(1000)
+    live.add(p, 1000, rng)
+    live.add(heap.malloc(100), 100, rng)
+    heap.free(a)
+    heap.free(c)
+    while True:  # leave less than 64 KiB anywhere
+        try:
+            live.add(heap.malloc(32 << 10), 32 << 10, None)
+        except MemoryError:
+            break
+    state = Populated(heap, live, [a, c])
+    before = state.snapshot()
+    with pytest.raises(MemoryError):
+        heap.realloc(p, 64 << 10)
+    state.assert_unchanged(before)
+    heap.free(p)
+    live.remove(p)
+    live.assert_all()
 
 
 # --- corrupted metadata ---------------------------------------------------
@@ -507,4 +557,4 @@ def test_overflow_into_neighbour_metadata_never_yields_overlapping_blocks(
     record_property("overflow_detection_rate", round(tally.detection_rate, 4))
     record_property("overflow_summary", summary)
     assert tally.trials == OVERFLOW_TRIALS
-    assert tally.detection_rate >= 0.5, summary
+    assert tally.detection_rate >= 0.9, summary
