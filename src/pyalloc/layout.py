@@ -41,11 +41,18 @@ Header word (64 bits), before encoding::
     bits 2-3     zero
     bits 4-37    block size in bytes (a multiple of 16: bits 0-3 are free)
     bits 38-43   slack: usable size minus the size asked (allocated blocks)
-    bits 44-63   tag: a keyed hash of bits 0-43 and of the block's offset
+    bits 44-63   tag: a keyed hash of bits 0-43 (but bit 1) and of the offset
 
 Stored word = header ^ header_key. The key and the tag's secret are random
-per heap; a header copied to another offset, or any changed bit, fails the tag
-check with probability 1 - 2**-20. The slack lets the heap derive the bytes
+per heap; a header copied to another offset, or any changed bit it covers,
+fails the tag check with probability 1 - 2**-20.
+
+Why the prev-allocated bit is outside the tag: every malloc and free flips
+the bit of the block after the one it changes, and leaving it out lets that
+be one XOR instead of a decode and an encode. A forged bit cannot make two
+blocks overlap: a clear bit only leads the engine to the footer before the
+block, whose tag (and the header it must match) is checked before use; a set
+bit only skips a merge, which ``check()`` reports. The slack lets the heap derive the bytes
 the caller asked for (``usable - slack``) from the header alone, so live byte
 counts can be rebuilt from the region.
 
@@ -85,7 +92,8 @@ SLACK_MAX: Final = (1 << SLACK_BITS) - 1
 TAG_SHIFT: Final = SLACK_SHIFT + SLACK_BITS
 TAG_BITS: Final = 64 - TAG_SHIFT
 TAG_MASK: Final = (1 << TAG_BITS) - 1
-BODY_MASK: Final = (1 << TAG_SHIFT) - 1  # flags, size and slack: what the tag covers
+BODY_MASK: Final = (1 << TAG_SHIFT) - 1  # flags, size and slack
+TAGGED_MASK: Final = BODY_MASK & ~PREV_ALLOCATED  # what the tag covers
 MAX_BLOCK: Final = SIZE_MASK
 LINK_SHIFT: Final = 20
 
@@ -103,8 +111,12 @@ def block_size_for(size: int) -> int:
 
 
 def tag_of(body: int, offset: int, secret: int) -> int:
-    """Keyed integrity tag of a header body stored at ``offset``."""
-    return hash((body, offset ^ secret)) & TAG_MASK
+    """Keyed integrity tag of a header body stored at ``offset``.
+
+    CPython's tuple hash mixes its items with multiply-rotate rounds; keyed
+    by the secret it is the cheapest good mixer available from Python.
+    """
+    return hash((body & TAGGED_MASK, offset ^ secret)) & TAG_MASK
 
 
 def encode(body: int, offset: int, secret: int, key: int) -> int:

@@ -53,6 +53,19 @@ class FreeIndex:
     def remove(self, b: int, size: int) -> None:
         raise NotImplementedError
 
+    def take(self, need: int) -> tuple[int, int] | None:
+        """Find a free block of at least ``need`` bytes, remove it, return (b, size).
+
+        Everything is checked before the block is unlinked. Policies may
+        override this with a faster path that does find and remove at once.
+        """
+        b = self.find(need)
+        if not b:
+            return None
+        size = self.heap.free_block_size(b)
+        self.remove(b, size)
+        return b, size
+
     def find(self, need: int) -> int:
         """A free block of at least ``need`` bytes, or 0; the engine removes it."""
         raise NotImplementedError
@@ -86,6 +99,8 @@ class LinkedLists(FreeIndex):
         words = self.words
         key = self.link_key
         first = words[head]
+        if first and not (self.heap.heap_start <= first < self.heap.brk and first & 15 == 8):
+            raise HeapCorruptionError(f"free-list head at control word {head} is invalid")
         at = b + NEXT
         words[at >> 3] = first ^ key ^ (at << LINK_SHIFT)
         at = b + PREV

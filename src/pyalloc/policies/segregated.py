@@ -13,10 +13,11 @@ Bitmap: bit c of the occupancy bitmap is set  <=>  list c is non-empty. The
 bitmap is ``ceil(classes / 64)`` control words; finding the first non-empty
 class at or above c is a shift and a lowest-set-bit, never a scan of lists.
 
-find(need):
-    1. list class(need), searched for the best fit (exact classes: its head);
+take(need):
+    1. list class(need): for an exact class its head; above, the best fit
+       among its first BEST_FIT_SCAN blocks;
     2. else the head of the first non-empty list above, whose every block fits.
-Step 1 scans one list only; step 2 is O(1).
+Step 1 scans at most one list's first blocks; step 2 is O(1).
 
 Control words: ``classes`` list heads, then the bitmap words.
 """
@@ -70,17 +71,26 @@ class Segregated(LinkedLists):
             bits |= words[base + i] << (i << 6)
         return bits
 
-    def _set_bit(self, c: int) -> None:
-        self.words[self.bitmap_base + (c >> 6)] |= 1 << (c & 63)
-
-    def _clear_bit(self, c: int) -> None:
-        self.words[self.bitmap_base + (c >> 6)] &= ~(1 << (c & 63)) & 0xFFFFFFFFFFFFFFFF
+    def _first_class_from(self, c: int) -> int:
+        """The first non-empty class >= c, or -1."""
+        if c >= self.classes:
+            return -1
+        words = self.words
+        i = c >> 6
+        above = words[self.bitmap_base + i] >> (c & 63)
+        while not above:
+            i += 1
+            if i >= self.bitmap_words:
+                return -1
+            above = words[self.bitmap_base + i]
+            c = i << 6
+        return c + (above & -above).bit_length() - 1
 
     def insert(self, b: int, size: int) -> None:
-        c = size_class(size)
+        c = size >> 4 if size < 1 << EXACT_SHIFT else size_class(size)
         head = self.base + c
         if not self.words[head]:
-            self._set_bit(c)
+            self.words[self.bitmap_base + (c >> 6)] |= 1 << (c & 63)
         self.push(head, b)
 
     def validate(self, b: int, size: int) -> None:
@@ -91,39 +101,56 @@ class Segregated(LinkedLists):
         head = self.base + c
         self.unlink(head, b)
         if not self.words[head]:
-            self._clear_bit(c)
+            self.words[self.bitmap_base + (c >> 6)] &= ~(1 << (c & 63)) & 0xFFFFFFFFFFFFFFFF
+
+    def take(self, need: int) -> tuple[int, int] | None:
+        words = self.words
+        if need < 1 << EXACT_SHIFT:
+            c = need >> 4
+            if words[self.base + c]:  # an exact fit
+                return self._pop(c, need)
+        else:
+            c = size_class(need)
+            if words[self.base + c]:
+                b = self.find(need)
+                if b:
+                    size = self.heap.free_block_size(b)
+                    self.remove(b, size)
+                    return b, size
+        c = self._first_class_from(c + 1)
+        if c < 0:
+            return None
+        return self._pop(c, need)
+
+    def _pop(self, c: int, need: int) -> tuple[int, int]:
+        """Unlink the first block of class ``c``, which must fit ``need``."""
+        words = self.words
+        head = self.base + c
+        b = words[head]
+        size = self.heap.free_block_size(b)
+        if size < need or size_class(size) != c:
+            raise HeapCorruptionError(f"free block {b + 8} of {size} bytes is in class {c}")
+        self.unlink(head, b)
+        if not words[head]:
+            words[self.bitmap_base + (c >> 6)] &= ~(1 << (c & 63)) & 0xFFFFFFFFFFFFFFFF
+        return b, size
 
     def find(self, need: int) -> int:
-        c = size_class(need)
-        words = self.words
+        """Best fit among the first BEST_FIT_SCAN blocks of need's own class."""
         heap = self.heap
-        if c >= EXACT_CLASSES and words[self.base + c]:
-            best = 0
-            best_size = 0
-            b = words[self.base + c]
-            for _ in range(BEST_FIT_SCAN):
-                size = heap.free_block_size(b)
-                if size >= need and (not best or size < best_size):
-                    best, best_size = b, size
-                    if size == need:
-                        break
-                b = self.read_link(b, NEXT)
-                if not b:
+        best = 0
+        best_size = 0
+        b = self.words[self.base + size_class(need)]
+        for _ in range(BEST_FIT_SCAN):
+            if not b:
+                break
+            size = heap.free_block_size(b)
+            if size >= need and (not best or size < best_size):
+                best, best_size = b, size
+                if size == need:
                     break
-            if best:
-                return best
-            c += 1
-        above = self._bitmap() >> c
-        if not above:
-            return 0
-        c += (above & -above).bit_length() - 1
-        b = words[self.base + c]
-        if not b:
-            raise HeapCorruptionError(f"bitmap marks empty size class {c} as occupied")
-        size = heap.free_block_size(b)
-        if size < need:
-            raise HeapCorruptionError(f"free block {b + 8} of {size} bytes is in class {c}")
-        return b
+            b = self.read_link(b, NEXT)
+        return best
 
     def check(self, free_blocks: dict[int, int]) -> None:
         bitmap = self._bitmap()
