@@ -368,6 +368,25 @@ def test_corrupted_free_block_fails_check(populated: Populated, word: str) -> No
     heap.check()
 
 
+@pytest.mark.parametrize("word", ["header", "next-link", "prev-link", "footer"])
+@pytest.mark.parametrize("side", ["before", "after"])
+def test_coalescing_with_a_corrupted_free_block_is_refused(
+    populated: Populated, word: str, side: str
+) -> None:
+    heap, live = populated.heap, populated.live
+    f = max(populated.freed, key=lambda q: _free_block_size(populated, q))
+    block_end = f - HEADER + _free_block_size(populated, f)
+    offset = {"header": f - HEADER, "next-link": f, "prev-link": f + 8, "footer": block_end - 8}
+    # Freeing a live neighbour of f merges it with f, reading f's metadata.
+    neighbour = max(p for p in live.blocks if p < f) if side == "before" else block_end + HEADER
+    assert neighbour in live
+    _flip(heap, offset[word] + 2)
+    with pytest.raises(HeapCorruptionError):
+        heap.free(neighbour)
+    _flip(heap, offset[word] + 2)
+    live.assert_all()
+
+
 def _free_block_size(state: Populated, f: int) -> int:
     """Size of the free block at payload ``f``: up to the next live block's header."""
     following = [p for p in state.live.blocks if p > f]
