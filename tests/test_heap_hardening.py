@@ -387,6 +387,38 @@ def test_coalescing_with_a_corrupted_free_block_is_refused(
     live.assert_all()
 
 
+@pytest.mark.parametrize("fill", ["zeros", "random", "fake-footer"])
+def test_prev_free_bit_set_on_a_live_predecessor_is_refused(make_heap: Any, fill: str) -> None:
+    heap = make_heap(1 << 20)
+    rng = random.Random(17)
+    live = LiveBlocks(heap)
+    free_before = heap.malloc(200)
+    victim = heap.malloc(100)
+    live.add(victim, 100, rng)
+    following = heap.malloc(100)
+    live.add(following, 100, rng)
+    live.add(heap.malloc(100), 100, rng)
+    heap.free(free_before)
+    usable = live.blocks[victim].usable
+    if fill == "zeros":
+        heap.region.buf[victim : victim + usable] = bytes(usable)
+    elif fill == "fake-footer":
+        # The victim's last word poses as a footer: a copy of a real free header.
+        heap.region.buf[victim + usable - 8 : victim + usable] = read(
+            heap, free_before - HEADER, HEADER
+        )
+    live.blocks[victim].data = read(heap, victim, usable)
+    # Clear only the prev-allocated bit of the next header: it now claims
+    # that the live victim is free, inviting a backward merge over it.
+    _flip(heap, following - HEADER, 0x02)
+    with pytest.raises(HeapCorruptionError):
+        heap.free(following)
+    with pytest.raises(HeapCorruptionError):
+        heap.check()
+    _flip(heap, following - HEADER, 0x02)
+    live.assert_all()
+
+
 def _free_block_size(state: Populated, f: int) -> int:
     """Size of the free block at payload ``f``: up to the next live block's header."""
     following = [p for p in state.live.blocks if p > f]
