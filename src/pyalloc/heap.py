@@ -208,7 +208,10 @@ class Heap:
         return body
 
     def _set_header(self, b: int, body: int) -> None:
-        self.words[b >> 3] = _stored(body, b, self.tag_secret, self.header_key)
+        # layout.encode, inlined
+        self.words[b >> 3] = (
+            body | (hash((body & TAGGED_MASK, b ^ self.tag_secret)) & TAG_MASK) << TAG_SHIFT
+        ) ^ self.header_key
 
     def _set_free(self, b: int, size: int) -> None:
         """Header and footer of a free block whose predecessor is allocated."""
@@ -278,14 +281,17 @@ class Heap:
         return body
 
     def _free_neighbour(self, b: int, body: int) -> int:
-        """Size of the free block at ``b`` (header ``body``), footer and links checked."""
+        """Size of the free block at ``b`` (header ``body``), its footer checked.
+
+        Its links are checked by ``policy.remove``, before it writes; a caller
+        that removes two blocks calls ``policy.validate`` on the second first.
+        """
         size = body & SIZE_MASK
         end = b + size
         if size < MIN_BLOCK or end > self.brk:
             raise HeapCorruptionError(f"free block {b + 8} holds an impossible size")
         if self.words[(end - 8) >> 3] != self.words[b >> 3]:
             raise HeapCorruptionError(f"footer of free block {b + 8} does not match its header")
-        self.policy.validate(b, size)
         return size
 
     def _free_predecessor(self, b: int) -> int:
@@ -451,7 +457,9 @@ class Heap:
         if not nbody & ALLOCATED:  # the epilogue is allocated, so n < brk here
             nsize = self._free_neighbour(n, nbody)
             total += nsize
-        # Everything is checked; now write.
+            if pb:
+                self.policy.validate(n, nsize)
+        # Everything is checked (the first remove checks its own links); now write.
         policy = self.policy
         if pb:
             policy.remove(pb, b - pb)
@@ -534,7 +542,7 @@ class Heap:
         n = r + rest
         nbody = self._next_header(n)
         if not nbody & ALLOCATED:
-            self._free_neighbour(n, nbody)
+            self.policy.validate(n, self._free_neighbour(n, nbody))
         self._set_header(b, _allocated_body(need, size, prev_bit))
         self._set_header(r, rest | ALLOCATED | PREV_ALLOCATED)
         self._release(r, rest | ALLOCATED | PREV_ALLOCATED)

@@ -27,7 +27,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from ..errors import HeapCorruptionError
-from .base import NEXT, LinkedLists
+from ..layout import (
+    ALLOCATED,
+    BODY_MASK,
+    LINK_SHIFT,
+    SIZE_MASK,
+    TAG_MASK,
+    TAG_SHIFT,
+    TAGGED_MASK,
+)
+from .base import NEXT, PREV, LinkedLists
 
 if TYPE_CHECKING:
     from ..heap import Heap
@@ -88,16 +97,30 @@ class Segregated(LinkedLists):
 
     def insert(self, b: int, size: int) -> None:
         c = size >> 4 if size < 1 << EXACT_SHIFT else size_class(size)
+        words = self.words
         head = self.base + c
-        if not self.words[head]:
-            self.words[self.bitmap_base + (c >> 6)] |= 1 << (c & 63)
-        self.push(head, b)
+        first = words[head]
+        # LinkedLists.push, inlined: the hottest call of every free.
+        key = self.link_key
+        if first:
+            heap = self.heap
+            if not (heap.heap_start <= first < heap.brk and first & 15 == 8):
+                raise HeapCorruptionError(f"free-list head of class {c} is invalid")
+            at = first + PREV
+            words[at >> 3] = b ^ key ^ (at << LINK_SHIFT)
+        else:
+            words[self.bitmap_base + (c >> 6)] |= 1 << (c & 63)
+        at = b + NEXT
+        words[at >> 3] = first ^ key ^ (at << LINK_SHIFT)
+        at += 8
+        words[at >> 3] = key ^ (at << LINK_SHIFT)  # prev = 0
+        words[head] = b
 
     def validate(self, b: int, size: int) -> None:
-        self.neighbours(self.base + size_class(size), b)
+        self.neighbours(self.base + (size >> 4 if size < 1 << EXACT_SHIFT else size_class(size)), b)
 
     def remove(self, b: int, size: int) -> None:
-        c = size_class(size)
+        c = size >> 4 if size < 1 << EXACT_SHIFT else size_class(size)
         head = self.base + c
         self.unlink(head, b)
         if not self.words[head]:
@@ -123,16 +146,44 @@ class Segregated(LinkedLists):
         return self._pop(c, need)
 
     def _pop(self, c: int, need: int) -> tuple[int, int]:
-        """Unlink the first block of class ``c``, which must fit ``need``."""
+        """Unlink the first block of class ``c``, which must fit ``need``.
+
+        Inlines heap.free_block_size and LinkedLists.unlink for a list head.
+        """
         words = self.words
+        heap = self.heap
         head = self.base + c
         b = words[head]
-        size = self.heap.free_block_size(b)
-        if size < need or size_class(size) != c:
+        brk = heap.brk
+        lo = heap.heap_start
+        if not (lo <= b < brk and b & 15 == 8):
+            raise HeapCorruptionError(f"free-list head of class {c} is invalid")
+        plain = words[b >> 3] ^ heap.header_key
+        body = plain & BODY_MASK
+        size = body & SIZE_MASK
+        if (
+            plain >> TAG_SHIFT != hash((body & TAGGED_MASK, b ^ heap.tag_secret)) & TAG_MASK
+            or body & ALLOCATED
+        ):
+            raise HeapCorruptionError(f"header of free block {b + 8} is corrupted")
+        if size < need or (size >> 4 if size < 1 << EXACT_SHIFT else size_class(size)) != c:
             raise HeapCorruptionError(f"free block {b + 8} of {size} bytes is in class {c}")
-        self.unlink(head, b)
-        if not words[head]:
+        key = self.link_key
+        at = b + NEXT
+        nxt = words[at >> 3] ^ key ^ (at << LINK_SHIFT)
+        at += 8
+        if words[at >> 3] ^ key ^ (at << LINK_SHIFT):
+            raise HeapCorruptionError(f"free block {b + 8} heads its list but has a prev link")
+        if nxt:
+            at = nxt + PREV
+            if not (lo <= nxt < brk and nxt & 15 == 8) or words[at >> 3] ^ key ^ (
+                at << LINK_SHIFT
+            ) != b:
+                raise HeapCorruptionError(f"free block {b + 8}: next link is broken")
+            words[at >> 3] = key ^ (at << LINK_SHIFT)  # its prev = 0
+        else:
             words[self.bitmap_base + (c >> 6)] &= ~(1 << (c & 63)) & 0xFFFFFFFFFFFFFFFF
+        words[head] = nxt
         return b, size
 
     def find(self, need: int) -> int:
