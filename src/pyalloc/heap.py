@@ -56,7 +56,7 @@ from .layout import (
 )
 from .policies import POLICIES, policy_by_id, policy_class
 from .policies.base import FreeIndex
-from .regions import AnonymousRegion, Region
+from .regions import AnonymousRegion, Region, Words
 
 DEFAULT_CAPACITY: Final = 256 << 20
 TRIM_THRESHOLD: Final = 1 << 18  # a free top block this large is trimmed ...
@@ -98,6 +98,7 @@ class Heap:
 
     region: Region
     policy: FreeIndex
+    words: Words
 
     def __init__(
         self,
@@ -125,7 +126,9 @@ class Heap:
         """Check ``capacity``; return the region bytes a heap of it needs."""
         heap_start = cls.control_bytes(capacity, policy_cls)
         if capacity < heap_start + HEADER + MIN_BLOCK:
-            raise ValueError(f"capacity {capacity} is too small for a heap (minimum {heap_start + 40})")
+            raise ValueError(
+                f"capacity {capacity} is too small for a heap (minimum {heap_start + 40})"
+            )
         if capacity > MAX_BLOCK:
             raise ValueError(f"capacity {capacity} exceeds the largest heap ({MAX_BLOCK} bytes)")
         return capacity
@@ -190,7 +193,7 @@ class Heap:
             self.free = self._free  # type: ignore[method-assign]
             self.realloc = self._realloc  # type: ignore[method-assign]
 
-    def _metadata_words(self, region: Region) -> Any:
+    def _metadata_words(self, region: Region) -> Words:
         return region.words
 
     def _make_lock(self) -> Any:
@@ -267,7 +270,9 @@ class Heap:
             if size < MIN_BLOCK:
                 raise HeapCorruptionError(f"header of block {b + 8} holds an impossible size")
             if b < target < b + size:
-                raise InvalidPointerError(f"pointer {p} lies inside block {b + 8}, not at its start")
+                raise InvalidPointerError(
+                    f"pointer {p} lies inside block {b + 8}, not at its start"
+                )
             b += size
         raise InvalidPointerError(f"pointer {p} is not a block of this heap")
 
@@ -338,7 +343,9 @@ class Heap:
         if need < MIN_BLOCK:
             need = MIN_BLOCK
         if need > self.capacity:
-            raise MemoryError(f"cannot allocate {size} bytes: the heap's capacity is {self.capacity}")
+            raise MemoryError(
+                f"cannot allocate {size} bytes: the heap's capacity is {self.capacity}"
+            )
         found = self.policy.take(need)
         if found is None:
             return self._extend(need, size) + HEADER
@@ -361,7 +368,9 @@ class Heap:
             n = (b + have) >> 3
             words[n] = ((words[n] ^ key) | PREV_ALLOCATED) ^ key
             body = have | ALLOCATED | PREV_ALLOCATED | (have - HEADER - size) << SLACK_SHIFT
-        words[b >> 3] = (body | (hash((body & TAGGED_MASK, b ^ secret)) & TAG_MASK) << TAG_SHIFT) ^ key
+        words[b >> 3] = (
+            body | (hash((body & TAGGED_MASK, b ^ secret)) & TAG_MASK) << TAG_SHIFT
+        ) ^ key
         return b + HEADER
 
     def _top_free_block(self) -> int:
@@ -382,7 +391,8 @@ class Heap:
         new_brk = b + need
         if new_brk + HEADER > self.capacity:
             raise MemoryError(
-                f"cannot allocate {size} bytes: the heap would exceed its capacity of {self.capacity}"
+                f"cannot allocate {size} bytes: the heap would exceed its capacity"
+                f" of {self.capacity}"
             )
         if top:
             self.policy.remove(top, brk - top)
@@ -554,6 +564,8 @@ class Heap:
             new_brk = b + need
             if new_brk + HEADER > self.capacity:
                 return False
+            if self._header(brk) != ALLOCATED | PREV_ALLOCATED:
+                raise HeapCorruptionError("the heap's epilogue header is corrupted")
             self._set_header(new_brk, ALLOCATED | PREV_ALLOCATED)
             self._set_header(b, _allocated_body(need, size, prev_bit))
             self._set_brk(new_brk)
@@ -597,7 +609,9 @@ class Heap:
         size = _check_size(size)
         total = count * size
         if total > self.capacity:
-            raise MemoryError(f"cannot allocate {count} x {size} bytes: exceeds the heap's capacity")
+            raise MemoryError(
+                f"cannot allocate {count} x {size} bytes: exceeds the heap's capacity"
+            )
         with self._lock:
             p = self._malloc(total)
             usable = (self._header(p - HEADER) & SIZE_MASK) - HEADER

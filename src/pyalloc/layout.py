@@ -134,8 +134,11 @@ def decode(word: int, offset: int, secret: int, key: int) -> int:
 
 
 def make_body(size: int, allocated: bool, prev_allocated: bool, slack: int = 0) -> int:
-    return size | (ALLOCATED if allocated else 0) | (PREV_ALLOCATED if prev_allocated else 0) | (
-        slack << SLACK_SHIFT
+    return (
+        size
+        | (ALLOCATED if allocated else 0)
+        | (PREV_ALLOCATED if prev_allocated else 0)
+        | (slack << SLACK_SHIFT)
     )
 
 

@@ -19,11 +19,20 @@ from __future__ import annotations
 import mmap
 import os
 import re
+from typing import Protocol
 
 PAGE_SIZE = mmap.PAGESIZE
 
 _SHM_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
 _SHM_DIR = "/dev/shm"
+
+
+class Words(Protocol):
+    """Indexable 8-byte words: a region's ``words`` or a wrapper around them."""
+
+    def __getitem__(self, index: int, /) -> int: ...
+
+    def __setitem__(self, index: int, value: int, /) -> None: ...
 
 
 def page_round_up(n: int) -> int:

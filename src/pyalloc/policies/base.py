@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from ..errors import HeapCorruptionError
 from ..layout import LINK_SHIFT
+from ..regions import Words
 
 if TYPE_CHECKING:
     from ..heap import Heap
@@ -37,7 +38,7 @@ class FreeIndex:
     def __init__(self, heap: Heap, base: int) -> None:
         self.heap = heap
         self.base = base  # first control word of this policy
-        self.words = heap.words
+        self.words: Words = heap.words
 
     @classmethod
     def words_needed(cls, capacity: int) -> int:

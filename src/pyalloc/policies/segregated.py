@@ -176,9 +176,10 @@ class Segregated(LinkedLists):
             raise HeapCorruptionError(f"free block {b + 8} heads its list but has a prev link")
         if nxt:
             at = nxt + PREV
-            if not (lo <= nxt < brk and nxt & 15 == 8) or words[at >> 3] ^ key ^ (
-                at << LINK_SHIFT
-            ) != b:
+            if (
+                not (lo <= nxt < brk and nxt & 15 == 8)
+                or words[at >> 3] ^ key ^ (at << LINK_SHIFT) != b
+            ):
                 raise HeapCorruptionError(f"free block {b + 8}: next link is broken")
             words[at >> 3] = key ^ (at << LINK_SHIFT)  # its prev = 0
         else:
