@@ -40,14 +40,22 @@ def policy(request: pytest.FixtureRequest) -> str:
     return name
 
 
+@pytest.fixture(params=[True, False], ids=["cache", "nocache"])
+def cache(request: pytest.FixtureRequest) -> bool:
+    """Heaps are tested with and without the cache of freed small blocks."""
+    enabled: bool = request.param
+    return enabled
+
+
 @pytest.fixture
-def make_heap(policy: str) -> Iterator[HeapFactory]:
+def make_heap(policy: str, cache: bool) -> Iterator[HeapFactory]:
     """Build heaps of the current policy; every heap is closed at teardown."""
     heap_module = pytest.importorskip("pyalloc.heap")
     made: list[Any] = []
 
     def make(capacity: int = DEFAULT_CAPACITY, **options: Any) -> Any:
         options.setdefault("policy", policy)
+        options.setdefault("cache", cache)
         heap = heap_module.Heap(capacity, **options)
         made.append(heap)
         return heap

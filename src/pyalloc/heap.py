@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final
 
@@ -59,6 +60,8 @@ from .policies.base import FreeIndex
 from .regions import AnonymousRegion, Region, Words
 
 DEFAULT_CAPACITY: Final = 256 << 20
+CACHE_LIMIT: Final = 16  # freed blocks kept per size in the cache ...
+CACHE_MAX_BLOCK: Final = 1 << 10  # ... for block sizes below this
 TRIM_THRESHOLD: Final = 1 << 18  # a free top block this large is trimmed ...
 TOP_PAD: Final = 1 << 16  # ... down to this many bytes
 M64: Final = (1 << 64) - 1
@@ -93,7 +96,12 @@ class Heap:
     control record included; the region is reserved up front and committed
     by the OS as it is touched. ``policy`` names the free-block index (see
     ``POLICIES``). With ``lock=True`` (the default) every call holds a
-    per-heap lock, so threads may share the heap.
+    per-heap lock, so threads may share the heap. With ``cache=True`` (the
+    default) up to CACHE_LIMIT freed blocks of each size below
+    CACHE_MAX_BLOCK are kept aside, their headers unchanged, and handed out
+    again to the next request of that size; they go back to the free lists
+    before the heap grows. ``cache=False`` makes every free coalesce at once,
+    which policy comparisons want.
     """
 
     region: Region
@@ -106,12 +114,15 @@ class Heap:
         *,
         policy: str = "segregated",
         lock: bool = True,
+        cache: bool = True,
     ) -> None:
         capacity = _check_size(capacity, "capacity")
         policy_cls = policy_class(policy)
         region = AnonymousRegion(self.layout_size(capacity, policy_cls))
         self._format(region, capacity, policy_cls)
         self._bind(region, lock)
+        if cache:
+            self._cache_limit = CACHE_LIMIT
 
     # -- set-up --------------------------------------------------------------
 
@@ -187,6 +198,12 @@ class Heap:
         self.policy = policy_by_id(fmt >> 16)(self, C.CONTROL_WORDS)
         self._lock = self._make_lock()
         self._closed = False
+        # The cache of recently freed small blocks, by block size / 16 (see _free).
+        # Off unless the constructor turns it on: a heap other processes share
+        # must not keep free blocks out of their sight.
+        self._cache_limit = 0
+        self._cache: list[list[int]] = [[] for _ in range(CACHE_MAX_BLOCK >> 4)]
+        self._cached: set[int] = set()
         if not lock:
             # The unlocked entry points replace the locking wrappers on this instance.
             self.malloc = self._malloc  # type: ignore[method-assign]
@@ -244,7 +261,7 @@ class Heap:
         body = self._header(b)
         if body < 0:
             self._explain_bad_header(p)
-        if not body & ALLOCATED:
+        if not body & ALLOCATED or p in self._cached:
             raise DoubleFreeError(f"block {p} is already free")
         if b + (body & SIZE_MASK) > self.brk or body & SIZE_MASK < MIN_BLOCK:
             raise HeapCorruptionError(f"header of block {p} holds an impossible size")
@@ -346,9 +363,19 @@ class Heap:
             raise MemoryError(
                 f"cannot allocate {size} bytes: the heap's capacity is {self.capacity}"
             )
+        if need < CACHE_MAX_BLOCK:
+            cached = self._cache[need >> 4]
+            if cached:
+                return self._reuse(cached.pop(), need, size)
         found = self.policy.take(need)
         if found is None:
-            return self._extend(need, size) + HEADER
+            if not self._cached:
+                return self._extend(need, size) + HEADER
+            # Cached blocks go back to the free lists before the heap grows.
+            self._flush_cache()
+            found = self.policy.take(need)
+            if found is None:
+                return self._extend(need, size) + HEADER
         b, have = found
         words = self.words
         secret = self.tag_secret
@@ -372,6 +399,25 @@ class Heap:
             body | (hash((body & TAGGED_MASK, b ^ secret)) & TAG_MASK) << TAG_SHIFT
         ) ^ key
         return b + HEADER
+
+    def _reuse(self, p: int, need: int, size: int) -> int:
+        """Hand out the cached block ``p`` of ``need`` bytes again."""
+        self._cached.discard(p)
+        b = p - HEADER
+        body = self._header(b)
+        if body < 0 or body & (SIZE_MASK | ALLOCATED) != need | ALLOCATED:
+            raise HeapCorruptionError(f"header of cached free block {p} is corrupted")
+        self._set_header(b, _allocated_body(need, size, body & PREV_ALLOCATED))
+        return p
+
+    def _flush_cache(self) -> None:
+        """Free every cached block for real, coalescing it with its neighbours."""
+        cached = self._cached
+        for bin_ in self._cache:
+            while bin_:
+                p = bin_.pop()
+                cached.discard(p)
+                self._release(p - HEADER, self._live_header(p))
 
     def _top_free_block(self) -> int:
         """Offset of the free block ending at the break, or 0."""
@@ -436,6 +482,16 @@ class Heap:
             or size < MIN_BLOCK
         ):
             self._live_header(p)  # raises the precise error
+        if p in self._cached:
+            raise DoubleFreeError(f"block {p} is already free")
+        if size < CACHE_MAX_BLOCK:
+            cached = self._cache[size >> 4]
+            if len(cached) < self._cache_limit:
+                # Kept as it is, header still allocated, for the next request
+                # of this size (as glibc's tcache does); flushed before growth.
+                cached.append(p)
+                self._cached.add(p)
+                return
         if not body & PREV_ALLOCATED:
             self._release(b, body)  # a merge with the predecessor
             return
@@ -633,15 +689,16 @@ class Heap:
 
     # -- checking and statistics -------------------------------------------------
 
-    def _walk(self) -> tuple[dict[int, int], int, int]:
-        """Validate every block; return (free blocks, live blocks, live bytes)."""
+    def _walk(self) -> _Census:
+        """Validate every block, free list and the cache; count what is where."""
         heap_start = self.heap_start
         brk = self.brk
         words = self.words
         if words[C.W_MAGIC] != C.MAGIC or words[C.W_BRK] != brk:
             raise HeapCorruptionError("the heap's control record is corrupted")
-        free_blocks: dict[int, int] = {}
-        live_blocks = live_bytes = 0
+        census = _Census()
+        free_blocks = census.free_blocks
+        cached = self._cached
         prev_allocated = True
         b = heap_start
         while b < brk:
@@ -657,8 +714,11 @@ class Heap:
                 slack = slack_of(body)
                 if slack > size - HEADER:
                     raise HeapCorruptionError(f"block {b + 8} holds an impossible slack")
-                live_blocks += 1
-                live_bytes += size - HEADER - slack
+                if b + HEADER in cached:
+                    census.cached_blocks[b + HEADER] = size
+                else:
+                    census.live_blocks += 1
+                    census.live_bytes += size - HEADER - slack
             else:
                 if not prev_allocated:
                     raise HeapCorruptionError(f"free blocks before {b + 8} were not coalesced")
@@ -675,7 +735,15 @@ class Heap:
         if words[C.W_PEAK] < brk + HEADER or words[C.W_PEAK] > self.capacity:
             raise HeapCorruptionError("the heap's peak footprint is inconsistent")
         self.policy.check(free_blocks)
-        return free_blocks, live_blocks, live_bytes
+        in_bins = 0
+        for i, bin_ in enumerate(self._cache):
+            for p in bin_:
+                if census.cached_blocks.get(p) != i << 4:
+                    raise HeapCorruptionError(f"cached block {p} is not a block of {i << 4} bytes")
+            in_bins += len(bin_)
+        if not in_bins == len(cached) == len(census.cached_blocks):
+            raise HeapCorruptionError("the cache of freed blocks is inconsistent")
+        return census
 
     def check(self) -> None:
         """Walk every block and free list; HeapCorruptionError on any fault."""
@@ -683,20 +751,25 @@ class Heap:
             self._walk()
 
     def stats(self) -> dict[str, int]:
-        """Counts derived from a full walk of the heap (so also a check)."""
+        """Counts derived from a full walk of the heap (so also a check).
+
+        Blocks held in the cache of freed blocks count as free.
+        """
         with self._lock:
-            free_blocks, live_blocks, live_bytes = self._walk()
+            census = self._walk()
             brk = self.brk
             peak = self.words[C.W_PEAK]
+        free_sizes = [*census.free_blocks.values(), *census.cached_blocks.values()]
         return {
             "capacity": self.capacity,
             "heap_bytes": brk + HEADER,
             "peak_heap_bytes": peak,
-            "live_bytes": live_bytes,
-            "live_blocks": live_blocks,
-            "free_bytes": sum(free_blocks.values()),
-            "free_blocks": len(free_blocks),
-            "largest_free": max(free_blocks.values(), default=0),
+            "live_bytes": census.live_bytes,
+            "live_blocks": census.live_blocks,
+            "free_bytes": sum(free_sizes),
+            "free_blocks": len(free_sizes),
+            "largest_free": max(free_sizes, default=0),
+            "cached_blocks": len(census.cached_blocks),
         }
 
     def blocks(self) -> list[tuple[int, int, bool]]:
@@ -749,6 +822,16 @@ class Heap:
 
     def __getstate__(self) -> Any:
         raise TypeError(f"a private {type(self).__name__} cannot be pickled; use SharedHeap")
+
+
+@dataclass
+class _Census:
+    """What a walk of the heap found."""
+
+    free_blocks: dict[int, int] = field(default_factory=dict)  # block offset -> size
+    cached_blocks: dict[int, int] = field(default_factory=dict)  # pointer -> block size
+    live_blocks: int = 0
+    live_bytes: int = 0
 
 
 def _stored(body: int, b: int, secret: int, key: int) -> int:

@@ -1,0 +1,102 @@
+"""The cache of freed small blocks: reuse, refusal of stale pointers, flushing."""
+
+from __future__ import annotations
+
+import pytest
+
+from pyalloc import DoubleFreeError, Heap, HeapCorruptionError
+from pyalloc.heap import CACHE_LIMIT, CACHE_MAX_BLOCK
+
+
+@pytest.fixture
+def heap():
+    with Heap(1 << 20) as h:
+        yield h
+
+
+def test_a_freed_block_is_handed_out_again_for_the_same_size(heap: Heap) -> None:
+    keep = heap.malloc(64)
+    p = heap.malloc(64)
+    heap.free(p)
+    assert heap.stats()["cached_blocks"] == 1
+    assert heap.malloc(60) == p  # same block size: 60 and 64 both need 80 bytes
+    assert heap.stats()["cached_blocks"] == 0
+    heap.free(keep)
+    heap.check()
+
+
+def test_cached_blocks_count_as_free_in_stats(heap: Heap) -> None:
+    ps = [heap.malloc(100) for _ in range(4)]
+    heap.free(ps[1])
+    s = heap.stats()
+    assert s["live_blocks"] == 3
+    assert s["live_bytes"] == 300
+    assert s["cached_blocks"] == 1
+    assert s["free_blocks"] >= 1
+    assert s["free_bytes"] >= heap.usable_size(ps[0]) + 8
+
+
+@pytest.mark.parametrize("op", ["free", "realloc", "usable_size", "view"])
+def test_a_cached_pointer_is_refused_as_already_free(heap: Heap, op: str) -> None:
+    p = heap.malloc(32)
+    heap.malloc(32)
+    heap.free(p)
+    with pytest.raises(DoubleFreeError):
+        if op == "realloc":
+            heap.realloc(p, 64)
+        else:
+            getattr(heap, op)(p)
+    heap.check()
+    assert heap.stats()["cached_blocks"] == 1
+
+
+def test_a_corrupted_cached_header_is_detected_on_reuse(heap: Heap) -> None:
+    p = heap.malloc(48)
+    heap.malloc(48)
+    heap.free(p)
+    heap.region.buf[p - 8] ^= 0x40  # a bit of the size field
+    with pytest.raises(HeapCorruptionError):
+        heap.check()
+    with pytest.raises(HeapCorruptionError):
+        heap.malloc(48)
+
+
+def test_the_cache_holds_at_most_its_limit_per_size(heap: Heap) -> None:
+    ps = [heap.malloc(16) for _ in range(CACHE_LIMIT + 5)]
+    for p in ps:
+        heap.free(p)
+    assert heap.stats()["cached_blocks"] == CACHE_LIMIT
+    heap.check()
+
+
+def test_large_blocks_are_never_cached(heap: Heap) -> None:
+    p = heap.malloc(CACHE_MAX_BLOCK)
+    heap.malloc(16)
+    heap.free(p)
+    assert heap.stats()["cached_blocks"] == 0
+
+
+def test_cached_blocks_are_coalesced_before_the_heap_grows(heap: Heap) -> None:
+    small = [heap.malloc(100) for _ in range(CACHE_LIMIT)]
+    fence = heap.malloc(16)
+    before = heap.stats()["heap_bytes"]
+    for p in small:
+        heap.free(p)
+    assert heap.stats()["cached_blocks"] == CACHE_LIMIT
+    # Too big for any single cached block, small enough for them merged.
+    big = heap.malloc(100 * CACHE_LIMIT)
+    assert heap.stats()["heap_bytes"] == before
+    assert big < fence
+    heap.check()
+
+
+def test_without_the_cache_a_free_coalesces_at_once() -> None:
+    with Heap(1 << 20, cache=False) as heap:
+        a, b, c = (heap.malloc(64) for _ in range(3))
+        heap.malloc(64)
+        for p in (a, b, c):
+            heap.free(p)
+        s = heap.stats()
+        assert s["cached_blocks"] == 0
+        assert s["free_blocks"] == 1
+        assert s["largest_free"] == 3 * 80
