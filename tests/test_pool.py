@@ -279,6 +279,17 @@ def test_create_refuses_a_taken_name(shared_pools: Callable[..., Pool]) -> None:
     pool.check()
 
 
+def test_create_with_bad_arguments_leaves_no_segment() -> None:
+    name = shm_name()
+    with pytest.raises(ValueError):
+        Pool.create(name, 64, 0)
+    with pytest.raises(TypeError):
+        Pool.create(name, 64.0, 10)  # type: ignore[arg-type]
+    assert not SharedRegion.exists(name)
+    with pytest.raises(ValueError):
+        Pool.create("no/slashes", 64, 10)
+
+
 def test_attach_to_a_missing_name_raises() -> None:
     with pytest.raises(FileNotFoundError):
         Pool.attach(shm_name())
