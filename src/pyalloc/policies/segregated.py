@@ -188,20 +188,33 @@ class Segregated(LinkedLists):
         return b, size
 
     def find(self, need: int) -> int:
-        """Best fit among the first BEST_FIT_SCAN blocks of need's own class."""
+        """Best fit among the first BEST_FIT_SCAN blocks of need's own class.
+
+        The scan reads sizes without checking tags (a cheap range check keeps
+        it inside the heap); the block it picks is checked in full by
+        ``take`` before it is used.
+        """
         heap = self.heap
+        words = self.words
+        lo = heap.heap_start
+        hi = heap.brk
+        header_key = heap.header_key
+        link_key = self.link_key
         best = 0
         best_size = 0
-        b = self.words[self.base + size_class(need)]
+        b = words[self.base + size_class(need)]
         for _ in range(BEST_FIT_SCAN):
-            if not b:
+            if not (lo <= b < hi and b & 15 == 8):
+                if b:
+                    raise HeapCorruptionError(f"free-list link {b:#x} is outside the heap")
                 break
-            size = heap.free_block_size(b)
+            size = (words[b >> 3] ^ header_key) & SIZE_MASK  # layout.block_size, inlined
             if size >= need and (not best or size < best_size):
                 best, best_size = b, size
                 if size == need:
                     break
-            b = self.read_link(b, NEXT)
+            at = b + NEXT  # read_link, inlined
+            b = words[at >> 3] ^ link_key ^ (at << LINK_SHIFT)
         return best
 
     def check(self, free_blocks: dict[int, int]) -> None:
