@@ -18,6 +18,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 pytest.importorskip("atomicshm")
 
@@ -204,6 +207,76 @@ def test_int_subclass_pointer_is_accepted() -> None:
         assert len(pool.view(Offset(p))) == 64
         pool.free(Offset(p))
         assert pool.available() == 8
+
+
+# --- Random sequences against a model ------------------------------------------------
+
+
+class PoolMachine(RuleBasedStateMachine):
+    """Alloc, free, double free and stray pointers on a 12-block pool.
+
+    The model is the set of live pointers and the bytes written into each;
+    after every step the pool agrees with it on ``available()``, on
+    ``check()`` and on every live block's payload.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = Pool(24, 12)
+        self.live: dict[int, bytes] = {}
+        self.freed: set[int] = set()
+
+    def teardown(self) -> None:
+        self.pool.close()
+
+    @rule(fill=st.binary(min_size=24, max_size=24))
+    def alloc(self, fill: bytes) -> None:
+        if len(self.live) == 12:
+            with pytest.raises(MemoryError):
+                self.pool.alloc()
+            return
+        ptr = self.pool.alloc()
+        assert ptr not in self.live
+        self.pool.view(ptr)[:] = fill
+        self.live[ptr] = fill
+        self.freed.discard(ptr)
+
+    @precondition(lambda self: bool(self.live))
+    @rule(pick=st.integers(0, 1 << 16))
+    def free(self, pick: int) -> None:
+        ptr = sorted(self.live)[pick % len(self.live)]
+        assert bytes(self.pool.view(ptr)) == self.live.pop(ptr)
+        self.pool.free(ptr)
+        self.freed.add(ptr)
+
+    @precondition(lambda self: bool(self.freed))
+    @rule(pick=st.integers(0, 1 << 16))
+    def double_free(self, pick: int) -> None:
+        ptr = sorted(self.freed)[pick % len(self.freed)]
+        with pytest.raises(DoubleFreeError):
+            self.pool.free(ptr)
+
+    @rule(ptr=st.integers(-(1 << 20), 1 << 20))
+    def stray_pointer(self, ptr: int) -> None:
+        layout = self.pool._layout
+        offset = ptr - layout.blocks
+        if 0 <= offset < layout.stride * layout.count and offset % layout.stride == 0:
+            return  # a real block start
+        with pytest.raises(InvalidPointerError) as raised:
+            self.pool.free(ptr)
+        assert not isinstance(raised.value, DoubleFreeError)
+
+    @invariant()
+    def agrees_with_the_model(self) -> None:
+        assert self.pool.available() == 12 - len(self.live)
+        report = self.pool.check()
+        assert (report.allocated, report.stranded) == (len(self.live), 0)
+        for ptr, data in self.live.items():
+            assert bytes(self.pool.view(ptr)) == data
+
+
+TestPoolMachine = PoolMachine.TestCase
+TestPoolMachine.settings = settings(max_examples=60, stateful_step_count=40)
 
 
 # --- Life cycle, sharing by name, pickling ------------------------------------------
