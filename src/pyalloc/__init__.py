@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from .errors import DoubleFreeError, HeapCorruptionError, HeapError, InvalidPointerError
 from .heap import POLICIES, Heap
+from .shared import SharedHeap
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -18,6 +19,7 @@ __all__ = [
     "HeapError",
     "InvalidPointerError",
     "Pool",
+    "SharedHeap",
 ]
 
 

@@ -1,0 +1,155 @@
+"""An undo journal for the metadata words of a heap shared between processes.
+
+A shared heap's operation writes a handful of metadata words (headers,
+footers, free-list links, bin heads, bitmap words, the break). A process
+killed between two of those writes would leave the heap half-changed. The
+journal makes every operation all-or-nothing: before a metadata word is
+overwritten, its index and old value are appended to the journal; when the
+operation is done the journal is emptied (commit). Whoever takes the lock
+next and finds the journal non-empty knows its previous holder died inside
+an operation, and restores the old values, newest first (undo).
+
+Glossary
+--------
+word        an 8-byte metadata word of the region, named by its index
+            (byte offset / 8), as the engine indexes ``region.words``.
+entry       two words of the journal: the index of a word, then the value
+            that word held before the operation first wrote it.
+count       the number of valid entries: a control word of the heap. An
+            entry exists iff its number is below the count.
+commit      count = 0: the operation's writes stand.
+undo        for each entry, newest first, word[index] = old; then count = 0.
+
+Layout (after the heap's capacity, page-aligned)::
+
+    journal + 16 * i        index of the word entry i saved
+    journal + 16 * i + 8    its value before the operation
+    ...                     ``slots`` entries
+
+One journaled write, in this order::
+
+    1. entry[count] = (index, words[index])
+    2. count += 1
+    3. words[index] = value
+
+A kill before 2 leaves an entry beyond the count: invisible, and the word is
+unchanged. A kill between 2 and 3 leaves an entry whose old value is the
+word's current value: undoing it writes what is already there. A kill after 3
+leaves an entry that undo reverts. So at every instant::
+
+    words now, with every entry below count undone newest first
+        == words as they were when the operation took the lock
+
+Undo is idempotent: a process killed while undoing leaves the entries and
+the count in place, and the next one undoes them all again, which ends in
+the same words. Each entry is checked (an index inside the heap's metadata,
+never the count itself) before anything is written, so a corrupted journal
+is reported rather than followed.
+
+Stores of 8-byte aligned words are single instructions, so another process
+never sees half of one; the lock (a system call on both sides) orders the
+dead holder's stores before the next holder's reads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any, Final, cast
+
+from .errors import HeapCorruptionError, HeapError
+from .regions import Words
+
+ENTRY_BYTES: Final = 16
+DEFAULT_SLOTS: Final = 1024  # entries; an operation writes a few dozen words at most
+
+__all__ = ["DEFAULT_SLOTS", "ENTRY_BYTES", "Journal", "JournalFullError"]
+
+
+class JournalFullError(HeapError):
+    """An operation wrote more metadata words than the journal can hold."""
+
+
+class Journal:
+    """The undo journal of one region, read and written through ``raw``.
+
+    ``raw`` is the region as 8-byte words (``region.words``); ``first`` is the
+    word index of entry 0, ``slots`` the number of entries, ``count_word``
+    the index of the count, and ``limit`` the number of words that may be
+    journaled (the heap's capacity / 8: metadata never lies beyond it).
+    """
+
+    def __init__(self, raw: Words, first: int, slots: int, count_word: int, limit: int) -> None:
+        if not 0 <= count_word < limit <= first:
+            raise HeapError("the journal overlaps the words it protects")
+        self.raw = raw
+        self.first = first
+        self.slots = slots
+        self.count_word = count_word
+        self.limit = limit
+
+    @property
+    def count(self) -> int:
+        return self.raw[self.count_word]
+
+    def entries(self) -> list[tuple[int, int]]:
+        """The live entries, oldest first, each checked; HeapCorruptionError if bad."""
+        raw = self.raw
+        count = raw[self.count_word]
+        if count > self.slots:
+            raise HeapCorruptionError(f"the journal claims {count} entries; it has {self.slots}")
+        out: list[tuple[int, int]] = []
+        for i in range(count):
+            e = self.first + 2 * i
+            index = raw[e]
+            if index >= self.limit or index == self.count_word:
+                raise HeapCorruptionError(f"journal entry {i} names word {index}, outside the heap")
+            out.append((index, raw[e + 1]))
+        return out
+
+    def undo(self) -> int:
+        """Restore every journaled word, newest first; return how many entries."""
+        entries = self.entries()  # all checked before the first write
+        raw = self.raw
+        for index, old in reversed(entries):
+            raw[index] = old
+        if entries:
+            raw[self.count_word] = 0
+        return len(entries)
+
+    def commit(self) -> None:
+        """Keep the operation's writes: forget the entries."""
+        if self.raw[self.count_word]:
+            self.raw[self.count_word] = 0
+
+    def journaled_words(self, buf: object, raw: Words | None = None) -> Words:
+        """The words of ``buf`` as an object whose stores are journaled.
+
+        Reads are plain ctypes array reads (the engine's hot paths read far
+        more often than they write); ``words[i] = v`` appends an entry first.
+        ``raw`` is where the journaled write's three steps go (the region's
+        words unless a caller interposes, as fault-injection tests do).
+        """
+        out = raw if raw is not None else self.raw
+        first = self.first
+        slots = self.slots
+        count_word = self.count_word
+        nwords = len(cast("memoryview", self.raw))
+
+        def __setitem__(self: object, index: int, value: int) -> None:
+            n = out[count_word]
+            if n >= slots:
+                raise JournalFullError(
+                    f"an operation wrote more than {slots} metadata words; it is undone"
+                )
+            e = first + 2 * n
+            out[e] = index
+            out[e + 1] = out[index]
+            out[count_word] = n + 1
+            out[index] = value
+
+        array_type: type = ctypes.c_uint64 * nwords
+        words_type: Any = type(
+            "JournaledWords", (array_type,), {"__slots__": (), "__setitem__": __setitem__}
+        )
+        words: Words = words_type.from_buffer(buf)
+        return words

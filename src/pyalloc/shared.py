@@ -1,0 +1,921 @@
+"""SharedHeap: one heap in POSIX shared memory, used by many processes at once.
+
+A shared heap is the engine of ``heap.py`` over a named segment of
+``/dev/shm``; every process that attaches maps the same bytes, so a pointer
+(a payload offset) means the same block everywhere and can be passed through
+a queue, a pipe or the heap's own directory of names.
+
+Glossary
+--------
+segment     the ``/dev/shm`` file holding the heap; its name is the heap's.
+lock        ``flock`` on the segment's file, plus a ``threading.Lock`` for the
+            threads of one process. The kernel drops a ``flock`` when its
+            holder dies, so a process killed holding the lock blocks no one.
+journal     the undo journal of ``journal.py``: every metadata word an
+            operation overwrites is saved first, so a killed operation is
+            undone by the next process to take the lock.
+transaction everything done under one hold of the lock; it ends in commit
+            (journal emptied) or, if the operation raised, in undo.
+recovery    undoing a dead holder's transaction; counted in the control record.
+directory   ``names``: str -> pointer, kept in one heap block whose offset is
+            a control word, so every process sees the same names.
+
+Region::
+
+    0                control record (control.py), words 11-18 as below
+    heap_start       blocks (layout.py)
+    capacity         end of the heap; the engine never touches what follows
+    journal          page-aligned: ``slots`` entries of 16 bytes
+    journal + 16 * slots
+
+Control words of a shared heap (the engine reserves 10-23)::
+
+    11  SHARED_MAGIC        b"pyashare": a heap made by SharedHeap.create
+    12  SHARED_VERSION      layout version of words 11-18 and the journal
+    13  journal             byte offset of the journal
+    14  journal slots       entries it can hold
+    15  journal count       live entries: non-zero only inside a transaction,
+                            or after its holder died
+    16  names               payload offset of the directory block, 0 if none
+    17  names next          a directory block being written, 0 otherwise
+    18  recoveries          transactions undone after their holder died
+
+A transaction::
+
+    lock:    thread lock, then flock
+             if count != 0: undo the journal, recoveries += 1,
+                            free the block in "names next" if any
+             brk = words[brk]            (other processes move the break)
+    work:    the engine's operation; each metadata store goes through the
+             journal; the pages a trim gives back are only noted
+    unlock:  commit (count = 0) if the operation returned, undo if it raised;
+             then give back the noted pages; then flock off, thread lock off
+
+Invariants, whenever no process holds the lock::
+
+    journal count == 0  or  its holder is dead (and the next lock undoes it)
+    names next == 0     or  its holder is dead
+    the heap walks (check() passes) once the journal is undone
+
+Payload bytes are not journaled. The one place an operation writes payload
+(realloc copying a block to its new place) first commits, at a point where
+the heap is consistent: the new block is allocated, the old one intact. A
+process killed during the copy leaks the new block and keeps the old; no
+other process's block is touched.
+
+The engine keeps a per-process cache of freed small blocks for private
+heaps; in a shared heap a freed block must be usable by every process, and
+a process that dies must not take freed memory with it, so a shared heap
+empties that cache before each commit.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import math
+import os
+import secrets
+import struct
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Iterator, MutableMapping
+from types import TracebackType
+from typing import Any, Final, NoReturn, cast
+
+from . import control as C
+from .errors import HeapCorruptionError, HeapError, InvalidPointerError
+from .heap import DEFAULT_CAPACITY, Heap, _check_size
+from .journal import DEFAULT_SLOTS, ENTRY_BYTES, Journal
+from .layout import HEADER, SIZE_MASK
+from .policies import policy_by_id, policy_class
+from .regions import Region, SharedRegion, Words, _shm_path, list_shared, page_round_up
+
+__all__ = ["SharedHeap", "SharedNames", "describe_segment", "list_heaps"]
+
+SHARED_MAGIC: Final = int.from_bytes(b"pyashare", "little")
+SHARED_VERSION: Final = 1
+
+W_SHARED_MAGIC: Final = C.W_RESERVED
+W_SHARED_VERSION: Final = C.W_RESERVED + 1
+W_JOURNAL: Final = C.W_RESERVED + 2
+W_JOURNAL_SLOTS: Final = C.W_RESERVED + 3
+W_JOURNAL_COUNT: Final = C.W_RESERVED + 4
+W_NAMES: Final = C.W_RESERVED + 5
+W_NAMES_NEXT: Final = C.W_RESERVED + 6
+W_RECOVERIES: Final = C.W_RESERVED + 7
+
+assert W_RECOVERIES < C.CONTROL_WORDS
+
+NAMES_MAGIC: Final = int.from_bytes(b"pyanames", "little")
+NAME_MAX_BYTES: Final = 255
+_NAMES_HEAD = struct.Struct("<QQ")  # magic, number of entries
+_NAME_ENTRY = struct.Struct("<QQ")  # pointer, key length; then the key, padded to 8
+
+
+# -- the segment -------------------------------------------------------------------
+
+
+class _Segment(SharedRegion):
+    """The heap's segment. Inside a transaction, pages to give back are only noted.
+
+    A trim gives back the pages above the new break; if the transaction were
+    then undone, the old break would come back over zeroed pages. So pages are
+    given back only once the transaction has committed.
+    """
+
+    def __init__(self, name: str, buf: Any) -> None:
+        super().__init__(name, buf)
+        self.in_transaction = False
+        self.deferred: list[tuple[int, int]] = []
+
+    def _discard(self, start: int, length: int) -> None:
+        if self.in_transaction:
+            self.deferred.append((start, length))
+        else:
+            super()._discard(start, length)
+
+    def discard_deferred(self) -> None:
+        deferred = self.deferred
+        while deferred:
+            start, length = deferred.pop()
+            SharedRegion._discard(self, start, length)
+
+
+def _read_control(fd: int, name: str) -> tuple[list[int], int]:
+    """The control words and the size of the open segment ``fd``, read without mapping."""
+    size = os.fstat(fd).st_size
+    data = os.pread(fd, C.CONTROL_WORDS * 8, 0)
+    if len(data) < C.CONTROL_WORDS * 8:
+        raise HeapError(f"shared-memory segment {name!r} is not a pyalloc heap (too small)")
+    return list(struct.unpack(f"={C.CONTROL_WORDS}Q", data)), size
+
+
+def _check_control(words: list[int], size: int, name: str) -> None:
+    """Refuse a segment that is not a shared heap this version can use."""
+    what = f"shared-memory segment {name!r}"
+    if words[C.W_MAGIC] != C.MAGIC:
+        raise HeapError(f"{what} is not a pyalloc heap (bad magic number)")
+    version = words[C.W_FORMAT] & 0xFFFF
+    if version != C.FORMAT_VERSION:
+        raise HeapError(
+            f"{what} holds a heap of format version {version}; "
+            f"this pyalloc reads version {C.FORMAT_VERSION}"
+        )
+    if words[W_SHARED_MAGIC] != SHARED_MAGIC:
+        raise HeapError(f"{what} holds a pyalloc heap that was not made by SharedHeap.create")
+    if words[W_SHARED_VERSION] != SHARED_VERSION:
+        raise HeapError(
+            f"{what} holds a shared heap of layout version {words[W_SHARED_VERSION]}; "
+            f"this pyalloc reads version {SHARED_VERSION}"
+        )
+    try:
+        policy_by_id(words[C.W_FORMAT] >> 16)
+    except ValueError as e:
+        raise HeapError(f"{what}: {e}") from None
+    capacity = words[C.W_CAPACITY]
+    journal = words[W_JOURNAL]
+    slots = words[W_JOURNAL_SLOTS]
+    if (
+        size % 8
+        or not words[C.W_HEAP_START] < capacity <= journal
+        or journal % 8
+        or not 0 < slots <= (size - journal) // ENTRY_BYTES
+    ):
+        raise HeapError(f"{what}: its control record does not fit its size ({size} bytes)")
+
+
+def describe_segment(name: str) -> dict[str, Any] | None:
+    """What the control record of segment ``name`` says, or None if it is no shared heap.
+
+    Reads the first bytes of the file only: it takes no lock, maps nothing
+    and writes nothing, so it is safe on any segment.
+    """
+    try:
+        fd = os.open(_shm_path(name), os.O_RDONLY | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return None
+    try:
+        words, size = _read_control(fd, name)
+        _check_control(words, size, name)
+    except (HeapError, OSError):
+        return None
+    finally:
+        os.close(fd)
+    return {
+        "name": name,
+        "segment_bytes": size,
+        "capacity": words[C.W_CAPACITY],
+        "heap_bytes": words[C.W_BRK] + HEADER,
+        "peak_heap_bytes": words[C.W_PEAK],
+        "policy": policy_by_id(words[C.W_FORMAT] >> 16).name,
+        "journal_entries": words[W_JOURNAL_COUNT],
+        "recoveries": words[W_RECOVERIES],
+        "has_names": bool(words[W_NAMES]),
+    }
+
+
+def list_heaps() -> list[dict[str, Any]]:
+    """``describe_segment`` of every shared heap in ``/dev/shm``."""
+    found = []
+    for name in list_shared():
+        info = describe_segment(name)
+        if info is not None:
+            found.append(info)
+    return found
+
+
+# -- the lock ----------------------------------------------------------------------
+
+
+class _SegmentLock:
+    """``flock`` on the segment's file for processes, a thread lock for threads.
+
+    ``acquire``/``release`` and ``with`` both work. ``release`` tells a
+    successful operation from one that raised by comparing the exception
+    being handled with the one that was being handled at ``acquire``: the
+    engine's hot paths call ``release`` from a ``finally`` clause.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_begin",
+        "_closer",
+        "_end",
+        "_entry_exc",
+        "_fd",
+        "_thread",
+        "owner",
+    )
+
+    def __init__(self, fd: int, begin: Callable[[], None], end: Callable[[bool], None]) -> None:
+        self._begin = begin
+        self._end = end
+        self._adopt(fd)
+
+    def _adopt(self, fd: int) -> None:
+        self._fd = fd
+        self._closer = weakref.finalize(self, os.close, fd)
+        self._thread = threading.Lock()
+        self._entry_exc: BaseException | None = None
+        self.owner = 0  # ident of the thread inside a transaction, 0 if none
+
+    def acquire(self) -> bool:
+        self._thread.acquire()
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                self._begin()
+            except BaseException:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                raise
+        except BaseException:
+            self._thread.release()
+            raise
+        self._entry_exc = sys.exc_info()[1]
+        self.owner = threading.get_ident()
+        return True
+
+    def release(self) -> None:
+        self._finish(sys.exc_info()[1] is not self._entry_exc)
+
+    def __enter__(self) -> _SegmentLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._finish(exc_type is not None)
+
+    def _finish(self, failed: bool) -> None:
+        self.owner = 0
+        self._entry_exc = None
+        try:
+            self._end(failed)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self._thread.release()
+
+    def reopen_after_fork(self) -> None:
+        """In a forked child: a lock of its own on the same file.
+
+        The child's copy of the descriptor shares the parent's open file,
+        hence its flock; reopening through /proc gives a new open file on the
+        same segment even if its name was unlinked or reused meanwhile.
+        """
+        old = self._fd
+        fd = os.open(f"/proc/self/fd/{old}", os.O_RDWR | os.O_CLOEXEC)
+        self._closer.detach()
+        os.close(old)  # the parent's flock is not released by closing a copy
+        self._adopt(fd)
+
+    def close(self) -> None:
+        self._closer()
+
+    def abandon(self) -> None:
+        """Give up the lock as a killed process does: no commit, no undo."""
+        self.owner = 0
+        self._closer()
+        if self._thread.locked():
+            self._thread.release()
+
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+
+class _ClosedLock:
+    owner = 0
+
+    def acquire(self) -> NoReturn:
+        raise ValueError("the shared heap is closed")
+
+    __enter__ = acquire
+
+    def release(self) -> None:
+        pass
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class _PayloadBytes:
+    """The region's bytes as the engine sees them (``self.bytes``).
+
+    Reads and slices are the memoryview's. A store made by the thread inside
+    a transaction (realloc moving a block) commits the transaction first, so
+    the payload it overwrites is never needed by an undo.
+    """
+
+    __slots__ = ("_before_store", "_view")
+
+    def __init__(self, view: memoryview, before_store: Callable[[], None]) -> None:
+        self._view = view
+        self._before_store = before_store
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._view[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._before_store()
+        self._view[key] = value
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def release(self) -> None:
+        self._view.release()
+
+
+# -- fork --------------------------------------------------------------------------
+
+_open_heaps: weakref.WeakSet[SharedHeap] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for heap in list(_open_heaps):
+        heap._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# -- the heap ----------------------------------------------------------------------
+
+
+class SharedHeap(Heap):
+    """A heap in a named POSIX shared-memory segment, shared by processes.
+
+    Make one with ``SharedHeap.create(name, capacity)`` and attach to it from
+    any process with ``SharedHeap.attach(name)``. It has the whole API of
+    ``Heap``; a block may be freed by any process. Each operation holds a
+    lock across processes; an operation cut short by the death of its process
+    is undone by the next process that takes the lock.
+
+    Pickling sends the name: unpickling attaches. ``close()`` detaches this
+    process; ``unlink()`` removes the name (the memory goes when the last
+    process detaches). Arrays and views handed out keep the mapping alive
+    after ``close()`` until they are released.
+    """
+
+    name: str
+    names: SharedNames
+    _lock_fd: int
+    _raw: Words
+    _journal: Journal
+    _segment: _Segment
+    _engine_cache: bool
+    _base_address: int
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("use SharedHeap.create(name, capacity) or SharedHeap.attach(name)")
+
+    # -- making and attaching ------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        capacity: int = DEFAULT_CAPACITY,
+        *,
+        policy: str = "segregated",
+        journal_slots: int = DEFAULT_SLOTS,
+    ) -> SharedHeap:
+        """Make a new shared heap named ``name``; FileExistsError if the name is taken.
+
+        The heap is built under a temporary name and linked to ``name`` only
+        when complete, so no process can attach to a half-made heap.
+        """
+        path = _shm_path(name)
+        capacity = _check_size(capacity, "capacity")
+        journal_slots = _check_size(journal_slots, "journal_slots")
+        if journal_slots < 64:
+            raise ValueError(f"journal_slots must be at least 64, got {journal_slots}")
+        policy_cls = policy_class(policy)
+        cls.layout_size(capacity, policy_cls)
+        journal = page_round_up(capacity)
+        size = journal + page_round_up(journal_slots * ENTRY_BYTES)
+        building = os.path.join(
+            os.path.dirname(path), f".{name}.{os.getpid()}.{secrets.token_hex(4)}.pyalloc-new"
+        )
+        fd = os.open(building, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        region: _Segment | None = None
+        try:
+            os.ftruncate(fd, size)
+            region = _Segment(name, _map(fd, size))
+            cls._format(region, capacity, policy_cls)
+            words = region.words
+            words[W_SHARED_VERSION] = SHARED_VERSION
+            words[W_JOURNAL] = journal
+            words[W_JOURNAL_SLOTS] = journal_slots
+            words[W_SHARED_MAGIC] = SHARED_MAGIC
+            os.link(building, path)  # atomic, and refuses an existing name
+        except BaseException:
+            if region is not None:
+                region.close()
+            os.close(fd)
+            raise
+        finally:
+            os.unlink(building)
+        return cls._from_segment(region, fd)
+
+    @classmethod
+    def attach(cls, name: str) -> SharedHeap:
+        """Attach to the shared heap ``name``.
+
+        FileNotFoundError if there is no such segment; HeapError if it is not
+        a shared heap this version can use. A refused segment is not written.
+        """
+        path = _shm_path(name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no shared-memory segment named {name!r}") from None
+        try:
+            words, size = _read_control(fd, name)
+            _check_control(words, size, name)
+            region = _Segment(name, _map(fd, size))
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls._from_segment(region, fd)
+
+    @classmethod
+    def _from_segment(cls, region: _Segment, fd: int) -> SharedHeap:
+        heap = cls.__new__(cls)
+        heap.name = region.name or ""
+        heap._lock_fd = fd
+        try:
+            raw = region.words
+            heap._raw = raw
+            heap._journal = Journal(
+                raw,
+                first=raw[W_JOURNAL] >> 3,
+                slots=raw[W_JOURNAL_SLOTS],
+                count_word=W_JOURNAL_COUNT,
+                limit=raw[C.W_CAPACITY] >> 3,
+            )
+            heap._bind(region, True)
+        except BaseException:
+            lock = heap.__dict__.get("_lock")
+            if isinstance(lock, _SegmentLock):
+                lock.close()
+            else:
+                os.close(fd)
+            heap.__dict__.clear()
+            try:
+                region.close()
+            except BufferError:
+                pass  # the traceback still holds the words; the mapping goes with it
+            raise
+        heap._segment = region
+        heap._engine_cache = hasattr(heap, "_cached") and hasattr(heap, "_flush_cache")
+        engine_bytes = heap.bytes
+        heap.bytes = _PayloadBytes(memoryview(region.buf), heap._before_payload_store)  # type: ignore[assignment]
+        engine_bytes.release()
+        heap._base_address = ctypes.addressof(cast(Any, heap.words))
+        heap.names = SharedNames(heap)
+        _open_heaps.add(heap)
+        return heap
+
+    # -- engine hooks --------------------------------------------------------------
+
+    def _metadata_words(self, region: Region) -> Words:
+        return self._journal.journaled_words(region.buf)
+
+    def _make_lock(self) -> Any:
+        return _SegmentLock(self._lock_fd, self._begin, self._end)
+
+    def _begin(self) -> None:
+        """Start a transaction: undo a dead holder's, reload what others changed."""
+        raw = self._raw
+        if raw[W_JOURNAL_COUNT] or raw[W_NAMES_NEXT]:
+            self._recover()
+        self.brk = raw[C.W_BRK]
+        self._segment.in_transaction = True
+
+    def _end(self, failed: bool) -> None:
+        """End the transaction: commit if the operation returned, else undo."""
+        segment = self._segment
+        if not failed and self._engine_cache and self._cached:
+            try:
+                self._flush_cache()
+            except BaseException:
+                failed = True
+                self._undo()
+                raise
+        if failed:
+            self._undo()
+            return
+        self._journal.commit()
+        segment.in_transaction = False
+        segment.discard_deferred()
+
+    def _undo(self) -> None:
+        segment = self._segment
+        self._journal.undo()
+        segment.in_transaction = False
+        segment.deferred.clear()
+        self.brk = self._raw[C.W_BRK]
+        if self._engine_cache:
+            # Blocks the engine moved into or out of its cache may have been
+            # restored; forget the cache (its blocks stay allocated: a leak).
+            self._forget_engine_cache()
+
+    def _recover(self) -> None:
+        """Undo the transaction of a holder that died, then free its directory draft."""
+        raw = self._raw
+        if raw[W_JOURNAL_COUNT]:
+            self._journal.undo()
+            raw[W_RECOVERIES] += 1
+        draft = raw[W_NAMES_NEXT]
+        if not draft:
+            return
+        self.brk = raw[C.W_BRK]
+        segment = self._segment
+        segment.in_transaction = True
+        try:
+            self._free(draft)
+            if self._engine_cache and self._cached:
+                self._flush_cache()
+            self.words[W_NAMES_NEXT] = 0
+        except HeapError:
+            self._undo()
+            raw[W_NAMES_NEXT] = 0  # not a block: forget it rather than fail every lock
+            return
+        self._journal.commit()
+        segment.in_transaction = False
+        segment.discard_deferred()
+
+    def _checkpoint(self) -> None:
+        """Commit in the middle of a transaction, at a point where the heap is consistent."""
+        self._journal.commit()
+        self._segment.discard_deferred()
+
+    def _before_payload_store(self) -> None:
+        if self._lock.owner == threading.get_ident():
+            self._checkpoint()
+
+    def _forget_engine_cache(self) -> None:
+        for bin_ in getattr(self, "_cache", ()):
+            bin_.clear()
+        cached = getattr(self, "_cached", None)
+        if cached is not None:
+            cached.clear()
+
+    def _after_fork_in_child(self) -> None:
+        if self._closed:
+            return
+        self._lock.reopen_after_fork()
+        self._segment.in_transaction = False
+        self._segment.deferred.clear()
+        if self._engine_cache:
+            self._forget_engine_cache()  # those blocks are the parent's
+
+    # -- checking and statistics ---------------------------------------------------
+
+    def check(self) -> None:
+        """Walk every block, free list and the directory; HeapCorruptionError on a fault."""
+        with self._lock:
+            self._walk()
+            self._read_names()
+
+    def stats(self) -> dict[str, int]:
+        out = super().stats()
+        raw = self._raw
+        out["recoveries"] = raw[W_RECOVERIES]
+        out["journal_slots"] = raw[W_JOURNAL_SLOTS]
+        out["names"] = len(self.names)
+        return out
+
+    # -- the directory -------------------------------------------------------------
+
+    def _read_names(self) -> dict[str, int]:
+        """The directory, read and checked; the lock must be held."""
+        q = self._raw[W_NAMES]
+        if not q:
+            return {}
+        try:
+            usable = (self._live_header(q) & SIZE_MASK) - HEADER
+        except InvalidPointerError:
+            raise HeapCorruptionError(
+                f"the directory of names points to {q}, which is not a block"
+            ) from None
+        data = bytes(self.buf[q : q + usable])
+        try:
+            magic, count = _NAMES_HEAD.unpack_from(data, 0)
+            if magic != NAMES_MAGIC:
+                raise ValueError("bad magic number")
+            table: dict[str, int] = {}
+            at = _NAMES_HEAD.size
+            for _ in range(count):
+                pointer, length = _NAME_ENTRY.unpack_from(data, at)
+                at += _NAME_ENTRY.size
+                if length > NAME_MAX_BYTES or at + length > len(data):
+                    raise ValueError("bad entry")
+                table[data[at : at + length].decode()] = pointer
+                at += (length + 7) & ~7
+        except (ValueError, struct.error) as e:
+            raise HeapCorruptionError(f"the directory of names is corrupted ({e})") from None
+        return table
+
+    def _write_names(self, table: dict[str, int]) -> None:
+        """Replace the directory by ``table``; the lock must be held.
+
+        The new block is allocated and committed first, with its offset in
+        "names next", then filled, then swapped in; a process killed before
+        the swap commits leaves "names next" for recovery to free.
+        """
+        old = self._raw[W_NAMES]
+        words = self.words
+        if table:
+            data = _encode_names(table)
+            q = self._malloc(len(data))
+            words[W_NAMES_NEXT] = q
+            self._checkpoint()
+            self.buf[q : q + len(data)] = data
+            words[W_NAMES] = q
+            words[W_NAMES_NEXT] = 0
+        else:
+            words[W_NAMES] = 0
+        if old:
+            self._free(old)
+
+    # -- numpy ---------------------------------------------------------------------
+
+    def ndarray(
+        self, shape: int | tuple[int, ...], dtype: Any = "float64", *, zero: bool = False
+    ) -> Any:
+        """Allocate a block and return a numpy array over it, without copying.
+
+        The array's memory is the block's: every process that makes an array
+        at ``offset_of(array)`` (``ndarray_at``) sees the same elements. The
+        elements are uninitialized unless ``zero``. Free the block with
+        ``free(offset_of(array))`` once no process uses it.
+        """
+        np = _numpy()
+        dt, shape_t, nbytes = _array_spec(np, shape, dtype)
+        p = self.calloc(nbytes, 1) if zero else self.malloc(nbytes)
+        try:
+            return np.ndarray(shape_t, dtype=dt, buffer=self.buf, offset=p)
+        except BaseException:
+            self.free(p)
+            raise
+
+    def ndarray_at(self, offset: int, shape: int | tuple[int, ...], dtype: Any = "float64") -> Any:
+        """The numpy array of ``shape`` and ``dtype`` over the live block at ``offset``."""
+        np = _numpy()
+        dt, shape_t, nbytes = _array_spec(np, shape, dtype)
+        usable = self.usable_size(offset)
+        if nbytes > usable:
+            raise ValueError(
+                f"an array of {nbytes} bytes does not fit the block at {offset} ({usable} bytes)"
+            )
+        return np.ndarray(shape_t, dtype=dt, buffer=self.buf, offset=offset)
+
+    def offset_of(self, array: Any) -> int:
+        """The pointer of the block that ``array`` (made by this heap) starts at."""
+        np = _numpy()
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"expected a numpy array, not {type(array).__name__}")
+        offset = int(array.__array_interface__["data"][0]) - self._base_address
+        if not 0 < offset < self.capacity:
+            raise ValueError("the array's memory is not in this shared heap's mapping")
+        try:
+            usable = self.usable_size(offset)
+        except InvalidPointerError:
+            raise InvalidPointerError(
+                f"the array starts at offset {offset}, which is not the start of a live block"
+            ) from None
+        if array.flags.c_contiguous and array.nbytes > usable:
+            raise ValueError(f"the array extends past the end of the block at {offset}")
+        return offset
+
+    # -- lifetime ------------------------------------------------------------------
+
+    def unlink(self) -> None:
+        """Remove the segment's name; attached processes keep their mapping."""
+        path = _shm_path(self.name)
+        try:
+            inode = os.stat(path).st_ino
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no shared-memory segment named {self.name!r}") from None
+        if not self._closed and inode != os.fstat(self._lock.fd).st_ino:
+            raise FileNotFoundError(f"the name {self.name!r} now belongs to another segment")
+        os.unlink(path)
+
+    def close(self) -> None:
+        """Detach: unmap once no array or view made from this heap is still alive."""
+        if self._closed:
+            return
+        self._closed = True
+        _open_heaps.discard(self)
+        lock = self._lock
+        self._lock = _ClosedLock()
+        lock.close()
+        self.bytes.release()
+        # Drop every reference to the journaled words: they export the mapping.
+        self.__dict__.pop("words", None)
+        self.__dict__.pop("policy", None)
+        try:
+            self.region.close()
+        except BufferError:
+            pass  # arrays or views are alive; the mapping goes with the last of them
+
+    def __enter__(self) -> SharedHeap:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Callable[[str], SharedHeap], tuple[str]]:
+        return (type(self).attach, (self.name,))
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return f"<{type(self).__name__} {self.name!r}, closed>"
+        return (
+            f"<{type(self).__name__} {self.name!r} {self.policy.name}, "
+            f"{self._raw[C.W_BRK] + HEADER} of {self.capacity} bytes>"
+        )
+
+    # -- test support --------------------------------------------------------------
+
+    def _die(self) -> None:
+        """Leave this object as a killed process leaves the heap: lock dropped, nothing undone."""
+        lock = self._lock
+        if isinstance(lock, _SegmentLock):
+            lock.abandon()
+        self._closed = True
+        _open_heaps.discard(self)
+        self._lock = _ClosedLock()
+
+
+class SharedNames(MutableMapping[str, int]):
+    """The heap's directory: names (str) of blocks (pointers), seen by every process.
+
+    A name does not own its block: freeing the block leaves the name
+    pointing at it, and deleting the name does not free the block. Each
+    call is one transaction; ``pop`` takes a name atomically, so processes
+    may use the directory to hand blocks to each other.
+    """
+
+    def __init__(self, heap: SharedHeap) -> None:
+        self._heap: SharedHeap = weakref.proxy(heap)
+
+    def __getitem__(self, key: str) -> int:
+        with self._heap._lock:
+            return self._heap._read_names()[key]
+
+    def __setitem__(self, key: str, pointer: int) -> None:
+        _check_name(key)
+        if pointer.__class__ is not int:
+            if isinstance(pointer, bool) or not isinstance(pointer, int):
+                raise TypeError(f"a name maps to a pointer (int), not {type(pointer).__name__}")
+            pointer = int(pointer)
+        heap = self._heap
+        with heap._lock:
+            heap._live_header(pointer)
+            table = heap._read_names()
+            if table.get(key) != pointer:
+                table[key] = pointer
+                heap._write_names(table)
+
+    def __delitem__(self, key: str) -> None:
+        heap = self._heap
+        with heap._lock:
+            table = heap._read_names()
+            del table[key]
+            heap._write_names(table)
+
+    _MISSING: Final = object()
+
+    def pop(self, key: str, default: Any = _MISSING) -> Any:
+        """Remove ``key`` and return its pointer, in one transaction."""
+        heap = self._heap
+        with heap._lock:
+            table = heap._read_names()
+            if key not in table:
+                if default is self._MISSING:
+                    raise KeyError(key)
+                return default
+            pointer = table.pop(key)
+            heap._write_names(table)
+            return pointer
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.copy())
+
+    def __len__(self) -> int:
+        return len(self.copy())
+
+    def copy(self) -> dict[str, int]:
+        """A snapshot of the directory as a dict."""
+        with self._heap._lock:
+            return self._heap._read_names()
+
+    def __repr__(self) -> str:
+        return f"SharedNames({self.copy()!r})"
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+def _map(fd: int, size: int) -> Any:
+    import mmap
+
+    if size <= 0:
+        raise HeapError("the shared-memory segment is empty")
+    return mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+
+
+def _check_name(key: object) -> None:
+    if not isinstance(key, str):
+        raise TypeError(f"a name must be a str, not {type(key).__name__}")
+    n = len(key.encode())
+    if not 0 < n <= NAME_MAX_BYTES:
+        raise ValueError(f"a name must be 1 to {NAME_MAX_BYTES} bytes of UTF-8, got {n}")
+
+
+def _encode_names(table: dict[str, int]) -> bytes:
+    parts = [_NAMES_HEAD.pack(NAMES_MAGIC, len(table))]
+    for key, pointer in sorted(table.items()):
+        raw = key.encode()
+        parts.append(_NAME_ENTRY.pack(pointer, len(raw)))
+        parts.append(raw + bytes(-len(raw) % 8))
+    return b"".join(parts)
+
+
+def _numpy() -> Any:
+    try:
+        import numpy
+    except ImportError as e:
+        raise ImportError(
+            "SharedHeap arrays need numpy; install it with: pip install 'pyalloc[numpy]'"
+        ) from e
+    return numpy
+
+
+def _array_spec(
+    np: Any, shape: int | tuple[int, ...], dtype: Any
+) -> tuple[Any, tuple[int, ...], int]:
+    dt = np.dtype(dtype)
+    if dt.hasobject:
+        raise TypeError("arrays of Python objects cannot live in shared memory")
+    dims = (shape,) if isinstance(shape, int) else tuple(shape)
+    for d in dims:
+        if isinstance(d, bool) or not isinstance(d, int):
+            raise TypeError(f"array dimensions must be ints, got {d!r}")
+        if d < 0:
+            raise ValueError(f"array dimensions must be >= 0, got {d}")
+    return dt, dims, math.prod(dims) * dt.itemsize
