@@ -65,8 +65,8 @@ other process's block is touched.
 
 The engine keeps a per-process cache of freed small blocks for private
 heaps; in a shared heap a freed block must be usable by every process, and
-a process that dies must not take freed memory with it, so a shared heap
-empties that cache before each commit.
+a process that dies must not take freed memory with it, so a shared heap's
+free empties that cache again before it returns.
 """
 
 from __future__ import annotations
@@ -309,7 +309,7 @@ class _SegmentLock:
         same segment even if its name was unlinked or reused meanwhile.
         """
         old = self._fd
-        fd = os.open(f"/proc/self/fd/{old}", os.O_RDWR | os.O_CLOEXEC)
+        fd = _reopen(old)
         self._closer.detach()
         os.close(old)  # the parent's flock is not released by closing a copy
         self._adopt(fd)
@@ -455,14 +455,15 @@ class SharedHeap(Heap):
             words[W_JOURNAL_SLOTS] = journal_slots
             words[W_SHARED_MAGIC] = SHARED_MAGIC
             os.link(building, path)  # atomic, and refuses an existing name
+            lock_fd = _reopen(fd)
         except BaseException:
             if region is not None:
                 region.close()
-            os.close(fd)
             raise
         finally:
+            os.close(fd)
             os.unlink(building)
-        return cls._from_segment(region, fd)
+        return cls._from_segment(region, lock_fd)
 
     @classmethod
     def attach(cls, name: str) -> SharedHeap:
@@ -480,10 +481,14 @@ class SharedHeap(Heap):
             words, size = _read_control(fd, name)
             _check_control(words, size, name)
             region = _Segment(name, _map(fd, size))
-        except BaseException:
+            try:
+                lock_fd = _reopen(fd)
+            except BaseException:
+                region.close()
+                raise
+        finally:
             os.close(fd)
-            raise
-        return cls._from_segment(region, fd)
+        return cls._from_segment(region, lock_fd)
 
     @classmethod
     def _from_segment(cls, region: _Segment, fd: int) -> SharedHeap:
@@ -541,18 +546,11 @@ class SharedHeap(Heap):
 
     def _end(self, failed: bool) -> None:
         """End the transaction: commit if the operation returned, else undo."""
-        segment = self._segment
-        if not failed and self._engine_cache and self._cached:
-            try:
-                self._flush_cache()
-            except BaseException:
-                failed = True
-                self._undo()
-                raise
         if failed:
             self._undo()
             return
         self._journal.commit()
+        segment = self._segment
         segment.in_transaction = False
         segment.discard_deferred()
 
@@ -581,8 +579,6 @@ class SharedHeap(Heap):
         segment.in_transaction = True
         try:
             self._free(draft)
-            if self._engine_cache and self._cached:
-                self._flush_cache()
             self.words[W_NAMES_NEXT] = 0
         except HeapError:
             self._undo()
@@ -591,6 +587,12 @@ class SharedHeap(Heap):
         self._journal.commit()
         segment.in_transaction = False
         segment.discard_deferred()
+
+    def _free(self, p: int) -> None:
+        super()._free(p)
+        if self._engine_cache and self._cached:
+            # The engine kept the block in its per-process cache: free it for real.
+            self._flush_cache()
 
     def _checkpoint(self) -> None:
         """Commit in the middle of a transaction, at a point where the heap is consistent."""
@@ -869,6 +871,17 @@ class SharedNames(MutableMapping[str, int]):
 
 
 # -- helpers -----------------------------------------------------------------------
+
+
+def _reopen(fd: int) -> int:
+    """A new open file (not a duplicate descriptor) on the file open at ``fd``.
+
+    The lock needs an open file of its own: ``flock`` belongs to the open
+    file, and ``mmap`` keeps a duplicate of the descriptor it maps, which
+    would otherwise hold the lock for as long as the mapping exists, in this
+    process and in any child forked from it.
+    """
+    return os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
 
 
 def _map(fd: int, size: int) -> Any:
