@@ -1,0 +1,145 @@
+"""``pyalloc shm list|info|check|rm``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from pyalloc import SharedHeap
+from pyalloc import control as C
+from pyalloc.cli import human_bytes, main
+
+
+@pytest.fixture
+def heap() -> Iterator[SharedHeap]:
+    h = SharedHeap.create(f"pyalloc-test-{uuid.uuid4().hex}", 4 << 20)
+    yield h
+    h.close()
+    try:
+        h.unlink()
+    except FileNotFoundError:
+        pass
+
+
+@pytest.fixture
+def foreign() -> Iterator[str]:
+    name = f"pyalloc-test-{uuid.uuid4().hex}"
+    with open(f"/dev/shm/{name}", "wb") as f:
+        f.write(b"not a heap" * 100)
+    yield name
+    try:
+        os.unlink(f"/dev/shm/{name}")
+    except FileNotFoundError:
+        pass
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_list_shows_heaps_and_skips_other_segments(
+    heap: SharedHeap, foreign: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, _ = run(capsys, "shm", "list")
+    assert status == 0
+    assert heap.name in out and foreign not in out
+    line = next(line for line in out.splitlines() if line.startswith(heap.name))
+    assert "4.0 MiB" in line and "segregated" in line and line.endswith("ok")
+    status, out, _ = run(capsys, "shm", "list", "--all")
+    assert foreign in out and "not a pyalloc heap" in out
+
+
+def test_info_prints_stats_and_names(heap: SharedHeap, capsys: pytest.CaptureFixture[str]) -> None:
+    p = heap.malloc(1000)
+    heap.names["results"] = p
+    status, out, _ = run(capsys, "shm", "info", heap.name)
+    assert status == 0
+    assert "live_blocks: 2" in out and "named blocks:" in out
+    assert f"results  {p}" in out
+    status, out, _ = run(capsys, "shm", "info", heap.name, "--json")
+    data = json.loads(out)
+    assert data["names"] == {"results": p} and data["stats"]["live_blocks"] == 2
+
+
+def test_check_passes_then_finds_corruption(
+    heap: SharedHeap, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = heap.malloc(100)
+    status, out, _ = run(capsys, "shm", "check", heap.name)
+    assert status == 0 and "ok, 1 live blocks" in out
+    heap.buf[p - 8 : p] = bytes(8)  # wipe the block's header
+    status, _, err = run(capsys, "shm", "check", heap.name)
+    assert status == 1 and "corrupted" in err
+    status, _, err = run(capsys, "shm", "info", heap.name)
+    assert status == 1 and "corrupted" in err
+
+
+def test_commands_refuse_what_is_not_a_heap(
+    foreign: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = f"pyalloc-test-{uuid.uuid4().hex}"
+    for action in ("info", "check"):
+        status, _, err = run(capsys, "shm", action, foreign)
+        assert status == 1 and "not a pyalloc heap" in err
+        status, _, err = run(capsys, "shm", action, missing)
+        assert status == 1 and "no shared-memory segment" in err
+    status, _, err = run(capsys, "shm", "rm", foreign)
+    assert status == 1 and "--force" in err
+    assert os.path.exists(f"/dev/shm/{foreign}")
+    assert run(capsys, "shm", "rm", foreign, "--force")[0] == 0
+    assert not os.path.exists(f"/dev/shm/{foreign}")
+    assert run(capsys, "shm", "rm", missing)[0] == 1
+
+
+def test_rm_removes_a_heap(heap: SharedHeap, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "shm", "rm", heap.name)[0] == 0
+    with pytest.raises(FileNotFoundError):
+        SharedHeap.attach(heap.name)
+
+
+def test_list_reports_a_pending_recovery(
+    heap: SharedHeap, capsys: pytest.CaptureFixture[str]
+) -> None:
+    heap._lock.acquire()
+    heap.words[C.W_PEAK] = heap.words[C.W_PEAK]  # a journaled store, then the holder "dies"
+    heap._die()
+    _, out, _ = run(capsys, "shm", "list")
+    assert "recovery pending" in next(line for line in out.splitlines() if heap.name in line)
+    status, out, _ = run(capsys, "shm", "check", heap.name)
+    assert status == 0
+    _, out, _ = run(capsys, "shm", "info", heap.name)
+    assert "recoveries: 1" in out
+
+
+def test_usage_errors_exit_2() -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["shm"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["no-such-command"])
+    assert e.value.code == 2
+
+
+def test_runs_as_a_module(heap: SharedHeap) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pyalloc.cli", "shm", "check", heap.name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and heap.name in done.stdout
+
+
+def test_human_bytes() -> None:
+    assert human_bytes(512) == "512 B"
+    assert human_bytes(1536) == "1.5 KiB"
+    assert human_bytes(256 << 20) == "256.0 MiB"
+    assert human_bytes(3 << 40) == "3072.0 GiB"
