@@ -240,18 +240,20 @@ class _SegmentLock:
 
     __slots__ = (
         "__weakref__",
-        "_begin",
         "_closer",
-        "_end",
         "_entry_exc",
         "_fd",
+        "_heap",
+        "_raw",
+        "_segment",
         "_thread",
         "owner",
     )
 
-    def __init__(self, fd: int, begin: Callable[[], None], end: Callable[[bool], None]) -> None:
-        self._begin = begin
-        self._end = end
+    def __init__(self, fd: int, heap: SharedHeap) -> None:
+        self._heap = heap
+        self._raw = heap._raw
+        self._segment = heap._segment
         self._adopt(fd)
 
     def _adopt(self, fd: int) -> None:
@@ -261,18 +263,26 @@ class _SegmentLock:
         self._entry_exc: BaseException | None = None
         self.owner = 0  # ident of the thread inside a transaction, 0 if none
 
+    # The transaction's begin and commit are inlined here: this is every
+    # operation's fixed cost. Recovery and undo are the heap's methods.
+
     def acquire(self) -> bool:
         self._thread.acquire()
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-            try:
-                self._begin()
-            except BaseException:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-                raise
+            _flock(self._fd, _LOCK_EX)
         except BaseException:
             self._thread.release()
             raise
+        raw = self._raw
+        if raw[W_JOURNAL_COUNT] or raw[W_NAMES_NEXT]:
+            try:
+                self._heap._recover()
+            except BaseException:
+                _flock(self._fd, _LOCK_UN)
+                self._thread.release()
+                raise
+        self._heap.brk = raw[C.W_BRK]  # other processes move the break
+        self._segment.in_transaction = True
         self._entry_exc = sys.exc_info()[1]
         self.owner = threading.get_ident()
         return True
@@ -296,9 +306,18 @@ class _SegmentLock:
         self.owner = 0
         self._entry_exc = None
         try:
-            self._end(failed)
+            if failed:
+                self._heap._undo()
+            else:
+                raw = self._raw
+                if raw[W_JOURNAL_COUNT]:
+                    raw[W_JOURNAL_COUNT] = 0  # commit
+                segment = self._segment
+                segment.in_transaction = False
+                if segment.deferred:
+                    segment.discard_deferred()
         finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            _flock(self._fd, _LOCK_UN)
             self._thread.release()
 
     def reopen_after_fork(self) -> None:
@@ -327,6 +346,11 @@ class _SegmentLock:
     @property
     def fd(self) -> int:
         return self._fd
+
+
+_flock = fcntl.flock
+_LOCK_EX: Final = fcntl.LOCK_EX
+_LOCK_UN: Final = fcntl.LOCK_UN
 
 
 class _ClosedLock:
@@ -505,6 +529,7 @@ class SharedHeap(Heap):
                 count_word=W_JOURNAL_COUNT,
                 limit=raw[C.W_CAPACITY] >> 3,
             )
+            heap._segment = region
             heap._bind(region, True)
         except BaseException:
             lock = heap.__dict__.get("_lock")
@@ -518,7 +543,6 @@ class SharedHeap(Heap):
             except BufferError:
                 pass  # the traceback still holds the words; the mapping goes with it
             raise
-        heap._segment = region
         heap._engine_cache = hasattr(heap, "_cached") and hasattr(heap, "_flush_cache")
         engine_bytes = heap.bytes
         heap.bytes = _PayloadBytes(memoryview(region.buf), heap._before_payload_store)  # type: ignore[assignment]
@@ -534,25 +558,7 @@ class SharedHeap(Heap):
         return self._journal.journaled_words(region.buf)
 
     def _make_lock(self) -> Any:
-        return _SegmentLock(self._lock_fd, self._begin, self._end)
-
-    def _begin(self) -> None:
-        """Start a transaction: undo a dead holder's, reload what others changed."""
-        raw = self._raw
-        if raw[W_JOURNAL_COUNT] or raw[W_NAMES_NEXT]:
-            self._recover()
-        self.brk = raw[C.W_BRK]
-        self._segment.in_transaction = True
-
-    def _end(self, failed: bool) -> None:
-        """End the transaction: commit if the operation returned, else undo."""
-        if failed:
-            self._undo()
-            return
-        self._journal.commit()
-        segment = self._segment
-        segment.in_transaction = False
-        segment.discard_deferred()
+        return _SegmentLock(self._lock_fd, self)
 
     def _undo(self) -> None:
         segment = self._segment
