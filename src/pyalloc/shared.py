@@ -9,8 +9,12 @@ Glossary
 --------
 segment     the ``/dev/shm`` file holding the heap; its name is the heap's.
 lock        ``flock`` on the segment's file, plus a ``threading.Lock`` for the
-            threads of one process. The kernel drops a ``flock`` when its
-            holder dies, so a process killed holding the lock blocks no one.
+            threads of one process. The kernel drops a ``flock`` when the
+            last descriptor of its open file is closed, which death does, so
+            a process killed holding the lock blocks no one. Each attachment
+            opens the file once for the lock alone: the mapping's own
+            descriptor (mmap keeps a duplicate) and a forked child's copies
+            must not share it, or they would keep a dead holder's lock.
 journal     the undo journal of ``journal.py``: every metadata word an
             operation overwrites is saved first, so a killed operation is
             undone by the next process to take the lock.
@@ -63,10 +67,10 @@ the heap is consistent: the new block is allocated, the old one intact. A
 process killed during the copy leaks the new block and keeps the old; no
 other process's block is touched.
 
-The engine keeps a per-process cache of freed small blocks for private
-heaps; in a shared heap a freed block must be usable by every process, and
-a process that dies must not take freed memory with it, so a shared heap's
-free empties that cache again before it returns.
+The engine's per-process cache of freed small blocks stays off in a shared
+heap: a block freed by one process must be usable by all, and a process that
+dies must not take freed memory with it. (Should it hold blocks anyway, a
+forked child forgets them: they are its parent's.)
 """
 
 from __future__ import annotations
@@ -433,7 +437,6 @@ class SharedHeap(Heap):
     _raw: Words
     _journal: Journal
     _segment: _Segment
-    _engine_cache: bool
     _base_address: int
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -543,7 +546,6 @@ class SharedHeap(Heap):
             except BufferError:
                 pass  # the traceback still holds the words; the mapping goes with it
             raise
-        heap._engine_cache = hasattr(heap, "_cached") and hasattr(heap, "_flush_cache")
         engine_bytes = heap.bytes
         heap.bytes = _PayloadBytes(memoryview(region.buf), heap._before_payload_store)  # type: ignore[assignment]
         engine_bytes.release()
@@ -566,10 +568,9 @@ class SharedHeap(Heap):
         segment.in_transaction = False
         segment.deferred.clear()
         self.brk = self._raw[C.W_BRK]
-        if self._engine_cache:
-            # Blocks the engine moved into or out of its cache may have been
-            # restored; forget the cache (its blocks stay allocated: a leak).
-            self._forget_engine_cache()
+        # Should the engine's cache hold blocks, the undo may have restored
+        # some of them as allocated; forget the cache rather than trust it.
+        self._forget_engine_cache()
 
     def _recover(self) -> None:
         """Undo the transaction of a holder that died, then free its directory draft."""
@@ -594,12 +595,6 @@ class SharedHeap(Heap):
         segment.in_transaction = False
         segment.discard_deferred()
 
-    def _free(self, p: int) -> None:
-        super()._free(p)
-        if self._engine_cache and self._cached:
-            # The engine kept the block in its per-process cache: free it for real.
-            self._flush_cache()
-
     def _checkpoint(self) -> None:
         """Commit in the middle of a transaction, at a point where the heap is consistent."""
         self._journal.commit()
@@ -622,8 +617,7 @@ class SharedHeap(Heap):
         self._lock.reopen_after_fork()
         self._segment.in_transaction = False
         self._segment.deferred.clear()
-        if self._engine_cache:
-            self._forget_engine_cache()  # those blocks are the parent's
+        self._forget_engine_cache()  # any blocks in it are the parent's
 
     # -- checking and statistics ---------------------------------------------------
 
