@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from pyalloc import POLICIES
 from pyalloc import control as C
 from pyalloc.regions import Region
 from pyalloc.shared import W_JOURNAL_COUNT, W_RECOVERIES, SharedHeap
@@ -178,13 +179,14 @@ SCENARIOS: dict[str, tuple[Setup, Operation, bool]] = {
 }
 
 
-@pytest.fixture
-def fresh() -> Iterator[Callable[[], str]]:
+@pytest.fixture(params=POLICIES)
+def fresh(request: pytest.FixtureRequest) -> Iterator[Callable[[], str]]:
+    """Makes fresh shared heaps of each policy the engine lists."""
     names: list[str] = []
 
     def make() -> str:
         name = f"pyalloc-test-{uuid.uuid4().hex}"
-        SharedHeap.create(name, CAPACITY).close()
+        SharedHeap.create(name, CAPACITY, policy=request.param).close()
         names.append(name)
         return name
 
