@@ -274,21 +274,24 @@ class _SegmentLock:
         self._thread.acquire()
         try:
             _flock(self._fd, _LOCK_EX)
+            try:
+                raw = self._raw
+                if raw[W_JOURNAL_COUNT] or raw[W_NAMES_NEXT]:
+                    self._heap._recover()
+                self._heap.brk = raw[C.W_BRK]  # other processes move the break
+                self._segment.in_transaction = True
+                self._entry_exc = sys.exc_info()[1]
+                self.owner = threading.get_ident()
+            except BaseException:
+                # Even a KeyboardInterrupt here must not leave the lock held:
+                # the caller's try/finally has not begun.
+                self._segment.in_transaction = False
+                self.owner = 0
+                _flock(self._fd, _LOCK_UN)
+                raise
         except BaseException:
             self._thread.release()
             raise
-        raw = self._raw
-        if raw[W_JOURNAL_COUNT] or raw[W_NAMES_NEXT]:
-            try:
-                self._heap._recover()
-            except BaseException:
-                _flock(self._fd, _LOCK_UN)
-                self._thread.release()
-                raise
-        self._heap.brk = raw[C.W_BRK]  # other processes move the break
-        self._segment.in_transaction = True
-        self._entry_exc = sys.exc_info()[1]
-        self.owner = threading.get_ident()
         return True
 
     def release(self) -> None:
