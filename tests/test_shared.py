@@ -23,7 +23,13 @@ from typing import Any
 
 import pytest
 
-from pyalloc import DoubleFreeError, HeapError, InvalidPointerError, SharedHeap
+from pyalloc import (
+    DoubleFreeError,
+    HeapCorruptionError,
+    HeapError,
+    InvalidPointerError,
+    SharedHeap,
+)
 from pyalloc import control as C
 from pyalloc.shared import (
     SHARED_VERSION,
@@ -640,3 +646,29 @@ def test_a_dead_holder_does_not_block_through_its_children(heap: SharedHeap) -> 
         os.kill(grandchild, signal.SIGKILL)
         os.close(r)
         os.close(w)
+
+
+def test_a_corrupted_journal_is_reported_not_followed(heap: SharedHeap) -> None:
+    from pyalloc.shared import W_JOURNAL, W_JOURNAL_COUNT
+
+    p = heap.malloc(100)
+    raw = heap._raw
+    first = raw[W_JOURNAL] >> 3
+    raw[first] = heap.capacity  # entry 0 names a word beyond the heap ...
+    raw[first + 1] = 12345
+    raw[W_JOURNAL_COUNT] = 1  # ... as if its writer had died
+    before = file_digest(heap.name)
+    other = SharedHeap.attach(heap.name)
+    try:
+        for h in (heap, other, heap):  # each time: refused, and the lock is free again
+            with pytest.raises(HeapCorruptionError, match="journal entry 0"):
+                h.malloc(10)
+        assert file_digest(heap.name) == before
+        raw[W_JOURNAL_COUNT] = 10**6  # more entries than the journal has
+        with pytest.raises(HeapCorruptionError, match="claims"):
+            other.check()
+        raw[W_JOURNAL_COUNT] = 0
+        other.free(p)
+        heap.check()
+    finally:
+        other.close()
