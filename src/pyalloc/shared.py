@@ -112,6 +112,7 @@ W_RECOVERIES: Final = C.W_RESERVED + 7
 
 assert W_RECOVERIES < C.CONTROL_WORDS
 
+_BUILDING_SUFFIX: Final = ".pyalloc-new"  # a segment under construction
 NAMES_MAGIC: Final = int.from_bytes(b"pyanames", "little")
 NAME_MAX_BYTES: Final = 255
 _NAMES_HEAD = struct.Struct("<QQ")  # magic, number of entries
@@ -224,6 +225,8 @@ def list_heaps() -> list[dict[str, Any]]:
     """``describe_segment`` of every shared heap in ``/dev/shm``."""
     found = []
     for name in list_shared():
+        if name.endswith(_BUILDING_SUFFIX):
+            continue  # a heap being made by SharedHeap.create
         info = describe_segment(name)
         if info is not None:
             found.append(info)
@@ -470,11 +473,11 @@ class SharedHeap(Heap):
         cls.layout_size(capacity, policy_cls)
         journal = page_round_up(capacity)
         size = journal + page_round_up(journal_slots * ENTRY_BYTES)
-        building = os.path.join(
-            os.path.dirname(path), f".{name}.{os.getpid()}.{secrets.token_hex(4)}.pyalloc-new"
-        )
+        token = f"{os.getpid()}.{secrets.token_hex(4)}"
+        building = os.path.join(os.path.dirname(path), f".{name}.{token}{_BUILDING_SUFFIX}")
         fd = os.open(building, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         region: _Segment | None = None
+        lock_fd = -1
         try:
             os.ftruncate(fd, size)
             region = _Segment(name, _map(fd, size))
@@ -484,9 +487,11 @@ class SharedHeap(Heap):
             words[W_JOURNAL] = journal
             words[W_JOURNAL_SLOTS] = journal_slots
             words[W_SHARED_MAGIC] = SHARED_MAGIC
-            os.link(building, path)  # atomic, and refuses an existing name
             lock_fd = _reopen(fd)
+            os.link(building, path)  # atomic, and refuses an existing name
         except BaseException:
+            if lock_fd >= 0:
+                os.close(lock_fd)
             if region is not None:
                 region.close()
             raise
