@@ -32,7 +32,7 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Self
 
 from . import control as C
 from .errors import DoubleFreeError, HeapCorruptionError, HeapError, InvalidPointerError
@@ -805,7 +805,7 @@ class Heap:
             ) from None
         self._closed = True
 
-    def __enter__(self) -> Heap:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -777,17 +777,6 @@ class SharedHeap(Heap):
         except BufferError:
             pass  # arrays or views are alive; the mapping goes with the last of them
 
-    def __enter__(self) -> SharedHeap:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __reduce__(self) -> tuple[Callable[[str], SharedHeap], tuple[str]]:
         return (type(self).attach, (self.name,))
 
