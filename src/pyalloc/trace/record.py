@@ -229,8 +229,7 @@ def build_interposer(cache_dir: Path | None = None) -> Path:
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise RecordError(
-                f"compiling the interposer failed ({shlex.join(command)}):\n"
-                f"{done.stderr.strip()}"
+                f"compiling the interposer failed ({shlex.join(command)}):\n{done.stderr.strip()}"
             )
         os.replace(built, library)
     return library
