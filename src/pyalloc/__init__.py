@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .allocators import ALL_POLICIES, make_heap
+from .buddy import BuddyHeap
 from .errors import DoubleFreeError, HeapCorruptionError, HeapError, InvalidPointerError
 from .heap import POLICIES, Heap
 from .shared import SharedHeap
@@ -12,7 +14,9 @@ if TYPE_CHECKING:
     from .pool import Pool
 
 __all__ = [
+    "ALL_POLICIES",
     "POLICIES",
+    "BuddyHeap",
     "DoubleFreeError",
     "HeapCorruptionError",
     "Heap",
@@ -20,6 +24,7 @@ __all__ = [
     "InvalidPointerError",
     "Pool",
     "SharedHeap",
+    "make_heap",
 ]
 
 
