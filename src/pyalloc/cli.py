@@ -12,23 +12,58 @@ parser and sets ``run`` on it: a function of the parsed arguments that
 returns the exit status. ``COMMANDS`` lists them; adding a command is writing
 one such function and listing it there.
 
+The allocator lab::
+
+    pyalloc replay TRACE... [--policy NAME | --allocator NAME] [--json | --csv]
+    pyalloc bench [TRACE | DIR]... [--policies A,B] [--allocators A,B] [--plot F.png]
+    pyalloc gen KIND --ops N --seed S -o FILE[.gz]
+    pyalloc record -o FILE.rep -- COMMAND ARGS...
+
+Tables are drawn with rich when it is installed and the output is a
+terminal, as plain aligned text otherwise; progress bars go to stderr, and
+only when it is a terminal.
+
 Exit status: 0 success, 1 the command found a problem (no such segment, not
-a heap, corruption), 2 bad usage (from argparse).
+a heap, corruption, a trace that is invalid or fails validation), 2 bad usage
+(from argparse, or an unknown policy or allocator name).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, Final, TextIO
 
 from .errors import HeapCorruptionError, HeapError
 from .regions import list_shared, unlink_shared
 from .shared import SharedHeap, describe_segment, list_heaps
+from .trace.bench import (
+    JSON_KEYS,
+    SYSTEM_ALLOCATORS,
+    Comparison,
+    Source,
+    default_sources,
+    expand_paths,
+    failed_row,
+    load_source,
+    load_system,
+    plot_comparison,
+    row_from_replay,
+    row_from_system,
+    run_comparison,
+    write_csv,
+)
+from .trace.generate import GENERATORS, generate
+from .trace.rep import write_trace
+from .trace.replay import policy_names, replay
 
 Subcommands = Any  # argparse's private _SubParsersAction
+
+PROGRESS_MIN_OPS: Final = 200_000  # runs shorter than this show no progress bar
 
 
 def human_bytes(n: int) -> str:
@@ -172,9 +207,584 @@ def add_shm(subcommands: Subcommands) -> None:
     p.set_defaults(run=shm_rm)
 
 
+# -- output helpers ---------------------------------------------------------------------
+
+
+def _rich_for(stream: TextIO) -> bool:
+    """Whether to draw with rich on ``stream``: installed, and a terminal."""
+    if not stream.isatty():
+        return False
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def print_table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    title: str | None = None,
+    left: int = 1,
+    summary_last: bool = False,
+) -> None:
+    """Print ``rows`` under ``headers``; the first ``left`` columns align left, the rest right.
+
+    ``summary_last`` sets the last row (averages) apart with a rule.
+    """
+    if _rich_for(sys.stdout):
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title, title_justify="left", title_style="bold")
+        for i, header in enumerate(headers):
+            table.add_column(header, justify="left" if i < left else "right", no_wrap=i < left)
+        for i, row in enumerate(rows):
+            table.add_row(*row, end_section=summary_last and i == len(rows) - 2)
+        Console().print(table)
+        return
+    if title:
+        print(title)
+    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
+    for row in [headers, *rows]:
+        cells = [
+            cell.ljust(width) if i < left else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("  ".join(cells).rstrip())
+
+
+class _Progress:
+    """A rich progress bar on stderr for runs of at least PROGRESS_MIN_OPS ops.
+
+    ``step(description, ops)`` is called before each unit of work; the bar
+    advances by the ops of the previous unit. Without rich, or when stderr is
+    not a terminal, or for a short run, nothing is shown.
+    """
+
+    def __init__(self, total_ops: int) -> None:
+        self.total = total_ops
+        self.bar: Any = None
+        self.task: Any = None
+        self.pending = 0
+
+    def __enter__(self) -> _Progress:
+        if self.total >= PROGRESS_MIN_OPS and _rich_for(sys.stderr):
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.percentage:>3.0f}%"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self.bar.__enter__()
+            self.task = self.bar.add_task("", total=self.total)
+        return self
+
+    def step(self, description: str, ops: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, advance=self.pending, description=description)
+        self.pending = ops
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _thousands(ops_per_sec: float | None) -> str:
+    """Thousands of ops per second, three significant figures or more."""
+    if not ops_per_sec:
+        return "-"
+    k = ops_per_sec / 1e3
+    return f"{k:,.0f}" if k >= 100 else f"{k:.3g}"
+
+
+def _split_names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _unknown(kind: str, names: Sequence[str], valid: Sequence[str]) -> int:
+    print(
+        f"pyalloc: unknown {kind} {', '.join(map(repr, names))}; choose from: {', '.join(valid)}",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def _sources_of(paths: Sequence[str]) -> list[Source]:
+    """A source per trace file; a directory gives its traces, a bad path an error source."""
+    sources: list[Source] = []
+    for item in paths:
+        path = Path(item)
+        if path.is_dir():
+            try:
+                sources.extend(load_source(p) for p in expand_paths([path]))
+            except FileNotFoundError as e:
+                sources.append(Source(path.name, item, error=str(e)))
+        else:
+            sources.append(load_source(path))
+    return sources
+
+
+def _emit_rows(rows: list[dict[str, Any]], as_json: bool, as_csv: bool) -> bool:
+    """Print ``rows`` as JSON or CSV when asked; True if printed."""
+    if as_json:
+        print(json.dumps([{key: row[key] for key in JSON_KEYS} for row in rows], indent=2))
+        return True
+    if as_csv:
+        write_csv(rows, sys.stdout)
+        return True
+    return False
+
+
+# -- pyalloc replay -------------------------------------------------------------------
+
+
+def replay_command(args: argparse.Namespace) -> int:
+    system_name = args.allocator if args.allocator not in (None, "pyalloc") else None
+    if system_name is not None and system_name not in SYSTEM_ALLOCATORS:
+        return _unknown("allocator", [system_name], ("pyalloc", *SYSTEM_ALLOCATORS))
+    system = None
+    if system_name is not None:
+        system, reason = load_system()
+        if system is None:
+            return _fail(f"--allocator {system_name}: {reason}")
+        missing = system.system_available(system_name)
+        if missing is not None:
+            return _fail(f"--allocator {system_name}: {missing}")
+    else:
+        policies = policy_names()
+        if args.policy not in policies:
+            return _unknown("policy", [args.policy], policies)
+    sources = _sources_of(args.traces)
+    rows: list[dict[str, Any]] = []
+    with _Progress(sum(s.ops for s in sources)) as progress:
+        for source in sources:
+            progress.step(source.label, source.ops)
+            trace = source.trace
+            allocator = system_name or "pyalloc"
+            policy = None if system_name else args.policy
+            if trace is None:
+                rows.append(failed_row(source.path, allocator, policy, source.error or ""))
+            elif system is not None:
+                result = system.replay_system(trace, system_name, timed_repeats=args.repeat)
+                rows.append(row_from_system(result, source.path))
+            else:
+                replayed = replay(
+                    trace,
+                    policy=args.policy,
+                    capacity=args.capacity,
+                    cache=args.cache,
+                    check_every=args.check_every,
+                    timed_repeats=args.repeat,
+                )
+                rows.append(row_from_replay(replayed, source.path))
+    failed = [row for row in rows if not row["valid"]]
+    if not _emit_rows(rows, args.json, args.csv):
+        table = []
+        for row, source in zip(rows, sources, strict=True):
+            name = row["allocator"] if row["policy"] is None else f"pyalloc {row['policy']}"
+            frag = row["internal_frag"] is not None and row["valid"]
+            table.append(
+                [
+                    source.label,
+                    name,
+                    "yes" if row["valid"] else "NO",
+                    f"{row['ops']:,}",
+                    _percent(row["util"]) if row["valid"] else "-",
+                    human_bytes(row["peak_payload"]) if row["valid"] else "-",
+                    human_bytes(row["peak_heap"]) if row["valid"] else "-",
+                    _percent(row["internal_frag"]) if frag else "-",
+                    _percent(row["external_frag"]) if frag else "-",
+                    _thousands(row["ops_per_sec"]) if row["valid"] else "-",
+                ]
+            )
+        print_table(
+            [
+                "trace",
+                "allocator",
+                "valid",
+                "ops",
+                "util",
+                "peak payload",
+                "peak heap",
+                "int frag",
+                "ext frag",
+                "kops/s",
+            ],
+            table,
+            left=2,
+        )
+        for row in failed:
+            print(f"{row['trace']}: {row['error']}")
+    for row in failed:
+        if args.json or args.csv:
+            print(f"pyalloc: {row['trace']}: {row['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def add_replay(subcommands: Subcommands) -> None:
+    p = subcommands.add_parser(
+        "replay",
+        help="run traces on an allocator, checking every block and measuring it",
+        description=(
+            "Replay .rep traces (plain or .gz) on a pyalloc heap, checking every "
+            "pointer returned (16-byte alignment, inside the heap, no overlap with a "
+            "live block, payload bytes kept) and measuring utilization (peak live "
+            "payload / peak heap footprint), fragmentation at the peak and "
+            "throughput (a separate timed run without the checks). With --allocator, "
+            "run them on a system allocator instead. A trace that cannot be read or "
+            "fails a check is reported and the others still run; the exit status is "
+            "then 1."
+        ),
+    )
+    p.add_argument(
+        "traces", nargs="+", metavar="TRACE", help=".rep or .rep.gz file, or a directory"
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--policy",
+        default="segregated",
+        metavar="NAME",
+        help="pyalloc free-block policy (default: segregated; see `pyalloc bench --help`)",
+    )
+    which.add_argument(
+        "--allocator",
+        metavar="NAME",
+        help=f"a system allocator instead of pyalloc: {', '.join(SYSTEM_ALLOCATORS)}",
+    )
+    _add_output_options(p)
+    p.add_argument(
+        "--repeat",
+        type=_non_negative,
+        default=3,
+        metavar="N",
+        help="timed runs per trace, the best is kept (default 3; 0: no timing)",
+    )
+    p.add_argument(
+        "--check-every",
+        type=_non_negative,
+        default=0,
+        metavar="N",
+        help="also walk the heap and verify every live block every N ops",
+    )
+    p.add_argument(
+        "--capacity",
+        type=_positive,
+        metavar="BYTES",
+        help="heap capacity (default: enough for the trace, at least 64 MiB)",
+    )
+    p.add_argument(
+        "--cache",
+        action="store_true",
+        help="keep the heap's cache of freed small blocks on (off by default, so "
+        "that the policy sees every free)",
+    )
+    p.set_defaults(run=replay_command)
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    output = p.add_mutually_exclusive_group()
+    output.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list, one object per run, with the keys " + ", ".join(JSON_KEYS),
+    )
+    output.add_argument(
+        "--csv",
+        action="store_true",
+        help="print CSV: the JSON keys plus internal_frag and external_frag",
+    )
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected an integer > 0, got {text}")
+    return value
+
+
+# -- pyalloc bench --------------------------------------------------------------------
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    known = policy_names()
+    policies = _split_names(args.policies) if args.policies is not None else list(known)
+    unknown = [name for name in policies if name not in known]
+    if unknown:
+        return _unknown("policy", unknown, known)
+    if args.allocators is None:
+        allocators = list(SYSTEM_ALLOCATORS)
+    elif args.allocators.strip().lower() == "none":
+        allocators = []
+    else:
+        allocators = _split_names(args.allocators)
+    unknown = [name for name in allocators if name not in SYSTEM_ALLOCATORS]
+    if unknown:
+        return _unknown("allocator", unknown, (*SYSTEM_ALLOCATORS, "none"))
+    if not policies and not allocators:
+        return _fail("nothing to compare: give at least one policy or allocator")
+    notes: list[str] = []
+    if args.traces:
+        try:
+            sources = [load_source(p) for p in expand_paths(args.traces)]
+        except FileNotFoundError as e:
+            return _fail(str(e))
+    else:
+        sources, note = default_sources()
+        if note:
+            notes.append(note)
+    columns = len(policies) + len(allocators)
+    with _Progress(sum(s.ops for s in sources) * columns) as progress:
+        comparison = run_comparison(
+            sources,
+            policies,
+            allocators,
+            timed_repeats=args.repeat,
+            capacity=args.capacity,
+            step=progress.step,
+        )
+    notes.extend(comparison.notes)
+    rows = comparison.rows()
+    if not _emit_rows(rows, args.json, args.csv):
+        _print_comparison(comparison)
+        for note in notes:
+            print(f"note: {note}")
+        for row in comparison.failures():
+            print(f"failed: {row['trace']} on {row['policy'] or row['allocator']}: {row['error']}")
+    else:
+        for note in notes:
+            print(f"pyalloc: note: {note}", file=sys.stderr)
+        for row in comparison.failures():
+            print(f"pyalloc: {row['trace']}: {row['error']}", file=sys.stderr)
+    if args.plot:
+        try:
+            plot_comparison(comparison, args.plot)
+        except ImportError:
+            return _fail("--plot needs matplotlib: pip install 'pyalloc[lab]'")
+        except OSError as e:
+            return _fail(f"cannot write {args.plot}: {e.strerror or e}")
+        print(f"pyalloc: plot written to {args.plot}", file=sys.stderr)
+    return 1 if comparison.failures() else 0
+
+
+def _print_comparison(comparison: Comparison) -> None:
+    names = [column.name for column in comparison.columns]
+
+    def table(
+        cell: Callable[[dict[str, Any]], str], average: Callable[[str], str]
+    ) -> list[list[str]]:
+        rows = []
+        for i, source in enumerate(comparison.sources):
+            row = [source.label]
+            for name in names:
+                found = comparison.cells.get((i, name))
+                row.append("-" if found is None else cell(found) if found["valid"] else "FAIL")
+            rows.append(row)
+        rows.append(["average", *(average(name) for name in names)])
+        return rows
+
+    print_table(
+        ["trace", *names],
+        table(lambda r: _percent(r["util"]), lambda n: _percent(comparison.average_util(n))),
+        title="Utilization: peak live payload / peak heap footprint",
+        summary_last=True,
+    )
+    print()
+    print_table(
+        ["trace", *names],
+        table(
+            lambda r: _thousands(r["ops_per_sec"]),
+            lambda n: _thousands(comparison.average_ops_per_sec(n)),
+        ),
+        title="Throughput: thousand ops per second (best timed run, no checks)",
+        summary_last=True,
+    )
+
+
+def add_bench(subcommands: Subcommands) -> None:
+    policies = ", ".join(policy_names())
+    p = subcommands.add_parser(
+        "bench",
+        help="compare policies and system allocators side by side on traces",
+        description=(
+            "Replay every trace on every pyalloc policy and every system allocator "
+            "and print two tables, a row per trace and averages last: utilization "
+            "(peak live payload / peak heap footprint; the average uses the traces' "
+            "weights) and throughput (thousand ops per second; the average is total "
+            "ops / total time). Without TRACE, the workloads recorded from real "
+            "programs that ship with pyalloc are used. A system allocator whose "
+            "library is missing is skipped with a note. Each pyalloc run is "
+            "validated as by `pyalloc replay`; a failure is reported and makes the "
+            "exit status 1."
+        ),
+    )
+    p.add_argument(
+        "traces",
+        nargs="*",
+        metavar="TRACE|DIR",
+        help=".rep or .rep.gz files, or directories of them (default: the bundled workloads)",
+    )
+    p.add_argument(
+        "--policies",
+        metavar="A,B",
+        help=f"pyalloc policies to compare, comma-separated (default: all: {policies})",
+    )
+    p.add_argument(
+        "--allocators",
+        metavar="A,B",
+        help=f"system allocators to compare, comma-separated, or none "
+        f"(default: all: {', '.join(SYSTEM_ALLOCATORS)})",
+    )
+    _add_output_options(p)
+    p.add_argument("--plot", metavar="FILE.png", help="also draw grouped bar charts into FILE.png")
+    p.add_argument(
+        "--repeat",
+        type=_non_negative,
+        default=3,
+        metavar="N",
+        help="timed runs per trace and allocator, the best is kept (default 3)",
+    )
+    p.add_argument(
+        "--capacity",
+        type=_positive,
+        metavar="BYTES",
+        help="pyalloc heap capacity (default: enough for each trace)",
+    )
+    p.set_defaults(run=bench_command)
+
+
+# -- pyalloc gen ----------------------------------------------------------------------
+
+
+def gen_command(args: argparse.Namespace) -> int:
+    trace = generate(args.kind, args.ops, args.seed)
+    try:
+        write_trace(trace, args.output)
+    except OSError as e:
+        return _fail(f"cannot write {args.output}: {e.strerror or e}")
+    print(
+        f"{args.output}: {len(trace.ops)} ops on {trace.num_ids} ids, "
+        f"peak live payload {human_bytes(trace.heap_hint)}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def add_gen(subcommands: Subcommands) -> None:
+    kinds = sorted(GENERATORS)
+    p = subcommands.add_parser(
+        "gen",
+        help="write a generated workload as a .rep trace",
+        description=(
+            "Generate a synthetic workload and write it as a .rep trace (gzip-"
+            "compressed when FILE ends in .gz). The same kind, ops and seed always "
+            "give the same file. Kinds: uniform (random sizes up to 4 KiB), "
+            "fragmenter (small and large blocks interleaved, the large freed), "
+            "coalesce (runs of neighbours freed in every order), realloc_growth "
+            "(buffers grown by realloc), realistic (many small short-lived blocks, "
+            "few large long-lived ones)."
+        ),
+    )
+    p.add_argument("kind", choices=kinds, metavar="KIND", help=f"one of: {', '.join(kinds)}")
+    p.add_argument(
+        "--ops", type=_non_negative, default=10_000, metavar="N", help="ops (default 10000)"
+    )
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write")
+    p.set_defaults(run=gen_command)
+
+
+# -- pyalloc record -------------------------------------------------------------------
+
+
+def record_command(args: argparse.Namespace) -> int:
+    command = list(args.program)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        return _fail("record: give the command to run after --, e.g. pyalloc record -o t.rep -- ls")
+    try:
+        record_module = importlib.import_module("pyalloc.trace.record")
+    except ImportError as e:
+        return _fail(f"recording is not available in this installation ({e})")
+    options: dict[str, Any] = {}
+    if args.follow_exec:
+        options.update(follow_exec=True, process="largest")
+    if args.max_ops is not None:
+        options["max_ops"] = args.max_ops
+    try:
+        result = record_module.record(command, args.output, **options)
+    except (OSError, RuntimeError, ValueError) as e:
+        return _fail(f"record: {e}")
+    status = result.returncode
+    print(
+        f"{result.output}: {result.ops:,} ops on {result.num_ids:,} ids, "
+        f"peak live payload {human_bytes(result.peak_payload)}"
+        + ("" if status == 0 else f" (the command exited with status {status})"),
+        file=sys.stderr,
+    )
+    return 0
+
+
+def add_record(subcommands: Subcommands) -> None:
+    p = subcommands.add_parser(
+        "record",
+        help="record a program's malloc/free calls as a .rep trace",
+        description=(
+            "Run COMMAND with an interposer in LD_PRELOAD that logs its malloc, calloc, "
+            "realloc and free calls, and write them as a .rep trace (gzip-compressed "
+            "when FILE ends in .gz). The interposer is compiled on first use with the "
+            "system's C compiler. Works for dynamically linked programs only; blocks "
+            "still live when the program exits are freed at the end of the trace. "
+            "Example: pyalloc record -o git-log.rep.gz -- git log -n 100"
+        ),
+        usage="%(prog)s [-h] -o FILE.rep [--follow-exec] [--max-ops N] -- COMMAND [ARGS...]",
+    )
+    p.add_argument("-o", "--output", required=True, metavar="FILE.rep", help="where to write")
+    p.add_argument(
+        "--follow-exec",
+        action="store_true",
+        help="also log the programs COMMAND starts, and keep the one that made the most "
+        "calls (e.g. the compiler proper behind a compiler driver)",
+    )
+    p.add_argument(
+        "--max-ops", type=_positive, metavar="N", help="keep at most N ops of the program"
+    )
+    p.add_argument(
+        "program",
+        nargs=argparse.REMAINDER,
+        metavar="COMMAND",
+        help="the program and its arguments, after --",
+    )
+    p.set_defaults(run=record_command)
+
+
 # -- the command ------------------------------------------------------------------------
 
-COMMANDS: list[Callable[[Subcommands], None]] = [add_shm]
+COMMANDS: list[Callable[[Subcommands], None]] = [
+    add_shm,
+    add_replay,
+    add_bench,
+    add_gen,
+    add_record,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

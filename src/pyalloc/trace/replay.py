@@ -94,7 +94,6 @@ from __future__ import annotations
 
 import gc
 import importlib
-import inspect
 import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Mapping
@@ -181,32 +180,29 @@ class ReplayResult:
 # -- allocators ---------------------------------------------------------------------
 
 
-def _extra_allocators() -> tuple[Callable[..., Any] | None, tuple[str, ...]]:
-    """``pyalloc.allocators.make_heap`` and the names it serves, when present."""
+def _lab_allocators() -> tuple[Callable[..., Any] | None, tuple[str, ...]]:
+    """``pyalloc.allocators.make_heap`` and ``ALL_POLICIES``, when that module is present."""
     try:
         allocators = importlib.import_module("pyalloc.allocators")
     except ImportError:
         return None, ()
-    make_heap = getattr(allocators, "make_heap", None)
-    names = tuple(getattr(allocators, "POLICIES", ()))
-    return make_heap, names
+    return allocators.make_heap, tuple(allocators.ALL_POLICIES)
 
 
 def policy_names() -> tuple[str, ...]:
-    """Every policy :func:`replay` can run: the engine's, then any others."""
+    """Every policy :func:`replay` can run: the engine's, then the buddy system."""
     from ..heap import POLICIES
 
-    make_heap, extra = _extra_allocators()
-    if make_heap is None:
-        return tuple(POLICIES)
-    return tuple(POLICIES) + tuple(name for name in extra if name not in POLICIES)
+    _, lab_names = _lab_allocators()
+    return tuple(POLICIES) + tuple(name for name in lab_names if name not in POLICIES)
 
 
 def make_pyalloc(policy: str = "segregated", *, cache: bool = False) -> AllocatorFactory:
     """A factory of fresh pyalloc heaps of ``policy``; ValueError for an unknown name.
 
-    Engine policies are served by ``pyalloc.Heap``; other names (the buddy
-    system) by ``pyalloc.allocators.make_heap`` when that module is present.
+    Engine policies are served by ``pyalloc.Heap``; the others (the buddy
+    system, which has no cache of freed blocks and so ignores ``cache``) by
+    ``pyalloc.allocators.make_heap``.
     """
     from ..heap import POLICIES, Heap
 
@@ -216,20 +212,16 @@ def make_pyalloc(policy: str = "segregated", *, cache: bool = False) -> Allocato
             return Heap(capacity, policy=policy, cache=cache)
 
         return make_engine_heap
-    make_heap, extra = _extra_allocators()
-    if make_heap is None or (extra and policy not in extra):
+    make_heap, lab_names = _lab_allocators()
+    if make_heap is None or policy not in lab_names:
         raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(policy_names())}")
     build = make_heap
-    takes_cache = "cache" in inspect.signature(build).parameters
 
-    def make_other_heap(capacity: int) -> Allocator:
-        options: dict[str, Any] = {"capacity": capacity}
-        if takes_cache:
-            options["cache"] = cache
-        heap: Allocator = build(policy, **options)
+    def make_lab_heap(capacity: int) -> Allocator:
+        heap: Allocator = build(policy, capacity)
         return heap
 
-    return make_other_heap
+    return make_lab_heap
 
 
 def default_capacity(trace: Trace) -> int:

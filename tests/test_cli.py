@@ -1,0 +1,386 @@
+"""``pyalloc replay | bench | gen | record``: outputs, exit statuses, bad input."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pyalloc.cli import main
+from pyalloc.trace.bench import JSON_KEYS, ROW_KEYS
+from pyalloc.trace.generate import generate
+from pyalloc.trace.rep import Trace, read_trace, write_trace
+
+pytest.importorskip("pyalloc.heap")
+
+
+def write(path: Path, trace: Trace) -> Path:
+    write_trace(trace, path)
+    return path
+
+
+@pytest.fixture
+def traces(tmp_path: Path) -> Path:
+    """A directory of two small generated traces."""
+    folder = tmp_path / "traces"
+    folder.mkdir()
+    write(folder / "uniform.rep", generate("uniform", 400, seed=1))
+    write(folder / "realistic.rep.gz", generate("realistic", 400, seed=2))
+    return folder
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+# -- replay ---------------------------------------------------------------------------
+
+
+def test_replay_json_has_exactly_the_documented_keys(
+    traces: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, _ = run(capsys, "replay", "--json", "--repeat", "1", str(traces))
+    assert status == 0
+    results = json.loads(out)
+    assert [Path(r["trace"]).name for r in results] == ["realistic.rep.gz", "uniform.rep"]
+    for result in results:
+        assert tuple(result) == JSON_KEYS
+        assert result["valid"] is True and result["error"] is None
+        assert (result["allocator"], result["policy"]) == ("pyalloc", "segregated")
+        assert result["ops"] == len(read_trace(result["trace"]).ops)
+        assert 0 < result["util"] <= 1
+        assert result["util"] == pytest.approx(result["peak_payload"] / result["peak_heap"])
+        assert result["ops_per_sec"] == pytest.approx(result["ops"] / result["seconds"])
+
+
+def test_invalid_traces_fail_and_the_others_still_run(
+    tmp_path: Path, traces: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    malformed = tmp_path / "malformed.rep"
+    malformed.write_text("100\n2\n2\n1\na 0 10\nx 1\n")
+    huge = tmp_path / "huge.rep"
+    huge.write_text("0\n1\n2\n1\na 0 1000000\nf 0\n")
+    good = traces / "uniform.rep"
+    missing = tmp_path / "missing.rep"
+    status, out, err = run(
+        capsys,
+        "replay",
+        "--json",
+        "--repeat",
+        "0",
+        "--capacity",
+        str(1 << 16),  # too small for huge.rep's block
+        str(huge),
+        str(malformed),
+        str(missing),
+    )
+    assert status == 1
+    results = {Path(r["trace"]).name: r for r in json.loads(out)}
+    assert set(results) == {"huge.rep", "malformed.rep", "missing.rep"}
+    assert all(not r["valid"] for r in results.values())
+    assert "malformed.rep:6" in results["malformed.rep"]["error"]
+    assert "No such file" in results["missing.rep"]["error"]
+    assert results["huge.rep"]["error"].startswith("op 1 (a 0 1000000): MemoryError")
+    assert "malformed.rep" in err  # the failures are also named on stderr
+
+    status, out, _ = run(
+        capsys, "replay", "--json", "--repeat", "0", str(malformed), str(good), str(missing)
+    )
+    assert status == 1
+    results = {Path(r["trace"]).name: r for r in json.loads(out)}
+    assert results["uniform.rep"]["valid"] is True
+    assert not results["malformed.rep"]["valid"] and not results["missing.rep"]["valid"]
+
+
+def test_replay_prints_a_plain_table_when_not_on_a_terminal(
+    traces: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, _ = run(capsys, "replay", "--repeat", "1", "--policy", "best-fit", str(traces))
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["trace", "allocator", "valid"]
+    assert {line.split()[0] for line in lines[1:]} == {"uniform", "realistic"}
+    assert all("best-fit" in line for line in lines[1:])
+    assert "\x1b[" not in out  # no terminal escapes
+
+
+def test_replay_csv(traces: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(capsys, "replay", "--csv", "--repeat", "0", str(traces / "uniform.rep"))
+    assert status == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert len(rows) == 1 and tuple(rows[0]) == ROW_KEYS
+    assert rows[0]["valid"] == "True" and rows[0]["error"] == ""
+
+
+# -- unknown names and bad input -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "listed"),
+    [
+        (["replay", "--policy", "worst-fit", "TRACE"], "segregated"),
+        (["replay", "--allocator", "hoard", "TRACE"], "jemalloc"),
+        (["bench", "--policies", "segregated,worst-fit", "TRACE"], "tlsf"),
+        (["bench", "--allocators", "glibc,hoard", "TRACE"], "mimalloc"),
+    ],
+)
+def test_unknown_names_are_refused_with_the_valid_ones(
+    argv: list[str], listed: str, traces: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [str(traces) if a == "TRACE" else a for a in argv]
+    status, out, err = run(capsys, *argv)
+    assert status == 2
+    assert out == ""
+    assert "unknown" in err and listed in err
+    assert ("worst-fit" in err) or ("hoard" in err)
+
+
+def test_unknown_generator_kind_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["gen", "nonsense", "-o", str(tmp_path / "x.rep")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "nonsense" in err and "realistic" in err
+
+
+def test_bench_on_a_missing_path_fails_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run(capsys, "bench", "--allocators", "none", str(tmp_path / "nowhere"))
+    assert status == 1 and out == ""
+    assert "nowhere" in err and "no such file" in err
+
+
+def test_replay_on_a_system_allocator_without_the_system_module(
+    traces: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "pyalloc.trace.system", None)  # import fails
+    status, _, err = run(capsys, "replay", "--allocator", "glibc", str(traces))
+    assert status == 1
+    assert "--allocator glibc" in err and "not available" in err
+
+
+# -- gen ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".rep", ".rep.gz"])
+def test_gen_is_deterministic(
+    suffix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = [tmp_path / f"{name}{suffix}" for name in ("a", "b", "c")]
+    for path, seed in zip(paths, ("7", "7", "8"), strict=True):
+        status, _, err = run(
+            capsys, "gen", "realistic", "--ops", "300", "--seed", seed, "-o", str(path)
+        )
+        assert status == 0 and str(path) in err
+    first, second, other = (p.read_bytes() for p in paths)
+    assert first == second
+    assert first != other
+    trace = read_trace(paths[0])
+    assert trace.ops == generate("realistic", 300, 7).ops
+    if suffix == ".rep.gz":
+        assert first[:2] == b"\x1f\x8b"
+
+
+# -- bench ----------------------------------------------------------------------------
+
+
+def test_bench_csv_and_plot(
+    traces: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib")
+    picture = tmp_path / "bench.png"
+    status, out, err = run(
+        capsys,
+        "bench",
+        str(traces),
+        "--policies",
+        "segregated,first-fit",
+        "--allocators",
+        "none",
+        "--repeat",
+        "1",
+        "--csv",
+        "--plot",
+        str(picture),
+    )
+    assert status == 0, err
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert len(rows) == 4  # two traces x two policies
+    assert {(Path(r["trace"]).name, r["policy"]) for r in rows} == {
+        (name, policy)
+        for name in ("uniform.rep", "realistic.rep.gz")
+        for policy in ("segregated", "first-fit")
+    }
+    assert all(r["valid"] == "True" and float(r["util"]) > 0 for r in rows)
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert picture.stat().st_size > 10_000
+
+
+def test_bench_table_has_a_row_per_trace_and_averages_last(
+    traces: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, _ = run(
+        capsys,
+        "bench",
+        str(traces),
+        "--policies",
+        "segregated,tlsf",
+        "--allocators",
+        "none",
+        "--repeat",
+        "1",
+    )
+    assert status == 0
+    tables = out.split("\n\n")
+    assert tables[0].startswith("Utilization") and tables[1].startswith("Throughput")
+    for table in tables[:2]:
+        lines = table.strip().splitlines()
+        assert lines[1].split() == ["trace", "segregated", "tlsf"]
+        assert [line.split()[0] for line in lines[2:]] == ["realistic", "uniform", "average"]
+
+
+@dataclass
+class FakeSystemResult:
+    allocator: str
+    trace: str
+    valid: bool
+    ops: int
+    peak_payload: int
+    peak_footprint: int
+    util: float
+    seconds: float
+    error: str | None
+    footprint_method: str = "fake"
+
+
+def fake_system_module() -> types.ModuleType:
+    """Stands for pyalloc.trace.system: glibc works, jemalloc is missing."""
+    module = types.ModuleType("pyalloc.trace.system")
+    names = ("glibc", "jemalloc", "mimalloc", "tcmalloc")
+
+    def system_available(name: str) -> str | None:
+        return None if name == "glibc" else f"lib{name}.so not found"
+
+    def replay_system(trace: Trace, allocator: str, *, timed_repeats: int = 1) -> FakeSystemResult:
+        assert allocator == "glibc"
+        return FakeSystemResult(
+            allocator, trace.name, True, len(trace.ops), 1000, 2000, 0.5, 0.01, None
+        )
+
+    module.SYSTEM_ALLOCATORS = names  # type: ignore[attr-defined]
+    module.system_available = system_available  # type: ignore[attr-defined]
+    module.replay_system = replay_system  # type: ignore[attr-defined]
+    return module
+
+
+def test_bench_skips_a_missing_system_library_with_a_note(
+    traces: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "pyalloc.trace.system", fake_system_module())
+    status, out, err = run(
+        capsys,
+        "bench",
+        str(traces),
+        "--policies",
+        "segregated",
+        "--allocators",
+        "glibc,jemalloc",
+        "--repeat",
+        "0",
+        "--json",
+    )
+    assert status == 0
+    rows = json.loads(out)
+    assert {(r["allocator"], r["policy"]) for r in rows} == {
+        ("pyalloc", "segregated"),
+        ("glibc", None),
+    }
+    glibc = [r for r in rows if r["allocator"] == "glibc"]
+    assert all(r["util"] == 0.5 and r["peak_heap"] == 2000 for r in glibc)
+    assert all(r["ops_per_sec"] == pytest.approx(r["ops"] / 0.01) for r in glibc)
+    assert "jemalloc" in err and "not found" in err
+
+    status, out, _ = run(
+        capsys,
+        "bench",
+        str(traces),
+        "--policies",
+        "segregated",
+        "--allocators",
+        "glibc,jemalloc",
+        "--repeat",
+        "0",
+    )
+    assert status == 0
+    assert "note: jemalloc: skipped: libjemalloc.so not found" in out
+    assert out.splitlines()[1].split() == ["trace", "segregated", "glibc"]
+
+
+def test_bench_without_traces_and_without_bundled_ones_uses_generated_workloads(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "pyalloc.workloads", None)
+    monkeypatch.setattr("pyalloc.trace.bench.GENERATED_OPS", 200)
+    status, out, _ = run(
+        capsys, "bench", "--policies", "segregated", "--allocators", "none", "--repeat", "0"
+    )
+    assert status == 0
+    assert "using generated ones" in out
+    assert "realistic" in out
+
+
+def test_bench_reports_a_bad_trace_and_exits_non_zero(
+    traces: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (traces / "broken.rep").write_text("0\n1\n5\n1\na 0 1\n")
+    status, out, _ = run(
+        capsys,
+        "bench",
+        str(traces),
+        "--policies",
+        "segregated",
+        "--allocators",
+        "none",
+        "--repeat",
+        "0",
+    )
+    assert status == 1
+    assert "FAIL" in out
+    assert "broken.rep" in out and "expected op 2 of 5" in out
+
+
+# -- record ---------------------------------------------------------------------------
+
+
+def test_record_needs_a_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run(capsys, "record", "-o", str(tmp_path / "t.rep"), "--")
+    assert status == 1 and "give the command" in err
+
+
+def test_record_without_the_recorder_module(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "pyalloc.trace.record", None)
+    status, _, err = run(capsys, "record", "-o", str(tmp_path / "t.rep"), "--", "true")
+    assert status == 1 and "not available" in err
+
+
+def test_help_texts_explain_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("replay", "bench", "gen", "record"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith("usage: ")
+        assert len(out) > 400
