@@ -1,0 +1,357 @@
+"""Replay a trace through the C allocator this process runs on (a subprocess of
+:mod:`pyalloc.trace.system`).
+
+Run as ``python -I -S _system_replayer.py OPS_FILE ALLOCATOR_LIBRARY REPEATS``
+with the allocator under test in ``LD_PRELOAD`` (none for glibc).  Standard
+library only and no pyalloc import, so that the interpreter is as small as it
+can be when the baseline is taken.  Prints one JSON object on stdout.
+
+OPS_FILE layout (native byte order)::
+
+    uint64 num_ids, uint64 num_ops
+    uint64 kind[num_ops]       0 = a, 1 = f, 2 = r
+    uint64 id[num_ops]
+    uint64 size[num_ops]
+
+The file is mapped, not read, and the per-id tables are anonymous mappings:
+nothing the replayer needs passes through the allocator under test, so no
+block it freed during setup is left for the trace to reuse.
+
+Passes
+------
+
+1. Setup: map the ops and the tables, bind the functions, check that
+   ``malloc`` is ALLOCATOR_LIBRARY's own (a preload that did not take effect
+   would otherwise measure glibc under another name), warm up with a few
+   small allocations, ask the allocator to return its free pages to the
+   system (``malloc_trim``, jemalloc's ``arena.<all>.purge``, ``mi_collect``,
+   tcmalloc's ``ReleaseFreeMemory``: whichever exist) so that the trace
+   cannot reuse pages that the interpreter's start left resident, and read
+   the baseline.
+2. The measured, validating pass: every block's bytes are set (memset), a
+   stamp of up to 8 bytes is written at its start (and, from 16 bytes, at
+   its end) and checked before each free and realloc, a realloc must keep
+   the old prefix, and every pointer must be non-NULL (except for size 0)
+   and aligned to ``min(16, largest power of two <= size)``, the fundamental
+   alignment an object of that size can need.
+3. Every block still live is freed, then REPEATS timed passes make the same
+   calls with no touching or checking; the fastest is reported.
+
+Footprint
+---------
+
+::
+
+    anonymous(t)   = resident - shared      (/proc/self/statm, in pages)
+    peak_footprint = (max over the pass of anonymous(t) - anonymous(baseline)) * page size
+
+``anonymous(t)`` is read after every op that allocates or grows a block (the
+only ops that can raise it) and after the last op.  Because every byte of
+every block is written, a live block's pages are resident, so this counts
+the blocks, their headers, the allocator's metadata and the free memory it
+keeps touched: what the allocator costs the machine in private pages.
+File-backed pages (the allocator's code) are left out by construction.
+
+Why not VmHWM: the kernel updates the peak only when pages are unmapped and
+then from its approximate per-CPU counters, off by up to a few hundred KiB;
+statm's counters are summed exactly (Linux 6.16 and later; earlier kernels
+give approximate values, still the same way for every allocator).  A read
+costs a few microseconds, which only the measured pass pays.  The
+interpreter's own use during the pass is small and steady (the tables are
+mapped in advance, the temporaries are recycled by pymalloc), a few pages of
+noise that matters only for traces of a few hundred KiB.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import mmap
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+KIND_ALLOC, KIND_FREE, KIND_REALLOC = 0, 1, 2
+STAMP_BYTES = 8
+STAMP_MULTIPLIER = 0x9E3779B97F4A7C15  # odd: distinct op indexes give distinct stamps
+WORD_MASK = (1 << 64) - 1
+FILL_BYTE = 0xA5
+WORDS_PER_PAGE = mmap.PAGESIZE // 8
+WARMUP_SIZES = (8, 24, 48, 96, 200, 400, 1000, 3000)
+
+
+class ValidationError(Exception):
+    pass
+
+
+def statm_reader() -> Callable[[], int]:
+    """A function returning the process's resident anonymous pages now."""
+    descriptor = os.open("/proc/self/statm", os.O_RDONLY)  # kept open: one pread a sample
+
+    def anonymous_pages() -> int:
+        fields = os.pread(descriptor, 256, 0).split()
+        return int(fields[1]) - int(fields[2])  # resident - shared (file and shmem)
+
+    return anonymous_pages
+
+
+def release_free_memory(process: ctypes.CDLL) -> None:
+    """Ask whichever allocator is present to return its free pages."""
+    trim = getattr(process, "malloc_trim", None)
+    if trim is not None:
+        trim.argtypes = [ctypes.c_size_t]
+        trim(0)
+    mallctl = getattr(process, "mallctl", None)
+    if mallctl is not None:
+        mallctl.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+        ]
+        mallctl(b"arena.4096.purge", None, None, None, 0)  # 4096: MALLCTL_ARENAS_ALL
+    collect = getattr(process, "mi_collect", None)
+    if collect is not None:
+        collect.argtypes = [ctypes.c_bool]
+        collect(True)
+    release = getattr(process, "MallocExtension_ReleaseFreeMemory", None)
+    if release is not None:
+        release.argtypes = []
+        release()
+
+
+def map_ops(path: str) -> tuple[int, memoryview, memoryview, memoryview]:
+    """num_ids and the kind, id and size columns of OPS_FILE, as mapped views."""
+    with open(path, "rb") as source:
+        mapping = mmap.mmap(source.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+    words = memoryview(mapping).cast("Q")
+    num_ids, num_ops = words[0], words[1]
+    touch_pages(words)
+    return (
+        num_ids,
+        words[2 : 2 + num_ops],
+        words[2 + num_ops : 2 + 2 * num_ops],
+        words[2 + 2 * num_ops : 2 + 3 * num_ops],
+    )
+
+
+def word_table(length: int) -> memoryview:
+    """``length`` zeroed 8-byte words in an anonymous mapping, already resident."""
+    mapping = mmap.mmap(-1, max(length, 1) * 8, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    words = memoryview(mapping).cast("Q")
+    for index in range(0, len(words), WORDS_PER_PAGE):
+        words[index] = 0
+    return words
+
+
+def touch_pages(words: memoryview) -> None:
+    total = 0
+    for index in range(0, len(words), WORDS_PER_PAGE):
+        total += words[index]
+
+
+def alignment_for(size: int) -> int:
+    return min(16, 1 << (size.bit_length() - 1)) if size else 1
+
+
+def bind_allocator(library: str) -> tuple[Any, Any, Any]:
+    """malloc, free and realloc as foreign functions; ValueError if not ``library``'s."""
+    process = ctypes.CDLL(None)
+    expected = ctypes.CDLL(library)
+    if (
+        ctypes.cast(process.malloc, ctypes.c_void_p).value
+        != ctypes.cast(expected.malloc, ctypes.c_void_p).value
+    ):
+        raise ValueError(f"malloc is not {library}'s: LD_PRELOAD did not take effect")
+    malloc = process.malloc
+    malloc.argtypes = [ctypes.c_size_t]
+    malloc.restype = ctypes.c_size_t  # NULL comes back as 0, not None
+    free = process.free
+    free.argtypes = [ctypes.c_size_t]
+    free.restype = None
+    realloc = process.realloc
+    realloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
+    realloc.restype = ctypes.c_size_t
+    return malloc, free, realloc
+
+
+def replay(ops_path: str, library: str, repeats: int) -> dict[str, object]:
+    """Setup, the measured pass and the timed passes; the report as a dict.
+
+    Runs in a thread of its own: glibc and jemalloc give a new thread an
+    arena of its own, mimalloc a heap of its own and tcmalloc a fresh thread
+    cache, so the trace's blocks do not land in pages the interpreter's
+    objects (or the free blocks they left) already hold, which would hide
+    part of the footprint.
+    """
+    num_ids, kinds, ids, sizes = map_ops(ops_path)
+    num_ops = len(kinds)
+    try:
+        malloc, free, realloc = bind_allocator(library)
+    except ValueError as exc:
+        return {"error": str(exc)}
+    memset = ctypes.memset
+    memmove = ctypes.memmove
+    string_at = ctypes.string_at
+    physical_bytes = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+    pointers = word_table(num_ids)
+    block_sizes = word_table(num_ids)
+    stamps = word_table(num_ids)
+
+    warm = [malloc(size) for size in WARMUP_SIZES]
+    for pointer, size in zip(warm, WARMUP_SIZES, strict=True):
+        memset(pointer, FILL_BYTE, size)
+    warm[0] = realloc(warm[0], 64)
+    for pointer in warm:
+        free(pointer)
+    del warm
+    release_free_memory(ctypes.CDLL(None))
+    anonymous_pages = statm_reader()
+    baseline = peak_pages = anonymous_pages()
+
+    error = None
+    payload = 0
+    peak_payload = 0
+    index = 0
+
+    def check_stamp(block: int, pointer: int, size: int, what: str) -> None:
+        count = min(STAMP_BYTES, size)
+        if not count:
+            return
+        expected_bytes = stamps[block].to_bytes(8, "little")[:count]
+        if string_at(pointer, count) != expected_bytes:
+            raise ValidationError(f"block {block} at {pointer:#x}: first bytes changed {what}")
+        if size >= 2 * STAMP_BYTES and string_at(pointer + size - count, count) != expected_bytes:
+            raise ValidationError(f"block {block} at {pointer:#x}: last bytes changed {what}")
+
+    def write_stamp(block: int, pointer: int, size: int) -> None:
+        count = min(STAMP_BYTES, size)
+        if count:
+            stamp_bytes = stamps[block].to_bytes(8, "little")[:count]
+            memmove(pointer, stamp_bytes, count)
+            if size >= 2 * STAMP_BYTES:  # the tail stamp must not overlap the head's
+                memmove(pointer + size - count, stamp_bytes, count)
+
+    def check_pointer(pointer: int, size: int, call: str) -> None:
+        if not pointer:
+            raise ValidationError(f"{call} returned NULL")
+        if pointer % alignment_for(size):
+            alignment = alignment_for(size)
+            raise ValidationError(f"{call} returned {pointer:#x}, not {alignment}-aligned")
+
+    def check_touchable(size: int) -> None:
+        if size > physical_bytes:
+            raise ValidationError(
+                f"the block of {size} bytes is larger than physical memory: it cannot be touched"
+            )
+
+    try:
+        for index in range(num_ops):
+            kind = kinds[index]
+            block = ids[index]
+            size = sizes[index]
+            pointer = pointers[block]
+            if kind == KIND_FREE or (kind == KIND_REALLOC and size == 0):
+                if pointer:
+                    check_stamp(block, pointer, block_sizes[block], "before free")
+                    free(pointer)
+                    pointers[block] = 0
+                    payload -= block_sizes[block]
+                continue
+            if kind == KIND_REALLOC and pointer:
+                old_size = block_sizes[block]
+                check_stamp(block, pointer, old_size, "before realloc")
+                moved = realloc(pointer, size)
+                check_pointer(moved, size, f"realloc({pointer:#x}, {size})")
+                check_touchable(size)
+                kept = min(STAMP_BYTES, old_size, size)
+                if string_at(moved, kept) != stamps[block].to_bytes(8, "little")[:kept]:
+                    raise ValidationError(f"realloc to {size} did not keep block {block}'s bytes")
+                if size > old_size:
+                    memset(moved + old_size, FILL_BYTE, size - old_size)
+                pointers[block] = moved
+                block_sizes[block] = size
+                payload += size - old_size
+                write_stamp(block, moved, size)
+            else:
+                if pointer:  # 'a' of a live id: the old block is leaked, as in C
+                    payload -= block_sizes[block]
+                pointer = malloc(size)
+                if size or pointer:
+                    check_pointer(pointer, size, f"malloc({size})")
+                    check_touchable(size)
+                    memset(pointer, FILL_BYTE, size)
+                pointers[block] = pointer
+                block_sizes[block] = size
+                stamps[block] = ((index + 1) * STAMP_MULTIPLIER) & WORD_MASK
+                write_stamp(block, pointer, size)
+                payload += size
+            pages = anonymous_pages()
+            if pages > peak_pages:
+                peak_pages = pages
+            if payload > peak_payload:
+                peak_payload = payload
+                if peak_payload > physical_bytes:
+                    raise ValidationError("the live payload exceeds physical memory")
+    except ValidationError as exc:
+        error = f"op {index + 1} ({'afr'[kinds[index]]} {ids[index]} {sizes[index]}): {exc}"
+
+    peak_pages = max(peak_pages, anonymous_pages())
+    result: dict[str, object] = {
+        "error": error,
+        "peak_payload": peak_payload,
+        "peak_footprint": (peak_pages - baseline) * mmap.PAGESIZE,
+        "baseline_footprint": baseline * mmap.PAGESIZE,
+        "seconds": 0.0,
+    }
+    if error is not None:
+        return result
+
+    for block in range(num_ids):
+        if pointers[block]:
+            free(pointers[block])
+            pointers[block] = 0
+
+    best = float("inf")
+    clock = time.perf_counter
+    for _ in range(repeats):
+        started = clock()
+        for kind, block, size in zip(kinds, ids, sizes, strict=True):
+            if kind == KIND_ALLOC:
+                pointers[block] = malloc(size)
+            elif kind == KIND_FREE or not size:
+                free(pointers[block])
+                pointers[block] = 0
+            else:
+                pointers[block] = realloc(pointers[block], size)
+        best = min(best, clock() - started)
+        for block in range(num_ids):
+            if pointers[block]:
+                free(pointers[block])
+                pointers[block] = 0
+    result["seconds"] = best if repeats else 0.0
+    return result
+
+
+def main() -> None:
+    ops_path, library, repeats_text = sys.argv[1:4]
+    reports: list[dict[str, object]] = []
+
+    def run() -> None:
+        reports.append(replay(ops_path, library, int(repeats_text)))
+
+    worker = threading.Thread(target=run, name="replay")
+    worker.start()
+    worker.join()
+    if not reports:
+        sys.exit("the replay thread ended without a report")
+    print(json.dumps(reports[0]))
+
+
+if __name__ == "__main__":
+    main()

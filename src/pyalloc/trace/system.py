@@ -1,0 +1,295 @@
+"""Replaying a trace through the system's allocators: glibc, jemalloc, mimalloc, tcmalloc.
+
+Every allocator runs the same replayer (``_system_replayer.py``) in a fresh
+subprocess of the current interpreter, started with ``-I -S`` so that the
+process is small and the same each time::
+
+    allocator   LD_PRELOAD                   Debian package
+    glibc       (none: the C library's own)  libc6
+    jemalloc    libjemalloc.so.2             libjemalloc2
+    mimalloc    libmimalloc.so.2             libmimalloc2.0
+    tcmalloc    libtcmalloc_minimal.so.4     libtcmalloc-minimal4
+
+The replayer calls ``malloc``, ``free`` and ``realloc`` through ctypes; with
+the library preloaded those names resolve to it, and the replayer refuses to
+run (an error, not a glibc measurement under another name) when they do not.
+glibc runs in a subprocess too, rather than in this process through ctypes,
+so that its footprint is measured exactly as the others' are.
+
+What is measured
+----------------
+
+peak_payload     the largest sum of requested sizes of live blocks, under the
+                 replay semantics of :mod:`pyalloc.trace.rep`.
+peak_footprint   resident memory: the largest number of private resident
+                 pages of the replayer (``/proc/self/statm``: resident -
+                 shared, read after every op that allocates) above a
+                 baseline taken just before the first op, in bytes, with
+                 every byte of every block written so that live blocks are
+                 resident.  The trace runs in a thread of its own, which
+                 gets an arena (glibc, jemalloc), heap (mimalloc) or thread
+                 cache (tcmalloc) of its own, away from the interpreter's
+                 blocks.  Details in the replayer's docstring.
+                 Chosen over each allocator's own statistics because those
+                 count different things (mapped, committed, resident, with
+                 or without metadata) and report the present, not the peak;
+                 resident pages are what each allocator costs the machine
+                 and are read the same way for all of them.  The
+                 interpreter adds a page or two of noise, and an allocator
+                 may still hand the trace a few pages it had already
+                 touched, so utilization of a trace whose peak is below a
+                 few hundred KiB says little.  Footprints are multiples of
+                 the page size.
+util             peak_payload / peak_footprint (0.0 when the footprint is 0).
+seconds          the fastest of ``timed_repeats`` passes that make the same
+                 calls with no touching or checking; each includes the
+                 ctypes cost of a call (a few hundred ns), as pyalloc's
+                 measured calls include Python's.
+
+Validation (in the measured pass): pointers non-NULL and aligned to
+``min(16, largest power of two <= size)``, a stamp at both ends of every block
+intact at free and realloc, and realloc keeping the prefix.  A failure gives
+``valid=False`` with the op and the reason.  So does a missing library, an
+allocator the platform cannot run, and a replayer that crashes or times out:
+:func:`replay_system` never raises for those.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .rep import Trace
+
+__all__ = [
+    "FOOTPRINT_METHOD",
+    "SYSTEM_ALLOCATORS",
+    "SystemResult",
+    "find_allocator_library",
+    "replay_system",
+    "system_available",
+]
+
+SYSTEM_ALLOCATORS: tuple[str, ...] = ("glibc", "jemalloc", "mimalloc", "tcmalloc")
+
+FOOTPRINT_METHOD = (
+    "peak resident anonymous memory (statm resident - shared, sampled after every "
+    "allocating op) above a baseline taken before the first op, every block byte written"
+)
+
+# allocator -> (shared object to preload, Debian package that ships it)
+PRELOAD_LIBRARIES: dict[str, tuple[str, str]] = {
+    "jemalloc": ("libjemalloc.so.2", "libjemalloc2"),
+    "mimalloc": ("libmimalloc.so.2", "libmimalloc2.0"),
+    "tcmalloc": ("libtcmalloc_minimal.so.4", "libtcmalloc-minimal4"),
+}
+GLIBC_LIBRARY = "libc.so.6"
+
+# Searched when the dynamic linker's cache does not list a library.
+LIBRARY_DIRECTORIES = (
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/aarch64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/local/lib",
+    "/usr/lib64",
+    "/usr/lib",
+    "/lib64",
+    "/lib",
+)
+
+_KIND_CODES = {"a": 0, "f": 1, "r": 2}
+_REPLAYER = Path(__file__).with_name("_system_replayer.py")
+_DEFAULT_TIMEOUT = 900.0
+
+
+@dataclass
+class SystemResult:
+    """One trace replayed through one system allocator."""
+
+    allocator: str
+    trace: str
+    valid: bool
+    ops: int
+    peak_payload: int  # bytes
+    peak_footprint: int  # bytes, measured as FOOTPRINT_METHOD says
+    util: float  # peak_payload / peak_footprint
+    seconds: float  # fastest timed pass
+    error: str | None
+    footprint_method: str = FOOTPRINT_METHOD
+
+
+def _ldconfig_paths() -> dict[str, str]:
+    """soname -> path from the dynamic linker's cache (empty if unreadable)."""
+    ldconfig = shutil.which("ldconfig") or next(
+        (path for path in ("/sbin/ldconfig", "/usr/sbin/ldconfig") if os.path.exists(path)),
+        None,
+    )
+    if ldconfig is None:
+        return {}
+    try:
+        listing = subprocess.run(
+            [ldconfig, "-p"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    machine = platform.machine()
+    paths: dict[str, str] = {}
+    for line in listing.splitlines():
+        name, arrow, path = line.strip().partition(" => ")
+        if not arrow:
+            continue
+        soname = name.split(" ", 1)[0]
+        # Prefer this machine's word size when both are listed.
+        if soname not in paths or ("x86-64" in name and machine == "x86_64"):
+            paths[soname] = path.strip()
+    return paths
+
+
+def find_allocator_library(allocator: str) -> str | None:
+    """Path of the shared object to preload for ``allocator``, or None if not found."""
+    soname, _package = PRELOAD_LIBRARIES[allocator]
+    cached = _ldconfig_paths().get(soname)
+    if cached and os.path.exists(cached):
+        return cached
+    for directory in LIBRARY_DIRECTORIES:
+        candidate = os.path.join(directory, soname)
+        if os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def system_available(name: str) -> str | None:
+    """None when ``name`` can be replayed here, else the reason it cannot."""
+    if name not in SYSTEM_ALLOCATORS:
+        return f"unknown allocator {name!r}; choose from {', '.join(SYSTEM_ALLOCATORS)}"
+    if not sys.platform.startswith("linux") or not os.path.exists("/proc/self/status"):
+        return "system allocators are measured through /proc/self/status: Linux only"
+    if name == "glibc":
+        if platform.libc_ver()[0] != "glibc":
+            return "the C library is not glibc"
+        return None
+    soname, package = PRELOAD_LIBRARIES[name]
+    if find_allocator_library(name) is None:
+        return f"{soname} not found; apt-get install {package}"
+    return None
+
+
+def _write_ops(trace: Trace, path: Path) -> None:
+    ops = trace.ops
+    header = array.array("Q", [trace.num_ids, len(ops)])
+    kinds = array.array("Q", [_KIND_CODES[op[0]] for op in ops])
+    ids = array.array("Q", [op[1] for op in ops])
+    sizes = array.array("Q", [op[2] for op in ops])
+    with open(path, "wb") as out:
+        for part in (header, kinds, ids, sizes):
+            part.tofile(out)
+
+
+def replay_system(
+    trace: Trace,
+    allocator: str,
+    *,
+    timed_repeats: int = 1,
+    timeout: float | None = _DEFAULT_TIMEOUT,
+) -> SystemResult:
+    """Replay ``trace`` through ``allocator`` in a subprocess; see the module docstring.
+
+    Never raises for a missing library, an invalid trace, a failed
+    validation, a crash or a timeout: the result has ``valid=False`` and
+    ``error`` says why.  ``timeout`` (seconds, None for none) bounds the
+    whole subprocess.
+    """
+    name = trace.name or "<trace>"
+
+    def failed(error: str, peak_payload: int = 0, peak_footprint: int = 0) -> SystemResult:
+        return SystemResult(
+            allocator=allocator,
+            trace=name,
+            valid=False,
+            ops=len(trace.ops),
+            peak_payload=peak_payload,
+            peak_footprint=peak_footprint,
+            util=0.0,
+            seconds=0.0,
+            error=error,
+        )
+
+    if timed_repeats < 0:
+        raise ValueError(f"timed_repeats must be >= 0, got {timed_repeats}")
+    reason = system_available(allocator)
+    if reason is not None:
+        return failed(reason)
+    try:
+        trace.validate()
+    except ValueError as exc:
+        return failed(f"invalid trace: {exc}")
+
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)
+    if allocator == "glibc":
+        library = GLIBC_LIBRARY
+    else:
+        found = find_allocator_library(allocator)
+        if found is None:  # removed since system_available looked
+            return failed(f"{PRELOAD_LIBRARIES[allocator][0]} not found")
+        library = found
+        env["LD_PRELOAD"] = library
+
+    with tempfile.TemporaryDirectory(prefix="pyalloc-system-") as work:
+        ops_path = Path(work) / "ops.bin"
+        _write_ops(trace, ops_path)
+        command = [
+            sys.executable,
+            "-I",
+            "-S",
+            str(_REPLAYER),
+            str(ops_path),
+            library,
+            str(timed_repeats),
+        ]
+        try:
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return failed(f"the {allocator} replayer did not finish within {timeout} s")
+        except OSError as exc:
+            return failed(f"the {allocator} replayer could not start: {exc}")
+
+    last_line = done.stdout.strip().rpartition("\n")[2]
+    if done.returncode != 0 or not last_line:
+        how = (
+            f"was killed by signal {-done.returncode}"
+            if done.returncode < 0
+            else f"exited with status {done.returncode}"
+        )
+        detail = " / ".join(done.stderr.strip().splitlines()[-3:])
+        return failed(f"the {allocator} replayer {how}" + (f": {detail}" if detail else ""))
+    try:
+        report = json.loads(last_line)
+    except json.JSONDecodeError:
+        return failed(f"the {allocator} replayer printed {last_line!r}, not a report")
+
+    peak_payload = int(report.get("peak_payload", 0))
+    peak_footprint = int(report.get("peak_footprint", 0))
+    if report.get("error"):
+        return failed(str(report["error"]), peak_payload, peak_footprint)
+    return SystemResult(
+        allocator=allocator,
+        trace=name,
+        valid=True,
+        ops=len(trace.ops),
+        peak_payload=peak_payload,
+        peak_footprint=peak_footprint,
+        util=peak_payload / peak_footprint if peak_footprint else 0.0,
+        seconds=float(report["seconds"]),
+        error=None,
+        footprint_method=FOOTPRINT_METHOD,
+    )
