@@ -365,3 +365,12 @@ def test_default_capacity_fits_the_trace() -> None:
     big = rep("a 0 100000000\nr 0 200000000")
     assert default_capacity(big) >= 2 * 300_000_000
     assert default_capacity(big) % (1 << 20) == 0
+
+
+def test_progress_adds_up_to_every_op_of_every_pass() -> None:
+    trace = generate("uniform", 20_000, seed=2)
+    reported: list[int] = []
+    result = replay(trace, timed_repeats=2, progress=reported.append)
+    assert result.valid, result.error
+    assert sum(reported) == 3 * len(trace)
+    assert len(reported) > 3  # the validating pass reports as it goes

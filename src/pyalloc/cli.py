@@ -258,16 +258,20 @@ def print_table(
 class _Progress:
     """A rich progress bar on stderr for runs of at least PROGRESS_MIN_OPS ops.
 
-    ``step(description, ops)`` is called before each unit of work; the bar
-    advances by the ops of the previous unit. Without rich, or when stderr is
-    not a terminal, or for a short run, nothing is shown.
+    ``start(description, work)`` begins a unit of about ``work`` ops (the
+    previous unit counts as complete then) and ``advance(done)`` moves the bar
+    within it. The bar is redrawn only in those calls, never by a thread of
+    its own, which would compete with a timed replay for the interpreter.
+    Without rich, when stderr is not a terminal, or for a short run, nothing
+    is shown.
     """
 
-    def __init__(self, total_ops: int) -> None:
-        self.total = total_ops
+    def __init__(self, total_work: int) -> None:
+        self.total = total_work
         self.bar: Any = None
         self.task: Any = None
-        self.pending = 0
+        self.expected = 0  # work of the current unit ...
+        self.done = 0  # ... and how much of it was reported
 
     def __enter__(self) -> _Progress:
         if self.total >= PROGRESS_MIN_OPS and _rich_for(sys.stderr):
@@ -281,19 +285,29 @@ class _Progress:
                 TimeElapsedColumn(),
                 console=Console(stderr=True),
                 transient=True,
+                auto_refresh=False,
             )
-            self.bar.__enter__()
+            self.bar.start()
             self.task = self.bar.add_task("", total=self.total)
         return self
 
-    def step(self, description: str, ops: int) -> None:
+    def start(self, description: str, work: int) -> None:
         if self.bar is not None:
-            self.bar.update(self.task, advance=self.pending, description=description)
-        self.pending = ops
+            rest = max(0, self.expected - self.done)
+            self.bar.update(self.task, advance=rest, description=description)
+            self.bar.refresh()
+        self.expected = work
+        self.done = 0
+
+    def advance(self, done: int) -> None:
+        self.done += done
+        if self.bar is not None:
+            self.bar.update(self.task, advance=done)
+            self.bar.refresh()
 
     def __exit__(self, *exc_info: object) -> None:
         if self.bar is not None:
-            self.bar.__exit__(None, None, None)
+            self.bar.stop()
 
 
 def _percent(value: float | None) -> str:
@@ -367,9 +381,10 @@ def replay_command(args: argparse.Namespace) -> int:
             return _unknown("policy", [args.policy], policies)
     sources = _sources_of(args.traces)
     rows: list[dict[str, Any]] = []
-    with _Progress(sum(s.ops for s in sources)) as progress:
+    work_per_op = 1 + args.repeat
+    with _Progress(sum(s.ops for s in sources) * work_per_op) as progress:
         for source in sources:
-            progress.step(source.label, source.ops)
+            progress.start(source.label, source.ops * work_per_op)
             trace = source.trace
             allocator = system_name or "pyalloc"
             policy = None if system_name else args.policy
@@ -386,6 +401,7 @@ def replay_command(args: argparse.Namespace) -> int:
                     cache=args.cache,
                     check_every=args.check_every,
                     timed_repeats=args.repeat,
+                    progress=progress.advance,
                 )
                 rows.append(row_from_replay(replayed, source.path))
     failed = [row for row in rows if not row["valid"]]
@@ -550,15 +566,15 @@ def bench_command(args: argparse.Namespace) -> int:
         sources, note = default_sources()
         if note:
             notes.append(note)
-    columns = len(policies) + len(allocators)
-    with _Progress(sum(s.ops for s in sources) * columns) as progress:
+    work = sum(s.ops for s in sources) * (len(policies) + len(allocators)) * (1 + args.repeat)
+    with _Progress(work) as progress:
         comparison = run_comparison(
             sources,
             policies,
             allocators,
             timed_repeats=args.repeat,
             capacity=args.capacity,
-            step=progress.step,
+            progress=progress,
         )
     notes.extend(comparison.notes)
     rows = comparison.rows()

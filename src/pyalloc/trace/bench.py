@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import csv
 import importlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import IO, Any, Final
+from typing import IO, Any, Final, Protocol
 
 from .generate import GENERATORS, generate
 from .rep import Trace, TraceFormatError, read_trace
@@ -40,6 +40,7 @@ __all__ = [
     "ROW_KEYS",
     "SYSTEM_ALLOCATORS",
     "Comparison",
+    "Progress",
     "Source",
     "default_sources",
     "expand_paths",
@@ -287,7 +288,14 @@ class Comparison:
         return [row for row in self.rows() if not row["valid"]]
 
 
-Step = Callable[[str, int], None]  # (description, ops about to run) before each run
+class Progress(Protocol):
+    """Where a comparison reports how far it is (a progress bar)."""
+
+    def start(self, description: str, work: int) -> None:
+        """A run of about ``work`` ops (checked and timed together) begins."""
+
+    def advance(self, done: int) -> None:
+        """``done`` more ops of the current run are finished."""
 
 
 def run_comparison(
@@ -297,7 +305,7 @@ def run_comparison(
     *,
     timed_repeats: int = 3,
     capacity: int | None = None,
-    step: Step | None = None,
+    progress: Progress | None = None,
 ) -> Comparison:
     """Replay every source on every policy and system allocator.
 
@@ -319,8 +327,8 @@ def run_comparison(
                     comparison.notes.append(f"{name}: skipped: {missing}")
     for i, source in enumerate(comparison.sources):
         for column in comparison.columns:
-            if step is not None:
-                step(f"{source.label} on {column.name}", source.ops)
+            if progress is not None:
+                progress.start(f"{source.label} on {column.name}", source.ops * (1 + timed_repeats))
             allocator = column.name if column.system else "pyalloc"
             policy = None if column.system else column.name
             trace = source.trace
@@ -332,7 +340,11 @@ def run_comparison(
                 row = row_from_system(result, source.path)
             else:
                 result = replay(
-                    trace, policy=column.name, capacity=capacity, timed_repeats=timed_repeats
+                    trace,
+                    policy=column.name,
+                    capacity=capacity,
+                    timed_repeats=timed_repeats,
+                    progress=None if progress is None else progress.advance,
                 )
                 row = row_from_replay(result, source.path)
             comparison.cells[i, column.name] = row

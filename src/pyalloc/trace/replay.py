@@ -119,6 +119,7 @@ MIN_CAPACITY: Final = 64 << 20
 MAX_CAPACITY: Final = 8 << 30
 BLOCK_ALLOWANCE: Final = 32  # bytes of overhead per block assumed by default_capacity
 M64: Final = (1 << 64) - 1
+PROGRESS_MASK: Final = (1 << 13) - 1  # the validating pass reports every 8192 ops
 
 assert STAMP_WHOLE >= 4 * STAMP_SPAN and STAMP_SPAN % 8 == 0
 # A stamp span starts at most 7 bytes into the 8-byte pattern: 9 copies cover it.
@@ -156,6 +157,7 @@ class Allocator(Protocol):
 
 
 AllocatorFactory = Callable[[int], Allocator]  # capacity -> a fresh, empty allocator
+Progress = Callable[[int], None]  # told how many more ops have been replayed
 
 
 @dataclass
@@ -321,11 +323,19 @@ class _Validator:
     ``starts[i]`` are a new block's only possible overlaps.
     """
 
-    def __init__(self, target: Allocator, trace: Trace, plan: _Plan, check_every: int) -> None:
+    def __init__(
+        self,
+        target: Allocator,
+        trace: Trace,
+        plan: _Plan,
+        check_every: int,
+        progress: Progress | None,
+    ) -> None:
         self.target = target
         self.trace = trace
         self.plan = plan
         self.check_every = check_every
+        self.progress = progress
         self.memory = memoryview(target.buf).cast("B")
         self.blocks: dict[int, tuple[int, bytes, str]] = {}
         self.starts: list[int] = []
@@ -456,6 +466,7 @@ class _Validator:
         ops = self.trace.ops
         pointers = [0] * self.trace.num_ids
         check_every = self.check_every
+        progress = self.progress
         index = -1
         try:
             for index, (call, block_id, n) in enumerate(plan.calls):
@@ -490,6 +501,10 @@ class _Validator:
                     self.measure_peak(plan.peak_payload)
                 if check_every and (index + 1) % check_every == 0:
                     self.audit()
+                if progress is not None and not (index + 1) & PROGRESS_MASK:
+                    progress(PROGRESS_MASK + 1)
+            if progress is not None:
+                progress((index + 1) & PROGRESS_MASK)
             index = len(plan.calls)
             self.audit()
             peak_heap = int(self.target.stats()["peak_heap_bytes"])
@@ -556,6 +571,7 @@ def replay(
     allocator: str = "pyalloc",
     check_every: int = 0,
     timed_repeats: int = 3,
+    progress: Progress | None = None,
 ) -> ReplayResult:
     """Validate and measure ``trace`` on a pyalloc heap of ``policy`` (or ``factory``).
 
@@ -563,7 +579,11 @@ def replay(
     replaces the pyalloc heap by any :class:`Allocator` (``allocator`` names
     it in the result).  ``check_every`` > 0 also runs the allocator's
     ``check()`` and verifies every live block every that many ops.
-    ``timed_repeats`` = 0 skips the timed pass.
+    ``timed_repeats`` = 0 skips the timed pass.  ``progress(n)`` is told
+    whenever ``n`` more ops have been replayed: every 8192 ops of the
+    validating pass and after each timed pass, so ``len(trace) * (1 +
+    timed_repeats)`` in all when the trace is valid (never from inside a
+    timed pass, so it cannot disturb the timing).
 
     Never raises for a bad trace or a failing allocator: the result has
     ``valid=False`` and ``error`` says what went wrong.  An unknown policy
@@ -597,7 +617,7 @@ def replay(
     except Exception as e:
         result.error = f"cannot create the allocator: {type(e).__name__}: {e}"
         return result
-    validator = _Validator(target, trace, plan, check_every)
+    validator = _Validator(target, trace, plan, check_every, progress)
     try:
         peak_heap = validator.run()
     except ReplayFault as e:
@@ -625,6 +645,8 @@ def replay(
                     best = min(best, _timed_pass(target, plan.calls, trace.num_ids))
                 finally:
                     _close(target)
+                if progress is not None:
+                    progress(len(plan.calls))
         except Exception as e:
             result.valid = False
             result.error = f"timed pass: {type(e).__name__}: {e}"
