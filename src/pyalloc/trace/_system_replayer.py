@@ -343,7 +343,10 @@ def main() -> None:
     reports: list[dict[str, object]] = []
 
     def run() -> None:
-        reports.append(replay(ops_path, library, int(repeats_text)))
+        try:
+            reports.append(replay(ops_path, library, int(repeats_text)))
+        except Exception as exc:  # reported to the parent as the replay's error
+            reports.append({"error": f"{type(exc).__name__}: {exc}"})
 
     worker = threading.Thread(target=run, name="replay")
     worker.start()
