@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from .base import FreeIndex
+from .fits import BestFit, FirstFit, NextFit
+from .implicit import Implicit
 from .segregated import Segregated
+from .tlsf import TLSF
 
-_REGISTRY: dict[str, type[FreeIndex]] = {cls.name: cls for cls in (Segregated,)}
+# In the order of the textbook: from no index at all to O(1) good fit.
+_REGISTRY: dict[str, type[FreeIndex]] = {
+    cls.name: cls for cls in (Implicit, FirstFit, NextFit, BestFit, Segregated, TLSF)
+}
+assert len({cls.policy_id for cls in _REGISTRY.values()}) == len(_REGISTRY)
 
 POLICIES: tuple[str, ...] = tuple(_REGISTRY)
 

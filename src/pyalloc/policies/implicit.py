@@ -1,0 +1,101 @@
+"""The implicit free list: no index at all, the blocks themselves are the list.
+
+Glossary
+--------
+walk        a pass over every block from ``heap_start`` to ``brk``, each
+            header giving the size of its block and so the next header.
+first fit   the walk stops at the first free block of at least ``need``
+            bytes.
+
+This is the textbook baseline (the malloc lab's first allocator): a free
+block is known only by the allocated bit in its header, so a request costs a
+walk over the blocks in front of the first fit, live ones included. Its cost
+per request grows with the number of blocks in the heap, which the other
+policies exist to avoid; ``benchmarks/policy_scaling.py`` measures by how
+much.
+
+Invariants::
+
+    a block is free  <=>  its header's allocated bit is clear
+    control words used == 0
+
+insert, remove and validate do nothing: the engine has already written (or
+is about to write) the header that puts a block in or out of this "index".
+The walk checks each header's tag before trusting its size, so a corrupted
+header it passes is reported rather than followed; ``check`` has nothing to
+add to the engine's own walk.
+"""
+
+from __future__ import annotations
+
+from ..errors import HeapCorruptionError
+from ..layout import ALLOCATED, BODY_MASK, MIN_BLOCK, SIZE_MASK, TAG_MASK, TAG_SHIFT, TAGGED_MASK
+from .base import FreeIndex
+
+
+class Implicit(FreeIndex):
+    """First fit by walking every block's header from the start of the heap."""
+
+    name = "implicit"
+    policy_id = 2
+
+    @classmethod
+    def words_needed(cls, capacity: int) -> int:
+        return 0
+
+    def insert(self, b: int, size: int) -> None:
+        pass
+
+    def validate(self, b: int, size: int) -> None:
+        pass
+
+    def remove(self, b: int, size: int) -> None:
+        pass
+
+    def take(self, need: int) -> tuple[int, int] | None:
+        # find has checked the block's header in full: nothing left to check.
+        b = self.find(need)
+        if not b:
+            return None
+        return b, self.heap.free_block_size(b)
+
+    def find(self, need: int) -> int:
+        heap = self.heap
+        words = self.words
+        key = heap.header_key
+        secret = heap.tag_secret
+        brk = heap.brk
+        b = heap.heap_start
+        while b < brk:
+            # heap._header(b), inlined: this loop is the whole cost of malloc.
+            plain = words[b >> 3] ^ key
+            body = plain & BODY_MASK
+            if plain >> TAG_SHIFT != hash((body & TAGGED_MASK, b ^ secret)) & TAG_MASK:
+                raise HeapCorruptionError(f"header of block {b + 8} is corrupted")
+            size = body & SIZE_MASK
+            if size < MIN_BLOCK or b + size > brk:
+                raise HeapCorruptionError(f"block {b + 8} holds an impossible size {size}")
+            if size >= need and not body & ALLOCATED:
+                return b
+            b += size
+        return 0
+
+    def check(self, free_blocks: dict[int, int]) -> None:
+        # The engine's walk has verified every header; the "index" is those headers.
+        pass
+
+    def blocks(self) -> list[int]:
+        heap = self.heap
+        out: list[int] = []
+        b = heap.heap_start
+        while b < heap.brk:
+            body = heap._header(b)
+            if body < 0:
+                raise HeapCorruptionError(f"header of block {b + 8} is corrupted")
+            size = body & SIZE_MASK
+            if size < MIN_BLOCK or b + size > heap.brk:
+                raise HeapCorruptionError(f"block {b + 8} holds an impossible size {size}")
+            if not body & ALLOCATED:
+                out.append(b)
+            b += size
+        return out

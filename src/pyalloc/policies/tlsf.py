@@ -1,0 +1,307 @@
+"""TLSF: two-level segregated fit, O(1) good fit with two levels of bitmaps.
+
+Glossary
+--------
+first level (fl)   the power of two a block size falls in
+second level (sl)  one of SL_COUNT equal slices of that power of two
+list i             ``i = fl * SL_COUNT + sl``: the doubly linked free list
+                   (``LinkedLists``) of the sizes in slice (fl, sl)
+
+Size classes (block sizes, all multiples of 16)::
+
+    fl == 0        sizes below SMALL_BLOCK (512): list i holds exactly 16 * i
+                   bytes, one list per size
+    fl >= 1        sizes in [2**f, 2**(f+1)), f = fl + FL_SHIFT - 1, cut into
+                   SL_COUNT (32) slices of 2**(f - SL_SHIFT) bytes: a list's
+                   sizes differ by less than 1/32 of its lower bound
+
+so ``list_index(size)`` increases with size, and every size of list i is at
+least ``list_floor(i)``.
+
+Bitmaps::
+
+    bit sl of sl_bitmap[fl] is set  <=>  list fl * SL_COUNT + sl is non-empty
+    bit fl of fl_bitmap     is set  <=>  sl_bitmap[fl] != 0
+
+take(need), O(1):
+    1. round need up to the next list boundary: every block of list
+       ``search_index(need)`` and above is large enough;
+    2. the first non-empty list at or above it: a lowest-set-bit in
+       sl_bitmap[fl], else in fl_bitmap above fl, then in that sl_bitmap;
+    3. unlink that list's head.
+Rounding up is what makes step 3 need no search ("good fit": at most 1/32
+larger than best fit). When steps 1-2 find nothing, the request's own list
+may still hold a larger block: it is scanned (first fit) before the heap
+grows, so a block that fits is never left unused for want of rounding.
+
+Control words, from base: FL_COUNT * SL_COUNT list heads, then fl_bitmap,
+then FL_COUNT sl_bitmap words (FL_COUNT from the heap's capacity).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from ..errors import HeapCorruptionError
+from ..layout import (
+    ALIGN_SHIFT,
+    ALLOCATED,
+    BODY_MASK,
+    LINK_SHIFT,
+    MAX_BLOCK,
+    MIN_BLOCK,
+    SIZE_MASK,
+    TAG_MASK,
+    TAG_SHIFT,
+    TAGGED_MASK,
+)
+from .base import NEXT, PREV, LinkedLists
+
+if TYPE_CHECKING:
+    from ..heap import Heap
+
+SL_SHIFT: Final = 5
+SL_COUNT: Final = 1 << SL_SHIFT  # second-level lists per first level
+SL_MASK: Final = SL_COUNT - 1
+FL_SHIFT: Final = SL_SHIFT + ALIGN_SHIFT  # log2 of the first size with fl >= 1
+SMALL_BLOCK: Final = 1 << FL_SHIFT  # sizes below: one exact list each
+M64: Final = (1 << 64) - 1
+
+assert SMALL_BLOCK >> ALIGN_SHIFT == SL_COUNT  # fl 0 is exactly one row of exact lists
+assert SL_COUNT <= 64  # an sl_bitmap is one word
+
+
+def list_index(size: int) -> int:
+    """The list a free block of ``size`` bytes belongs on."""
+    if size < SMALL_BLOCK:
+        return size >> ALIGN_SHIFT
+    f = size.bit_length() - 1
+    return ((f - FL_SHIFT + 1) << SL_SHIFT) | ((size >> (f - SL_SHIFT)) & SL_MASK)
+
+
+def search_index(need: int) -> int:
+    """The first list whose every block has at least ``need`` bytes."""
+    if need < SMALL_BLOCK:
+        return need >> ALIGN_SHIFT
+    return list_index(need + (1 << (need.bit_length() - 1 - SL_SHIFT)) - 1)
+
+
+def list_floor(i: int) -> int:
+    """The smallest size list ``i`` holds."""
+    fl, sl = i >> SL_SHIFT, i & SL_MASK
+    if not fl:
+        return sl << ALIGN_SHIFT
+    f = fl + FL_SHIFT - 1
+    return (1 << f) | (sl << (f - SL_SHIFT))
+
+
+FL_MAX: Final = list_index(MAX_BLOCK) >> SL_SHIFT
+assert FL_MAX < 64  # fl_bitmap is one word
+assert list_floor(list_index(SMALL_BLOCK)) == SMALL_BLOCK
+assert search_index(MIN_BLOCK) == list_index(MIN_BLOCK)
+
+
+class TLSF(LinkedLists):
+    name = "tlsf"
+    policy_id = 6
+
+    def __init__(self, heap: Heap, base: int) -> None:
+        super().__init__(heap, base)
+        self.fl_count = (list_index(heap.capacity) >> SL_SHIFT) + 1
+        self.lists = self.fl_count << SL_SHIFT
+        self.fl_word = base + self.lists
+        self.sl_base = self.fl_word + 1
+
+    @classmethod
+    def words_needed(cls, capacity: int) -> int:
+        fl_count = (list_index(capacity) >> SL_SHIFT) + 1
+        return (fl_count << SL_SHIFT) + 1 + fl_count
+
+    def _first_from(self, i: int) -> int:
+        """The first non-empty list at or above ``i``, or -1 (two bit scans)."""
+        fl = i >> SL_SHIFT
+        if fl >= self.fl_count:
+            return -1
+        words = self.words
+        bits = words[self.sl_base + fl] >> (i & SL_MASK) << (i & SL_MASK)
+        if not bits:
+            above = words[self.fl_word] >> (fl + 1) << (fl + 1)
+            if not above:
+                return -1
+            fl = (above & -above).bit_length() - 1
+            bits = words[self.sl_base + fl]
+        return (fl << SL_SHIFT) | ((bits & -bits).bit_length() - 1)
+
+    def insert(self, b: int, size: int) -> None:
+        i = size >> ALIGN_SHIFT if size < SMALL_BLOCK else list_index(size)
+        words = self.words
+        head = self.base + i
+        first = words[head]
+        # LinkedLists.push, inlined: every free ends here.
+        key = self.link_key
+        if first:
+            heap = self.heap
+            if not (heap.heap_start <= first < heap.brk and first & 15 == 8):
+                raise HeapCorruptionError(f"free-list head of list {i} is invalid")
+            at = first + PREV
+            words[at >> 3] = b ^ key ^ (at << LINK_SHIFT)
+        else:
+            fl = i >> SL_SHIFT
+            words[self.sl_base + fl] |= 1 << (i & SL_MASK)
+            words[self.fl_word] |= 1 << fl
+        at = b + NEXT
+        words[at >> 3] = first ^ key ^ (at << LINK_SHIFT)
+        at += 8
+        words[at >> 3] = key ^ (at << LINK_SHIFT)  # prev = 0
+        words[head] = b
+
+    def validate(self, b: int, size: int) -> None:
+        self.neighbours(self.base + list_index(size), b)
+
+    def remove(self, b: int, size: int) -> None:
+        i = list_index(size)
+        head = self.base + i
+        self.unlink(head, b)
+        if not self.words[head]:
+            self._mark_empty(i)
+
+    def _mark_empty(self, i: int) -> None:
+        words = self.words
+        fl = i >> SL_SHIFT
+        at = self.sl_base + fl
+        bits = words[at] & ~(1 << (i & SL_MASK)) & M64
+        words[at] = bits
+        if not bits:
+            words[self.fl_word] &= ~(1 << fl) & M64
+
+    def take(self, need: int) -> tuple[int, int] | None:
+        i = self._first_from(search_index(need))
+        if i >= 0:
+            return self._pop(i, need)
+        # Nothing at or above the rounded request: try the request's own list.
+        own = list_index(need)
+        if own >= self.lists or not self.words[self.base + own]:
+            return None
+        b = self._scan(own, need)
+        if not b:
+            return None
+        size = self.heap.free_block_size(b)
+        self.remove(b, size)
+        return b, size
+
+    def _pop(self, i: int, need: int) -> tuple[int, int]:
+        """Unlink the head of list ``i``, all of whose blocks fit ``need``.
+
+        Inlines heap.free_block_size and LinkedLists.unlink for a list head.
+        """
+        words = self.words
+        heap = self.heap
+        head = self.base + i
+        b = words[head]
+        lo = heap.heap_start
+        brk = heap.brk
+        if not (lo <= b < brk and b & 15 == 8):
+            raise HeapCorruptionError(f"free-list head of list {i} is invalid")
+        plain = words[b >> 3] ^ heap.header_key
+        body = plain & BODY_MASK
+        if (
+            plain >> TAG_SHIFT != hash((body & TAGGED_MASK, b ^ heap.tag_secret)) & TAG_MASK
+            or body & ALLOCATED
+        ):
+            raise HeapCorruptionError(f"header of free block {b + 8} is corrupted")
+        size = body & SIZE_MASK
+        if size < need or list_index(size) != i:
+            raise HeapCorruptionError(f"free block {b + 8} of {size} bytes is on list {i}")
+        key = self.link_key
+        at = b + NEXT
+        nxt = words[at >> 3] ^ key ^ (at << LINK_SHIFT)
+        at += 8
+        if words[at >> 3] ^ key ^ (at << LINK_SHIFT):
+            raise HeapCorruptionError(f"free block {b + 8} heads its list but has a prev link")
+        if nxt:
+            at = nxt + PREV
+            if (
+                not (lo <= nxt < brk and nxt & 15 == 8)
+                or words[at >> 3] ^ key ^ (at << LINK_SHIFT) != b
+            ):
+                raise HeapCorruptionError(f"free block {b + 8}: next link is broken")
+            words[at >> 3] = key ^ (at << LINK_SHIFT)  # its prev = 0
+            words[head] = nxt
+        else:
+            words[head] = 0
+            self._mark_empty(i)
+        return b, size
+
+    def _scan(self, i: int, need: int) -> int:
+        """First block of at least ``need`` bytes on list ``i``, or 0.
+
+        Sizes are read without tag checks; take() checks the block it uses.
+        """
+        heap = self.heap
+        words = self.words
+        lo = heap.heap_start
+        hi = heap.brk
+        header_key = heap.header_key
+        link_key = self.link_key
+        budget = (hi - lo) // MIN_BLOCK + 1
+        b = words[self.base + i]
+        while b:
+            if not (lo <= b < hi and b & 15 == 8):
+                raise HeapCorruptionError(f"free-list link {b:#x} is outside the heap")
+            if (words[b >> 3] ^ header_key) & SIZE_MASK >= need:  # layout.block_size, inlined
+                return b
+            budget -= 1
+            if budget <= 0:
+                raise HeapCorruptionError(f"free list {i} has a cycle")
+            at = b + NEXT  # read_link, inlined
+            b = words[at >> 3] ^ link_key ^ (at << LINK_SHIFT)
+        return 0
+
+    def find(self, need: int) -> int:
+        i = self._first_from(search_index(need))
+        if i >= 0:
+            return self.words[self.base + i]
+        own = list_index(need)
+        return self._scan(own, need) if own < self.lists else 0
+
+    def check(self, free_blocks: dict[int, int]) -> None:
+        words = self.words
+        seen = 0
+        limit = len(free_blocks) + 1
+        fl_bits = words[self.fl_word]
+        if fl_bits >> self.fl_count:
+            raise HeapCorruptionError("the first-level bitmap has bits beyond the last level")
+        for fl in range(self.fl_count):
+            sl_bits = words[self.sl_base + fl]
+            if sl_bits >> SL_COUNT:
+                raise HeapCorruptionError(f"second-level bitmap {fl} has bits beyond its lists")
+            if bool(sl_bits) != bool(fl_bits >> fl & 1):
+                raise HeapCorruptionError(f"first-level bit {fl} disagrees with its bitmap")
+            for sl in range(SL_COUNT):
+                i = (fl << SL_SHIFT) | sl
+                if not words[self.base + i]:
+                    if sl_bits >> sl & 1:
+                        raise HeapCorruptionError(f"second-level bit ({fl}, {sl}) set, list empty")
+                    continue
+                members = self.walk(self.base + i, limit)
+                if not sl_bits >> sl & 1:
+                    raise HeapCorruptionError(
+                        f"second-level bit ({fl}, {sl}) clear, list not empty"
+                    )
+                for b in members:
+                    size = free_blocks.get(b)
+                    if size is None:
+                        raise HeapCorruptionError(f"list {i} holds {b + 8}, not a free block")
+                    if list_index(size) != i:
+                        raise HeapCorruptionError(f"free block {b + 8} of {size} bytes on list {i}")
+                seen += len(members)
+        if seen != len(free_blocks):
+            raise HeapCorruptionError(
+                f"{len(free_blocks)} free blocks in the heap, {seen} in the free lists"
+            )
+
+    def blocks(self) -> list[int]:
+        out: list[int] = []
+        for i in range(self.lists):
+            out.extend(self.walk(self.base + i, 1 << 40))
+        return out
