@@ -19,8 +19,9 @@ Region::
             the list heads of orders 0..MAX_ORDER and the order bitmap
     base    first block header                          base % 16 == 8
     ...     blocks tiling [base, brk)
-    brk     end of the arena in use: the footprint; the region may grow to
-            the capacity
+    brk     the epilogue: one header word (allocated, order 0) after the
+            last block; ``brk + 8`` is the footprint, which may grow to the
+            capacity
 
 Blocks::
 
@@ -47,7 +48,8 @@ free). Internal fragmentation is up to half a block: the price of O(log n)
 split and merge with no search at all.
 
 Growth: like sbrk, the arena grows at ``brk`` by the block a request needs
-when no free block is large enough. A block of order k must start at a
+when no free block is large enough, after checking the epilogue: a write
+past the last block is reported rather than built over. A block of order k must start at a
 multiple of ``2**k``, so the gap from ``brk`` up to that multiple is first
 covered with free blocks, each of the order of the lowest set bit of the
 current offset; they are ordinary free blocks and merge with their buddies.
@@ -59,6 +61,7 @@ Invariants::
     bit k of the bitmap  <=>  list k is non-empty
     no free block has a free buddy of its own order        (merging is immediate)
     a buddy either lies wholly below brk or does not exist yet
+    epilogue header == allocated, order 0
 
 A buddy's offset is always the start of a block: the order-(k+1) block that
 holds ``o`` holds the buddy's range too, and were that range inside a larger
@@ -101,6 +104,7 @@ ASKED_BITS: Final = TAG_SHIFT - ASKED_SHIFT
 MAX_ORDER: Final = ASKED_BITS  # a block of 2**MAX_ORDER bytes can record any request it serves
 MAX_CAPACITY: Final = 1 << MAX_ORDER
 RESERVED: Final = PREV_ALLOCATED  # must be clear in every buddy header
+EPILOGUE: Final = ALLOCATED  # the header body at brk: allocated, order 0
 
 W_LISTS: Final = C.CONTROL_WORDS  # list head of order k at W_LISTS + k
 W_BITMAP: Final = W_LISTS + MAX_ORDER + 1
@@ -143,8 +147,8 @@ class BuddyHeap:
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY, *, lock: bool = True) -> None:
         capacity = _check_size(capacity, "capacity")
-        if capacity < BASE + (1 << MIN_ORDER):
-            raise ValueError(f"capacity {capacity} is too small for a heap (minimum {BASE + 32})")
+        if capacity < BASE + (1 << MIN_ORDER) + HEADER:
+            raise ValueError(f"capacity {capacity} is too small for a heap (minimum {BASE + 40})")
         if capacity > MAX_CAPACITY:
             raise ValueError(f"capacity {capacity} exceeds the largest buddy heap ({MAX_CAPACITY})")
         region = AnonymousRegion(capacity)
@@ -155,7 +159,7 @@ class BuddyHeap:
         words[C.W_CAPACITY] = capacity
         words[C.W_HEAP_START] = BASE
         words[C.W_BRK] = BASE
-        words[C.W_PEAK] = BASE
+        words[C.W_PEAK] = BASE + HEADER
         words[C.W_HEADER_KEY] = secrets.randbits(64)
         words[C.W_TAG_SECRET] = secret = secrets.randbits(62)
         words[C.W_LINK_KEY] = secrets.randbits(64) & ~15
@@ -171,8 +175,9 @@ class BuddyHeap:
         self.header_key = words[C.W_HEADER_KEY]
         self.tag_secret = secret
         self.link_key = words[C.W_LINK_KEY]
+        self._set_header(BASE, EPILOGUE)
         # The largest block that fits: its offset 0 is aligned to any order.
-        self.max_order = min((capacity - BASE).bit_length() - 1, MAX_ORDER)
+        self.max_order = min((capacity - BASE - HEADER).bit_length() - 1, MAX_ORDER)
         self._lists = _OrderLists(cast("Heap", self), W_LISTS)
         self._lock = threading.Lock()
         self._closed = False
@@ -265,11 +270,17 @@ class BuddyHeap:
         if not self.words[W_LISTS + k]:
             self.words[W_BITMAP] &= ~(1 << k)
 
+    def _check_epilogue(self) -> None:
+        if self._header(self.brk) != EPILOGUE:
+            raise HeapCorruptionError("the heap's epilogue header is corrupted")
+
     def _set_brk(self, brk: int) -> None:
+        """Move the break up to ``brk``; the epilogue first, so a block always has one after it."""
+        self._set_header(brk, EPILOGUE)
         self.brk = brk
         self.words[C.W_BRK] = brk
-        if brk > self.words[C.W_PEAK]:
-            self.words[C.W_PEAK] = brk
+        if brk + HEADER > self.words[C.W_PEAK]:
+            self.words[C.W_PEAK] = brk + HEADER
 
     # -- malloc --------------------------------------------------------------------
 
@@ -320,11 +331,12 @@ class BuddyHeap:
         base = self.heap_start
         top = self.brk - base
         start = (top + (1 << k) - 1) & -(1 << k)
-        if base + start + (1 << k) > self.capacity:
+        if base + start + (1 << k) + HEADER > self.capacity:
             raise MemoryError(
                 f"cannot allocate {size} bytes: the heap would exceed its capacity"
                 f" of {self.capacity}"
             )
+        self._check_epilogue()
         while top < start:  # cover the gap with aligned free blocks
             j = (top & -top).bit_length() - 1
             self._set_brk(base + top + (1 << j))
@@ -443,8 +455,9 @@ class BuddyHeap:
         for j in range(k, want):
             r = o + (1 << j)
             if r == top:
-                if base + o + (1 << want) > self.capacity:
+                if base + o + (1 << want) + HEADER > self.capacity:
                     return False
+                self._check_epilogue()
                 extend = True
                 break
             body = self._header(base + r)
@@ -501,8 +514,9 @@ class BuddyHeap:
         brk = self.brk
         if words[C.W_MAGIC] != BUDDY_MAGIC or words[C.W_BRK] != brk:
             raise HeapCorruptionError("the heap's control record is corrupted")
-        if not brk <= words[C.W_PEAK] <= self.capacity:
+        if not brk + HEADER <= words[C.W_PEAK] <= self.capacity:
             raise HeapCorruptionError("the heap's peak footprint is inconsistent")
+        self._check_epilogue()
         free: dict[int, int] = {}
         live_blocks = live_bytes = 0
         b = base
@@ -563,7 +577,7 @@ class BuddyHeap:
         sizes = [1 << k for k in free.values()]
         return {
             "capacity": self.capacity,
-            "heap_bytes": brk,
+            "heap_bytes": brk + HEADER,
             "peak_heap_bytes": peak,
             "live_bytes": live_bytes,
             "live_blocks": live_blocks,
@@ -615,7 +629,7 @@ class BuddyHeap:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{self.brk} of {self.capacity} bytes"
+        state = "closed" if self._closed else f"{self.brk + HEADER} of {self.capacity} bytes"
         return f"<BuddyHeap {state}>"
 
     def __getstate__(self) -> Any:
