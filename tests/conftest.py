@@ -1,8 +1,15 @@
 """Shared fixtures: heaps of every policy, closed after each test.
 
-Heap tests take the ``make_heap`` fixture, which is parametrized over the
-policies the engine lists in ``pyalloc.heap.POLICIES``; a test that uses it is
+Heap tests take the ``make_heap`` fixture, which is parametrized over every
+allocator ``pyalloc.allocators.ALL_POLICIES`` names: the engine's policies
+(``pyalloc.heap.POLICIES``) and the buddy system; a test that uses it is
 skipped while the engine module cannot be imported.
+
+Two markers narrow a test to the allocators it applies to:
+``engine_format`` (it reads or forges the engine's block format: footers,
+prev-allocated bits, where a block is placed) skips the buddy system, and
+``free_list_links`` (it corrupts free-list links) skips policies that have
+none. The buddy system has no cache of freed blocks: it runs once, uncached.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from heap_model import heap_policies
+from heap_model import build_heap, has_free_list_links, heap_policies
 from hypothesis import HealthCheck, settings
 
 HEAP_POLICIES = heap_policies()
@@ -34,9 +41,22 @@ DEFAULT_CAPACITY = 8 << 20
 HeapFactory = Callable[..., Any]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "engine_format: relies on the engine's block format; skipped for buddy"
+    )
+    config.addinivalue_line(
+        "markers", "free_list_links: corrupts free-list links; skipped for policies without them"
+    )
+
+
 @pytest.fixture(params=HEAP_POLICIES)
 def policy(request: pytest.FixtureRequest) -> str:
     name: str = request.param
+    if name == "buddy" and request.node.get_closest_marker("engine_format"):
+        pytest.skip("the buddy system has its own block format")
+    if request.node.get_closest_marker("free_list_links") and not has_free_list_links(name):
+        pytest.skip(f"{name} keeps no free-list links")
     return name
 
 
@@ -50,13 +70,14 @@ def cache(request: pytest.FixtureRequest) -> bool:
 @pytest.fixture
 def make_heap(policy: str, cache: bool) -> Iterator[HeapFactory]:
     """Build heaps of the current policy; every heap is closed at teardown."""
-    heap_module = pytest.importorskip("pyalloc.heap")
+    pytest.importorskip("pyalloc.heap")
+    if policy == "buddy" and cache:
+        pytest.skip("the buddy system has no cache of freed blocks")
     made: list[Any] = []
 
     def make(capacity: int = DEFAULT_CAPACITY, **options: Any) -> Any:
-        options.setdefault("policy", policy)
         options.setdefault("cache", cache)
-        heap = heap_module.Heap(capacity, **options)
+        heap = build_heap(options.pop("policy", policy), capacity, **options)
         made.append(heap)
         return heap
 

@@ -14,12 +14,41 @@ from typing import Any
 
 
 def heap_policies() -> list[str]:
-    """The engine's policy names, or the default alone while it lists none."""
+    """Every allocator ``pyalloc.allocators.make_heap`` builds: the engine's
+    policies and the buddy system; the engine's alone, or the default alone,
+    while those modules are missing."""
+    try:
+        from pyalloc.allocators import ALL_POLICIES
+    except ImportError:
+        pass
+    else:
+        return list(ALL_POLICIES)
     try:
         from pyalloc.heap import POLICIES
     except ImportError:
         return ["segregated"]
     return list(POLICIES)
+
+
+def build_heap(policy: str, capacity: int, **options: Any) -> Any:
+    """A heap of any name ``heap_policies`` lists."""
+    try:
+        from pyalloc.allocators import make_heap
+    except ImportError:
+        from pyalloc.heap import Heap
+
+        return Heap(capacity, policy=policy, **options)
+    return make_heap(policy, capacity, **options)
+
+
+def has_free_list_links(policy: str) -> bool:
+    """Whether the policy threads links through free blocks (all but implicit)."""
+    if policy == "buddy":
+        return True
+    from pyalloc.policies import policy_class
+    from pyalloc.policies.base import LinkedLists
+
+    return issubclass(policy_class(policy), LinkedLists)
 
 
 ALIGNMENT = 16

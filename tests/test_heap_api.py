@@ -6,7 +6,15 @@ import random
 from typing import Any
 
 import pytest
-from heap_model import ALIGNMENT, HEADER, MIN_BLOCK, LiveBlocks, read, write_random
+from heap_model import (
+    ALIGNMENT,
+    HEADER,
+    MIN_BLOCK,
+    LiveBlocks,
+    build_heap,
+    read,
+    write_random,
+)
 
 from pyalloc import InvalidPointerError
 
@@ -241,6 +249,7 @@ def test_realloc_grow_preserves_contents(heap: Any, old: int, new: int) -> None:
     heap.check()
 
 
+@pytest.mark.engine_format
 def test_realloc_grows_in_place_at_the_top(heap: Any) -> None:
     rng = random.Random(3)
     heap.malloc(64)
@@ -253,6 +262,7 @@ def test_realloc_grows_in_place_at_the_top(heap: Any) -> None:
     heap.check()
 
 
+@pytest.mark.engine_format
 def test_realloc_grows_in_place_into_a_free_successor(heap: Any) -> None:
     rng = random.Random(4)
     p = heap.malloc(100)
@@ -337,6 +347,7 @@ def test_exhausting_the_capacity_raises_memory_error_and_heap_stays_usable(
     live.assert_all()
 
 
+@pytest.mark.engine_format
 def test_a_request_of_most_of_the_capacity_fits(make_heap: Any) -> None:
     capacity = 1 << 20
     heap = make_heap(capacity)
@@ -402,9 +413,9 @@ def test_every_pointer_is_16_byte_aligned(heap: Any) -> None:
 
 
 def test_context_manager_closes_the_heap(policy: str) -> None:
-    Heap = pytest.importorskip("pyalloc.heap").Heap
+    pytest.importorskip("pyalloc.heap")
 
-    with Heap(1 << 20, policy=policy) as heap:
+    with build_heap(policy, 1 << 20) as heap:
         p = heap.malloc(100)
         heap.free(p)
         region = heap.region
@@ -413,8 +424,8 @@ def test_context_manager_closes_the_heap(policy: str) -> None:
 
 
 def test_close_is_idempotent(policy: str) -> None:
-    Heap = pytest.importorskip("pyalloc.heap").Heap
-    heap = Heap(1 << 20, policy=policy)
+    pytest.importorskip("pyalloc.heap")
+    heap = build_heap(policy, 1 << 20)
     heap.malloc(10)
     heap.close()
     heap.close()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from heap_model import ALIGNMENT, HEADER, LiveBlocks, overlaps, read, write_random
+from heap_model import ALIGNMENT, HEADER, LiveBlocks, build_heap, overlaps, read, write_random
 
 from pyalloc import DoubleFreeError, HeapCorruptionError, HeapError, InvalidPointerError
 
@@ -355,7 +355,17 @@ def test_single_bit_flip_in_a_header_is_detected(populated: Populated, bit: int)
     heap.check()
 
 
-@pytest.mark.parametrize("word", ["header", "next-link", "prev-link", "footer"])
+# Which words of a free block each allocator has: the implicit list keeps no
+# links, the buddy system no footer.
+FREE_BLOCK_WORDS = [
+    "header",
+    pytest.param("next-link", marks=pytest.mark.free_list_links),
+    pytest.param("prev-link", marks=pytest.mark.free_list_links),
+    pytest.param("footer", marks=pytest.mark.engine_format),
+]
+
+
+@pytest.mark.parametrize("word", FREE_BLOCK_WORDS)
 def test_corrupted_free_block_fails_check(populated: Populated, word: str) -> None:
     heap = populated.heap
     f = max(populated.freed, key=lambda q: _free_block_size(populated, q))
@@ -369,7 +379,8 @@ def test_corrupted_free_block_fails_check(populated: Populated, word: str) -> No
     heap.check()
 
 
-@pytest.mark.parametrize("word", ["header", "next-link", "prev-link", "footer"])
+@pytest.mark.engine_format  # a buddy system merges with its buddy, not with any neighbour
+@pytest.mark.parametrize("word", FREE_BLOCK_WORDS)
 @pytest.mark.parametrize("side", ["before", "after"])
 def test_coalescing_with_a_corrupted_free_block_is_refused(
     populated: Populated, word: str, side: str
@@ -587,13 +598,11 @@ def _overflow_trial(heap: Any, rng: random.Random, tally: OverflowTally) -> None
 def test_overflow_into_neighbour_metadata_never_yields_overlapping_blocks(
     make_heap: Any, policy: str, record_property: Any
 ) -> None:
-    from pyalloc.heap import Heap
-
     rng = random.Random(OVERFLOW_SEED)
     tally = OverflowTally()
     with _time_limit(300):
         for _ in range(OVERFLOW_TRIALS):
-            heap = Heap(1 << 20, policy=policy)
+            heap = build_heap(policy, 1 << 20)
             try:
                 _overflow_trial(heap, random.Random(rng.getrandbits(64)), tally)
             finally:

@@ -13,7 +13,7 @@ import random
 import re
 
 import pytest
-from heap_model import ALIGNMENT, LiveBlocks, heap_policies, read
+from heap_model import ALIGNMENT, LiveBlocks, build_heap, heap_policies, read
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -38,7 +38,7 @@ class HeapMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.heap = heap_module.Heap(CAPACITY, policy=self.policy)
+        self.heap = build_heap(self.policy, CAPACITY)
         self.live = LiveBlocks(self.heap)
 
     def teardown(self) -> None:

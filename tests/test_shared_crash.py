@@ -283,8 +283,10 @@ def test_exception_between_stores_is_undone_on_the_spot(
 ) -> None:
     setup, op, mid_commit = SCENARIOS[scenario]
     total = count_stores(fresh(), setup, op)
-    name = fresh()
     for k in range(0, total, 3):
+        # A fresh heap each time: how many stores an operation makes depends on
+        # what earlier rounds left free (the implicit list reuses other holes).
+        name = fresh()
         scene, before, names_before = prepare(name, setup)
         worker = FaultyHeap.attach(name)
         worker.faults.arm(k, RuntimeError)
