@@ -20,14 +20,20 @@ block it freed during setup is left for the trace to reuse.
 Passes
 ------
 
-1. Setup: map the ops and the tables, bind the functions, check that
-   ``malloc`` is ALLOCATOR_LIBRARY's own (a preload that did not take effect
-   would otherwise measure glibc under another name), warm up with a few
-   small allocations, ask the allocator to return its free pages to the
-   system (``malloc_trim``, jemalloc's ``arena.<all>.purge``, ``mi_collect``,
-   tcmalloc's ``ReleaseFreeMemory``: whichever exist) so that the trace
-   cannot reuse pages that the interpreter's start left resident, and read
-   the baseline.
+1. Setup, in the main thread: bind the functions, check that ``malloc`` is
+   ALLOCATOR_LIBRARY's own (a preload that did not take effect would
+   otherwise measure glibc under another name), and ask the allocator to
+   return its free pages to the system (``malloc_trim``, jemalloc's
+   ``arena.<all>.purge``, ``mi_collect``, tcmalloc's ``ReleaseFreeMemory``:
+   whichever exist).  Then a new thread maps the ops and the tables and
+   reads the baseline.  The trace runs in that thread because glibc and
+   jemalloc give a new thread an arena of its own, mimalloc a heap of its
+   own and tcmalloc a thread cache of its own: its blocks do not land in
+   pages that the interpreter's objects, or the free blocks they left, keep
+   resident, which would hide part of the footprint (up to a hundred KiB
+   with mimalloc when the trace ran in the main thread).  There is no
+   warm-up: whatever the allocator sets up for the trace is part of its
+   footprint.
 2. The measured, validating pass: every block's bytes are set (memset), a
    stamp of up to 8 bytes is written at its start (and, from 16 bytes, at
    its end) and checked before each free and realloc, a realloc must keep
@@ -80,7 +86,6 @@ STAMP_MULTIPLIER = 0x9E3779B97F4A7C15  # odd: distinct op indexes give distinct 
 WORD_MASK = (1 << 64) - 1
 FILL_BYTE = 0xA5
 WORDS_PER_PAGE = mmap.PAGESIZE // 8
-WARMUP_SIZES = (8, 24, 48, 96, 200, 400, 1000, 3000)
 
 
 class ValidationError(Exception):
@@ -180,13 +185,9 @@ def bind_allocator(library: str) -> tuple[Any, Any, Any]:
 
 
 def replay(ops_path: str, library: str, repeats: int) -> dict[str, object]:
-    """Setup, the measured pass and the timed passes; the report as a dict.
+    """The measured pass and the timed passes; the report as a dict.
 
-    Runs in a thread of its own: glibc and jemalloc give a new thread an
-    arena of its own, mimalloc a heap of its own and tcmalloc a fresh thread
-    cache, so the trace's blocks do not land in pages the interpreter's
-    objects (or the free blocks they left) already hold, which would hide
-    part of the footprint.
+    Runs in a thread of its own (see "Passes" in the module docstring).
     """
     num_ids, kinds, ids, sizes = map_ops(ops_path)
     num_ops = len(kinds)
@@ -203,14 +204,6 @@ def replay(ops_path: str, library: str, repeats: int) -> dict[str, object]:
     block_sizes = word_table(num_ids)
     stamps = word_table(num_ids)
 
-    warm = [malloc(size) for size in WARMUP_SIZES]
-    for pointer, size in zip(warm, WARMUP_SIZES, strict=True):
-        memset(pointer, FILL_BYTE, size)
-    warm[0] = realloc(warm[0], 64)
-    for pointer in warm:
-        free(pointer)
-    del warm
-    release_free_memory(ctypes.CDLL(None))
     anonymous_pages = statm_reader()
     baseline = peak_pages = anonymous_pages()
 
@@ -348,6 +341,7 @@ def main() -> None:
         except Exception as exc:  # reported to the parent as the replay's error
             reports.append({"error": f"{type(exc).__name__}: {exc}"})
 
+    release_free_memory(ctypes.CDLL(None))
     worker = threading.Thread(target=run, name="replay")
     worker.start()
     worker.join()

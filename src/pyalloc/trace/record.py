@@ -79,7 +79,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, Any, NamedTuple
 
 from .rep import Op, Trace, write_trace
 
@@ -410,6 +410,7 @@ def record(
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     cache_dir: Path | None = None,
+    stdout: int | IO[Any] | None = None,
 ) -> RecordResult:
     """Run ``command`` with the interposer and write its allocations to ``output``.
 
@@ -418,7 +419,9 @@ def record(
     variables are added to it.  ``process`` is ``"main"`` (the command's own
     process) or ``"largest"`` (the log with most records; needs
     ``follow_exec`` to see anything but the main one).  The exit status of
-    the command is in the result, whatever it is; a command that cannot be
+    the command is in the result, whatever it is.  Its standard streams are
+    this process's, except ``stdout`` when given (as for ``subprocess.run``,
+    e.g. ``subprocess.DEVNULL``).  A command that cannot be
     started raises ``OSError``, and :class:`RecordError` is raised when the
     chosen process left no log (a statically linked program never loads the
     interposer).
@@ -441,7 +444,7 @@ def record(
     with tempfile.TemporaryDirectory(prefix="pyalloc-record-") as work:
         log_path = Path(work) / "calls.log"
         child_env["PYALLOC_TRACE_FILE"] = str(log_path)
-        done = subprocess.run(list(command), env=child_env, cwd=cwd)
+        done = subprocess.run(list(command), env=child_env, cwd=cwd, stdout=stdout)
         logs = _find_logs(log_path)
         if process == "main":
             chosen = log_path if log_path in logs else None
