@@ -446,3 +446,32 @@ def test_interposer_without_a_log_path_only_forwards(program: Path, interposer_c
     env.pop("PYALLOC_TRACE_FILE", None)
     done = subprocess.run([str(program), "threads"], env=env)
     assert done.returncode == 0
+
+
+# ---- the bundled workloads ----------------------------------------------------------
+
+
+def test_bundled_traces_are_balanced_recordings() -> None:
+    from pyalloc.workloads import bundled_traces
+    from pyalloc.workloads.recipes import RECIPES
+
+    paths = bundled_traces()
+    assert [path.name for path in paths] == sorted(f"{name}.rep.gz" for name in RECIPES)
+    for path in paths:
+        trace = read_trace(path)
+        assert 1_000 <= len(trace.ops) <= 60_000, path.name  # small enough to replay in CI
+        live: dict[int, int] = {}
+        payload = peak = 0
+        for kind, block_id, size in trace.ops:
+            if kind == "a":
+                assert block_id not in live
+                live[block_id] = size
+                payload += size
+            elif kind == "r":
+                payload += size - live[block_id]
+                live[block_id] = size
+            else:
+                payload -= live.pop(block_id)
+            peak = max(peak, payload)
+        assert not live, path.name  # closing frees make every trace balanced
+        assert trace.heap_hint == peak  # the header carries the peak live payload

@@ -138,3 +138,16 @@ def test_a_library_that_does_not_preload_is_an_error(
     result = replay_system(generate("uniform", 100, seed=3), "jemalloc")
     assert not result.valid
     assert result.error is not None and "libfake.so.2" in result.error
+
+
+def test_bundled_traces_replay_through_glibc() -> None:
+    from pyalloc.trace.rep import read_trace
+    from pyalloc.workloads import bundled_traces
+
+    _available_or_skip("glibc")
+    for path in bundled_traces():
+        trace = read_trace(path)
+        result = replay_system(trace, "glibc", timed_repeats=0)
+        assert result.valid, result.error
+        assert result.peak_payload == trace.heap_hint
+        assert result.peak_footprint >= trace.heap_hint - (64 << 10)
