@@ -25,7 +25,10 @@ log.  Programs it starts with exec are recorded only with
 ``follow_exec=True``, each to a log of its own; ``process="largest"`` then
 converts whichever log holds the most records (``gcc`` spends its allocations
 in ``cc1``, not in the driver).  A child made by fork without exec is not
-recorded.  One trace always describes one address space.
+recorded.  A wrapper that execs without forking (``env``, a shell's
+``exec``) keeps its pid but loads a fresh copy of the library, which finds
+the main log taken: the program it starts is recorded only with
+``follow_exec`` too.  One trace always describes one address space.
 
 Conversion rules
 ----------------
