@@ -3,6 +3,8 @@
 ``rep``        read, write and validate malloc-lab ``.rep`` traces
 ``generate``   deterministic workload generators (``GENERATORS``)
 ``reference``  peer allocators (glibc through ctypes, ``multiprocessing.heap``)
+``record``     recording a program's allocations through an LD_PRELOAD interposer
+``system``     replaying a trace through glibc, jemalloc, mimalloc and tcmalloc
 """
 
 from __future__ import annotations
