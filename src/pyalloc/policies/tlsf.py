@@ -159,7 +159,7 @@ class TLSF(LinkedLists):
         self.neighbours(self.base + list_index(size), b)
 
     def remove(self, b: int, size: int) -> None:
-        i = list_index(size)
+        i = size >> ALIGN_SHIFT if size < SMALL_BLOCK else list_index(size)
         head = self.base + i
         self.unlink(head, b)
         if not self.words[head]:
@@ -175,7 +175,13 @@ class TLSF(LinkedLists):
             words[self.fl_word] &= ~(1 << fl) & M64
 
     def take(self, need: int) -> tuple[int, int] | None:
-        i = self._first_from(search_index(need))
+        if need < SMALL_BLOCK:
+            i = need >> ALIGN_SHIFT  # search_index, inlined: an exact list
+            if self.words[self.base + i]:
+                return self._pop(i, need)
+        else:
+            i = search_index(need)
+        i = self._first_from(i)
         if i >= 0:
             return self._pop(i, need)
         # Nothing at or above the rounded request: try the request's own list.
@@ -210,7 +216,7 @@ class TLSF(LinkedLists):
         ):
             raise HeapCorruptionError(f"header of free block {b + 8} is corrupted")
         size = body & SIZE_MASK
-        if size < need or list_index(size) != i:
+        if size < need or (size >> ALIGN_SHIFT if size < SMALL_BLOCK else list_index(size)) != i:
             raise HeapCorruptionError(f"free block {b + 8} of {size} bytes is on list {i}")
         key = self.link_key
         at = b + NEXT
