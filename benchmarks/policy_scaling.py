@@ -1,0 +1,248 @@
+"""Cost per operation of each policy as the number of live blocks grows.
+
+For every allocator in ``pyalloc.ALL_POLICIES`` and every heap size N (10**3
+and 10**6 live blocks by default):
+
+1. fill: a fresh heap (``lock=False, cache=False``: every free reaches the
+   policy) receives N mallocs of sizes drawn uniformly from SIZES;
+2. time: PAIRS random (free a random live block, malloc a new random size)
+   pairs, the live count staying N; the random choices are drawn before the
+   clock starts and the garbage collector is off while it runs.
+
+The clock is the process's CPU time (``time.process_time``), read after each
+segment of pairs (SEGMENT pairs, or fewer when they take over SEGMENT_SECONDS);
+the figure kept is the median over the segments of ns per operation (a pair is
+two operations). On a machine shared with other work, CPU time and a median
+keep the figures steady where wall time and a total do not.
+
+It prints ns per operation at each size and the ratio of the largest to the
+smallest: an index whose cost does not depend on
+the heap's size keeps the ratio near 1. Expected: ``implicit`` is the slowest
+and grows with N (a malloc walks the blocks in front of the first fit);
+``segregated`` and ``tlsf`` stay flat.
+
+Two shortcuts keep the run short, both printed with the results:
+
+- during the fill nothing is free, so every policy's search can only fail;
+  the fill asks engine heaps to grow directly instead of searching (for
+  ``implicit`` the search is a walk of every block, and filling 10**6 blocks
+  through it would take hours). The heap built is the same.
+- each timed run stops after BUDGET seconds (``--budget``); a run that stops
+  early reports ns/op over the pairs it completed, marked with ``*``. At
+  10**6 blocks that is ``implicit`` (and best fit on a slow machine), whose
+  every malloc costs milliseconds.
+
+Run: ``python benchmarks/policy_scaling.py`` (about two minutes on a 2-core
+machine; ``--quick`` for a smaller second size and fewer pairs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+try:
+    import pyalloc  # noqa: F401
+except ImportError:  # running from a checkout without an install
+    sys.path.insert(0, str(ROOT / "src"))
+
+from pyalloc.allocators import ALL_POLICIES, make_heap  # noqa: E402
+
+SIZES = (16, 256)  # request sizes, uniform, inclusive
+PAIRS = 20_000
+BUDGET = 8.0  # CPU seconds per timed run
+SEGMENT = 1000  # pairs per timed segment ...
+SEGMENT_SECONDS = 0.05  # ... or fewer, once a segment has taken this long
+CAPACITY_PER_BLOCK = 512  # generous: the buddy system rounds up to powers of two
+MIN_CAPACITY = 16 << 20
+
+
+@dataclass
+class Run:
+    policy: str
+    live: int
+    pairs: int  # pairs completed
+    seconds: float  # CPU seconds of the timed pairs
+    ns_per_op: float  # median over the segments
+    fill_seconds: float
+    capped: bool  # stopped by the budget before all pairs ran
+
+
+def _nothing_free(need: int) -> None:
+    return None
+
+
+def fill(heap: Any, sizes: list[int]) -> list[int]:
+    """Malloc every size; engine heaps grow without searching (nothing is free yet)."""
+    policy = getattr(heap, "policy", None)
+    if policy is not None:
+        policy.take = _nothing_free  # an instance attribute hides the method
+    try:
+        malloc = heap.malloc
+        return [malloc(n) for n in sizes]
+    finally:
+        if policy is not None:
+            del policy.take
+
+
+def timed_pairs(
+    heap: Any, pointers: list[int], victims: list[int], sizes: list[int], budget: float
+) -> tuple[int, float, float]:
+    """Run free+malloc pairs until done or out of budget.
+
+    Returns (pairs done, CPU seconds, median ns per operation over the segments).
+    """
+    malloc = heap.malloc
+    free = heap.free
+    clock = time.process_time
+    total = len(victims)
+    segments: list[float] = []  # ns per operation
+    done = 0
+    step = 1  # pairs between clock reads, doubled while they are fast
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        started = clock()
+        deadline = started + budget
+        while done < total:
+            segment_start = clock()
+            segment_pairs = 0
+            while done < total and segment_pairs < SEGMENT:
+                stop = min(done + step, total)
+                for i in range(done, stop):
+                    slot = victims[i]
+                    free(pointers[slot])
+                    pointers[slot] = malloc(sizes[i])
+                segment_pairs += stop - done
+                done = stop
+                now = clock()
+                if now - segment_start > SEGMENT_SECONDS:
+                    break
+                step = min(step * 2, 64)
+            segments.append((now - segment_start) * 1e9 / (2 * segment_pairs))
+            if now > deadline:
+                break
+        elapsed = clock() - started
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return done, elapsed, statistics.median(segments)
+
+
+def measure(policy: str, live: int, pairs: int, budget: float, seed: int) -> Run:
+    rng = random.Random(seed * 1_000_003 + live)
+    lo, hi = SIZES
+    fill_sizes = [rng.randint(lo, hi) for _ in range(live)]
+    victims = [rng.randrange(live) for _ in range(pairs)]
+    new_sizes = [rng.randint(lo, hi) for _ in range(pairs)]
+    capacity = max(MIN_CAPACITY, live * CAPACITY_PER_BLOCK)
+    heap = make_heap(policy, capacity, lock=False, cache=False)
+    try:
+        started = time.perf_counter()
+        pointers = fill(heap, fill_sizes)
+        fill_seconds = time.perf_counter() - started
+        done, seconds, ns_per_op = timed_pairs(heap, pointers, victims, new_sizes, budget)
+        if live <= 10_000:
+            heap.check()  # a full walk: affordable at the small size only
+    finally:
+        heap.close()
+    return Run(policy, live, done, seconds, ns_per_op, fill_seconds, done < pairs)
+
+
+def _fmt_ns(run: Run) -> str:
+    mark = "*" if run.capped else " "
+    return f"{run.ns_per_op:>11,.0f}{mark}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--policies",
+        default=",".join(ALL_POLICIES),
+        help=f"comma-separated (default: {','.join(ALL_POLICIES)})",
+    )
+    parser.add_argument(
+        "--sizes", default="1000,1000000", help="live block counts (default: 1000,1000000)"
+    )
+    parser.add_argument("--pairs", type=int, default=PAIRS, help=f"timed pairs (default {PAIRS})")
+    parser.add_argument(
+        "--budget", type=float, default=BUDGET, help=f"CPU seconds per timed run (default {BUDGET})"
+    )
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--quick", action="store_true", help="sizes 1000,100000 and 5000 pairs, budget 3 s"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.pairs, args.budget = "1000,100000", 5000, 3.0
+    policies = [name.strip() for name in args.policies.split(",") if name.strip()]
+    unknown = [name for name in policies if name not in ALL_POLICIES]
+    if unknown:
+        parser.error(f"unknown policy {unknown[0]!r}; choose from {', '.join(ALL_POLICIES)}")
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    if len(sizes) < 2 or sizes[0] < 1:
+        parser.error("--sizes needs at least two positive counts")
+
+    print(
+        f"policy scaling: {args.pairs} free+malloc pairs after filling N blocks of "
+        f"{SIZES[0]}-{SIZES[1]} bytes; lock=False, cache=False; "
+        f"budget {args.budget:g} CPU s per run",
+        flush=True,
+    )
+    results: dict[tuple[str, int], Run] = {}
+    steps = len(policies) * len(sizes)
+    step = 0
+    wall = time.perf_counter()
+    for policy in policies:
+        for live in sizes:
+            step += 1
+            print(f"  [{step}/{steps}] {policy:<10} N={live:>9,} ...", end=" ", flush=True)
+            run = measure(policy, live, args.pairs, args.budget, args.seed)
+            results[policy, live] = run
+            capped = f", stopped after {run.pairs} pairs" if run.capped else ""
+            print(
+                f"fill {run.fill_seconds:5.1f} s, timed {run.seconds:5.2f} s CPU{capped}: "
+                f"{run.ns_per_op:,.0f} ns/op",
+                flush=True,
+            )
+
+    small, large = sizes[0], sizes[-1]
+    header = f"{'policy':<11}" + "".join(f"{f'N={n:,}':>13}" for n in sizes) + f"{'ratio':>9}"
+    print()
+    print("ns per operation (malloc or free; median of segments, CPU time), at N live blocks")
+    print(header)
+    print("-" * len(header))
+    for policy in policies:
+        row = [results[policy, n] for n in sizes]
+        ratio = results[policy, large].ns_per_op / results[policy, small].ns_per_op
+        print(f"{policy:<11}" + "".join(f"{_fmt_ns(run):>13}" for run in row) + f"{ratio:>8.1f}x")
+    if any(run.capped for run in results.values()):
+        print(
+            f"* stopped by the {args.budget:g} s budget: median over the segments completed "
+            "(the first pairs of a run, before free blocks pile up, are the cheapest)"
+        )
+
+    slowest = max(policies, key=lambda name: results[name, large].ns_per_op)
+    print()
+    print(f"slowest at N={large:,}: {slowest}")
+    for name in ("segregated", "tlsf"):
+        if name in policies:
+            ratio = results[name, large].ns_per_op / results[name, small].ns_per_op
+            verdict = "flat" if ratio < 1.5 else "NOT flat"
+            print(
+                f"{name}: {ratio:.2f}x from N={small:,} to N={large:,} ({verdict}, target < 1.5x)"
+            )
+    print(f"total {time.perf_counter() - wall:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
