@@ -374,3 +374,25 @@ def test_progress_adds_up_to_every_op_of_every_pass() -> None:
     assert result.valid, result.error
     assert sum(reported) == 3 * len(trace)
     assert len(reported) > 3  # the validating pass reports as it goes
+
+
+def test_timed_passes_stop_once_they_used_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pyalloc.trace.replay.TIMING_BUDGET", 0.0)
+    reported: list[int] = []
+    result, made = run_fake_with_progress(MIXED, reported)
+    assert result.valid and result.seconds > 0
+    assert len(made) == 2  # the validating pass and one timed pass of the three asked for
+    assert sum(reported) == 4 * len(MIXED)
+
+
+def run_fake_with_progress(
+    trace: Trace, reported: list[int]
+) -> tuple[ReplayResult, list[BumpAllocator]]:
+    made: list[BumpAllocator] = []
+
+    def factory(capacity: int) -> Any:
+        made.append(BumpAllocator())
+        return made[-1]
+
+    result = replay(trace, factory=factory, timed_repeats=3, progress=reported.append)
+    return result, made

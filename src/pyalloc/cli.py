@@ -484,7 +484,8 @@ def add_replay(subcommands: Subcommands) -> None:
         type=_non_negative,
         default=3,
         metavar="N",
-        help="timed runs per trace, the best is kept (default 3; 0: no timing)",
+        help="timed runs per trace, the best is kept (default 3, fewer once they "
+        "took 2 s; 0: no timing)",
     )
     p.add_argument(
         "--check-every",
@@ -675,7 +676,8 @@ def add_bench(subcommands: Subcommands) -> None:
         type=_non_negative,
         default=3,
         metavar="N",
-        help="timed runs per trace and allocator, the best is kept (default 3)",
+        help="timed runs per trace and allocator, the best is kept (default 3, "
+        "fewer once they took 2 s)",
     )
     p.add_argument(
         "--capacity",

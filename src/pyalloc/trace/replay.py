@@ -5,7 +5,10 @@ A replay makes two passes over a trace, each on a fresh allocator:
 1. The *validating pass* checks every pointer the allocator returns and
    measures memory.  It is slow on purpose and is never timed.
 2. The *timed pass* runs the same calls with nothing else in the loop
-   (garbage collector off) ``timed_repeats`` times and keeps the best time.
+   (garbage collector off) up to ``timed_repeats`` times and keeps the best
+   time; repeats stop once the passes together took TIMING_BUDGET seconds
+   (a long pass varies little, and a slow policy would otherwise take
+   minutes).
 
 Only when the validating pass succeeds is the trace timed.
 
@@ -83,7 +86,7 @@ and, at the op where the live payload first reaches its peak, with
                    when all free memory is one block, near 1 when it is split
                    into many small pieces
 
-Throughput: ``seconds`` is the best of ``timed_repeats`` timed passes and
+Throughput: ``seconds`` is the best of the timed passes and
 ``ops_per_sec`` = ops / seconds.  pyalloc heaps are built with
 ``cache=False`` unless asked otherwise, so every policy sees every free as
 it happens (the cache of freed blocks would hide the policy from most small
@@ -120,6 +123,7 @@ MAX_CAPACITY: Final = 8 << 30
 BLOCK_ALLOWANCE: Final = 32  # bytes of overhead per block assumed by default_capacity
 M64: Final = (1 << 64) - 1
 PROGRESS_MASK: Final = (1 << 13) - 1  # the validating pass reports every 8192 ops
+TIMING_BUDGET: Final = 2.0  # seconds of timed passes after which no more are run
 
 assert STAMP_WHOLE >= 4 * STAMP_SPAN and STAMP_SPAN % 8 == 0
 # A stamp span starts at most 7 bytes into the 8-byte pattern: 9 copies cover it.
@@ -638,15 +642,22 @@ def replay(
     result.external_frag = validator.external_frag
     if timed_repeats > 0:
         best = float("inf")
+        spent = 0.0
         try:
-            for _ in range(timed_repeats):
+            for done in range(1, timed_repeats + 1):
                 target = factory(capacity)
                 try:
-                    best = min(best, _timed_pass(target, plan.calls, trace.num_ids))
+                    seconds = _timed_pass(target, plan.calls, trace.num_ids)
                 finally:
                     _close(target)
+                best = min(best, seconds)
+                spent += seconds
                 if progress is not None:
-                    progress(len(plan.calls))
+                    # Passes left out for the budget count as done.
+                    skipped = 0 if spent < TIMING_BUDGET else timed_repeats - done
+                    progress(len(plan.calls) * (1 + skipped))
+                if spent >= TIMING_BUDGET:
+                    break
         except Exception as e:
             result.valid = False
             result.error = f"timed pass: {type(e).__name__}: {e}"
