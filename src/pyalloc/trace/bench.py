@@ -371,7 +371,22 @@ def plot_comparison(comparison: Comparison, path: str | Path) -> None:
     # About a sixth of an inch per bar, within what a page or screen shows.
     figure_width = min(20.0, max(8.0, 2.5 + len(groups) * (0.16 * len(columns) + 0.3)))
     figure, (util_axes, speed_axes) = plt.subplots(2, 1, figsize=(figure_width, 8.5))
-    colours = plt.get_cmap("tab20" if len(columns) > 10 else "tab10")
+    # pyalloc's policies in distinct colours, the system allocators in hatched greys.
+    palette = plt.get_cmap("tab10")
+    systems = [c.name for c in comparison.columns if c.system]
+    styles: dict[str, dict[str, Any]] = {}
+    for column in comparison.columns:
+        if column.system:
+            j = systems.index(column.name)
+            shade = 0.35 + 0.45 * j / max(1, len(systems) - 1)
+            styles[column.name] = {
+                "color": plt.get_cmap("Greys")(shade),
+                "hatch": "///",
+                "edgecolor": "white",
+                "linewidth": 0,
+            }
+        else:
+            styles[column.name] = {"color": palette(len(styles) % 10)}
     for k, name in enumerate(columns):
         util: list[float] = []
         speed: list[float] = []
@@ -383,10 +398,9 @@ def plot_comparison(comparison: Comparison, path: str | Path) -> None:
         util.append(100 * (comparison.average_util(name) or 0.0))
         speed.append((comparison.average_ops_per_sec(name) or 0.0) / 1e3)
         positions = [g - 0.4 + width * (k + 0.5) for g in range(len(groups))]
-        colour = colours(k)
-        util_axes.bar(positions, util, width, label=name, color=colour)
+        util_axes.bar(positions, util, width, label=name, **styles[name])
         speed_axes.bar(
-            positions, [s if s > 0 else float("nan") for s in speed], width, color=colour
+            positions, [s if s > 0 else float("nan") for s in speed], width, **styles[name]
         )
     for axes in (util_axes, speed_axes):
         axes.set_xticks(range(len(groups)))
