@@ -9,11 +9,11 @@ and 10**6 live blocks by default):
    pairs, the live count staying N; the random choices are drawn before the
    clock starts and the garbage collector is off while it runs.
 
-The clock is the process's CPU time (``time.process_time``), read after each
-segment of pairs (SEGMENT pairs, or fewer when they take over SEGMENT_SECONDS);
-the figure kept is the median over the segments of ns per operation (a pair is
-two operations). On a machine shared with other work, CPU time and a median
-keep the figures steady where wall time and a total do not.
+The pairs run in segments (SEGMENT pairs, or fewer once they take
+SEGMENT_SECONDS), the heaps of the different sizes taking turns, so that
+whatever else runs on the machine slows every size alike. The clock is the
+process's CPU time (``time.process_time``) and the figure kept the median over
+a heap's segments of ns per operation (a pair is two operations).
 
 It prints ns per operation at each size and the ratio of the largest to the
 smallest: an index whose cost does not depend on
@@ -93,68 +93,99 @@ def fill(heap: Any, sizes: list[int]) -> list[int]:
             del policy.take
 
 
-def timed_pairs(
-    heap: Any, pointers: list[int], victims: list[int], sizes: list[int], budget: float
-) -> tuple[int, float, float]:
-    """Run free+malloc pairs until done or out of budget.
+class Subject:
+    """One filled heap and the pairs still to run on it, timed segment by segment."""
 
-    Returns (pairs done, CPU seconds, median ns per operation over the segments).
-    """
-    malloc = heap.malloc
-    free = heap.free
-    clock = time.process_time
-    total = len(victims)
-    segments: list[float] = []  # ns per operation
-    done = 0
-    step = 1  # pairs between clock reads, doubled while they are fast
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        started = clock()
-        deadline = started + budget
-        while done < total:
-            segment_start = clock()
-            segment_pairs = 0
-            while done < total and segment_pairs < SEGMENT:
-                stop = min(done + step, total)
-                for i in range(done, stop):
-                    slot = victims[i]
-                    free(pointers[slot])
-                    pointers[slot] = malloc(sizes[i])
-                segment_pairs += stop - done
-                done = stop
-                now = clock()
-                if now - segment_start > SEGMENT_SECONDS:
-                    break
-                step = min(step * 2, 64)
-            segments.append((now - segment_start) * 1e9 / (2 * segment_pairs))
-            if now > deadline:
-                break
-        elapsed = clock() - started
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return done, elapsed, statistics.median(segments)
-
-
-def measure(policy: str, live: int, pairs: int, budget: float, seed: int) -> Run:
-    rng = random.Random(seed * 1_000_003 + live)
-    lo, hi = SIZES
-    fill_sizes = [rng.randint(lo, hi) for _ in range(live)]
-    victims = [rng.randrange(live) for _ in range(pairs)]
-    new_sizes = [rng.randint(lo, hi) for _ in range(pairs)]
-    capacity = max(MIN_CAPACITY, live * CAPACITY_PER_BLOCK)
-    heap = make_heap(policy, capacity, lock=False, cache=False)
-    try:
+    def __init__(self, policy: str, live: int, pairs: int, seed: int) -> None:
+        rng = random.Random(seed * 1_000_003 + live)
+        lo, hi = SIZES
+        fill_sizes = [rng.randint(lo, hi) for _ in range(live)]
+        self.victims = [rng.randrange(live) for _ in range(pairs)]
+        self.sizes = [rng.randint(lo, hi) for _ in range(pairs)]
+        self.policy = policy
+        self.live = live
+        capacity = max(MIN_CAPACITY, live * CAPACITY_PER_BLOCK)
+        self.heap = make_heap(policy, capacity, lock=False, cache=False)
         started = time.perf_counter()
-        pointers = fill(heap, fill_sizes)
-        fill_seconds = time.perf_counter() - started
-        done, seconds, ns_per_op = timed_pairs(heap, pointers, victims, new_sizes, budget)
-        if live <= 10_000:
-            heap.check()  # a full walk: affordable at the small size only
+        self.pointers = fill(self.heap, fill_sizes)
+        self.fill_seconds = time.perf_counter() - started
+        self.done = 0
+        self.cpu = 0.0
+        self.segments: list[float] = []  # ns per operation
+        self.step = 1  # pairs between clock reads, doubled while they are fast
+
+    def finished(self, budget: float) -> bool:
+        return self.done >= len(self.victims) or self.cpu > budget
+
+    def segment(self) -> None:
+        """Run up to SEGMENT pairs (fewer if they take over SEGMENT_SECONDS)."""
+        heap_free = self.heap.free
+        malloc = self.heap.malloc
+        pointers, victims, sizes = self.pointers, self.victims, self.sizes
+        clock = time.process_time
+        total = len(victims)
+        done = self.done
+        pairs = 0
+        start = now = clock()
+        while done < total and pairs < SEGMENT:
+            stop = min(done + self.step, total)
+            for i in range(done, stop):
+                slot = victims[i]
+                heap_free(pointers[slot])
+                pointers[slot] = malloc(sizes[i])
+            pairs += stop - done
+            done = stop
+            now = clock()
+            if now - start > SEGMENT_SECONDS:
+                break
+            self.step = min(self.step * 2, 64)
+        self.done = done
+        self.cpu += now - start
+        self.segments.append((now - start) * 1e9 / (2 * pairs))
+
+    def result(self) -> Run:
+        return Run(
+            self.policy,
+            self.live,
+            self.done,
+            self.cpu,
+            statistics.median(self.segments),
+            self.fill_seconds,
+            self.done < len(self.victims),
+        )
+
+    def close(self) -> None:
+        if self.live <= 10_000:
+            self.heap.check()  # a full walk: affordable at the small size only
+        self.heap.close()
+
+
+def measure(policy: str, lives: list[int], pairs: int, budget: float, seed: int) -> list[Run]:
+    """Fill a heap per size, then time their segments in turn.
+
+    Alternating keeps the sizes comparable on a busy machine: whatever else
+    runs slows the segments of every size alike.
+    """
+    subjects: list[Subject] = []
+    try:
+        for live in lives:
+            subjects.append(Subject(policy, live, pairs, seed))
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            while True:
+                running = [s for s in subjects if not s.finished(budget)]
+                if not running:
+                    break
+                for subject in running:
+                    subject.segment()
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        return [subject.result() for subject in subjects]
     finally:
-        heap.close()
-    return Run(policy, live, done, seconds, ns_per_op, fill_seconds, done < pairs)
+        for subject in subjects:
+            subject.close()
 
 
 def _fmt_ns(run: Run) -> str:
@@ -198,21 +229,19 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     results: dict[tuple[str, int], Run] = {}
-    steps = len(policies) * len(sizes)
-    step = 0
     wall = time.perf_counter()
-    for policy in policies:
-        for live in sizes:
-            step += 1
-            print(f"  [{step}/{steps}] {policy:<10} N={live:>9,} ...", end=" ", flush=True)
-            run = measure(policy, live, args.pairs, args.budget, args.seed)
-            results[policy, live] = run
-            capped = f", stopped after {run.pairs} pairs" if run.capped else ""
-            print(
-                f"fill {run.fill_seconds:5.1f} s, timed {run.seconds:5.2f} s CPU{capped}: "
-                f"{run.ns_per_op:,.0f} ns/op",
-                flush=True,
+    for step, policy in enumerate(policies, 1):
+        print(f"  [{step}/{len(policies)}] {policy:<10} ...", end=" ", flush=True)
+        runs = measure(policy, sizes, args.pairs, args.budget, args.seed)
+        notes = []
+        for run in runs:
+            results[policy, run.live] = run
+            capped = f" (stopped after {run.pairs} pairs)" if run.capped else ""
+            notes.append(
+                f"N={run.live:,}: fill {run.fill_seconds:.1f} s, "
+                f"{run.seconds:.2f} CPU s{capped}, {run.ns_per_op:,.0f} ns/op"
             )
+        print("; ".join(notes), flush=True)
 
     small, large = sizes[0], sizes[-1]
     header = f"{'policy':<11}" + "".join(f"{f'N={n:,}':>13}" for n in sizes) + f"{'ratio':>9}"
