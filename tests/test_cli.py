@@ -384,3 +384,35 @@ def test_help_texts_explain_every_command(capsys: pytest.CaptureFixture[str]) ->
         out = capsys.readouterr().out
         assert out.startswith("usage: ")
         assert len(out) > 400
+
+
+def test_replay_on_a_system_allocator(
+    traces: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "pyalloc.trace.system", fake_system_module())
+    status, out, _ = run(capsys, "replay", "--allocator", "glibc", "--json", str(traces))
+    assert status == 0
+    results = json.loads(out)
+    assert len(results) == 2
+    for result in results:
+        assert tuple(result) == JSON_KEYS
+        assert (result["allocator"], result["policy"], result["peak_heap"]) == ("glibc", None, 2000)
+    status, _, err = run(capsys, "replay", "--allocator", "jemalloc", str(traces))
+    assert status == 1 and "libjemalloc.so not found" in err
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_tables_use_rich_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("rich")
+    from pyalloc.cli import print_table
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stdout", screen)
+    print_table(["trace", "util"], [["a", "50.0%"], ["average", "50.0%"]], summary_last=True)
+    drawn = screen.getvalue()
+    assert drawn.startswith("┏") and "trace" in drawn and "│ a " in drawn
+    assert "├" in drawn  # the rule above the averages
