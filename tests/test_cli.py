@@ -416,3 +416,28 @@ def test_tables_use_rich_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     drawn = screen.getvalue()
     assert drawn.startswith("┏") and "trace" in drawn and "│ a " in drawn
     assert "├" in drawn  # the rule above the averages
+
+
+def test_bench_with_the_real_system_replayer(
+    traces: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    system = pytest.importorskip("pyalloc.trace.system")
+    reason = system.system_available("glibc")
+    if reason is not None:
+        pytest.skip(reason)
+    status, out, err = run(
+        capsys,
+        "bench",
+        str(traces),
+        "--policies",
+        "segregated",
+        "--allocators",
+        "glibc",
+        "--repeat",
+        "1",
+        "--json",
+    )
+    assert status == 0, err
+    glibc = [r for r in json.loads(out) if r["allocator"] == "glibc"]
+    assert len(glibc) == 2
+    assert all(r["valid"] and r["peak_heap"] > 0 and r["ops_per_sec"] > 0 for r in glibc)
