@@ -661,7 +661,8 @@ def add_bench(subcommands: Subcommands) -> None:
     p.add_argument(
         "--policies",
         metavar="A,B",
-        help=f"pyalloc policies to compare, comma-separated (default: all: {policies})",
+        help=f"pyalloc policies to compare, comma-separated (default: all: {policies}; "
+        "implicit walks every block on each malloc and takes minutes on large traces)",
     )
     p.add_argument(
         "--allocators",
