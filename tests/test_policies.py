@@ -282,3 +282,14 @@ def test_tlsf_check_verifies_the_bitmaps(heaps: list[Heap], where: str) -> None:
         heap.check()
     heap.words[word] ^= mask
     heap.check()
+
+
+def test_segregated_class_floors_bound_their_classes() -> None:
+    from pyalloc.policies.segregated import class_floor, size_class
+
+    for c in range(2, 150):
+        lowest, limit = class_floor(c), class_floor(c + 1)
+        assert lowest < limit
+        assert size_class(lowest) == c
+        assert size_class(limit - 16) == c
+        assert size_class(limit) == c + 1

@@ -19,7 +19,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 from ..errors import HeapCorruptionError
-from ..layout import LINK_SHIFT
+from ..layout import (
+    ALLOCATED,
+    BODY_MASK,
+    LINK_SHIFT,
+    SIZE_MASK,
+    TAG_MASK,
+    TAG_SHIFT,
+    TAGGED_MASK,
+)
 from ..regions import Words
 
 if TYPE_CHECKING:
@@ -151,6 +159,49 @@ class LinkedLists(FreeIndex):
         if nxt:
             at = nxt + PREV
             words[at >> 3] = prv ^ key ^ (at << LINK_SHIFT)
+
+    def pop_head(self, head: int, need: int, lowest: int, limit: int) -> tuple[int, int]:
+        """Unlink the first block of the list at ``head`` and return (b, size).
+
+        The block must be free, fit ``need`` and lie in the list's size range
+        ``[lowest, limit)``; all is checked before the first write. This is
+        the hot path of ``take``: it inlines heap.free_block_size and
+        ``unlink`` for a list head. The caller marks the list empty in its
+        bitmaps when ``words[head]`` is 0 afterwards.
+        """
+        words = self.words
+        heap = self.heap
+        b = words[head]
+        brk = heap.brk
+        lo = heap.heap_start
+        if not (lo <= b < brk and b & 15 == 8):
+            raise HeapCorruptionError(f"free-list head at control word {head} is invalid")
+        plain = words[b >> 3] ^ heap.header_key
+        body = plain & BODY_MASK
+        if (
+            plain >> TAG_SHIFT != hash((body & TAGGED_MASK, b ^ heap.tag_secret)) & TAG_MASK
+            or body & ALLOCATED
+        ):
+            raise HeapCorruptionError(f"header of free block {b + 8} is corrupted")
+        size = body & SIZE_MASK
+        if size < need or not lowest <= size < limit:
+            raise HeapCorruptionError(f"free block {b + 8} of {size} bytes is on the wrong list")
+        key = self.link_key
+        at = b + NEXT
+        nxt = words[at >> 3] ^ key ^ (at << LINK_SHIFT)
+        at += 8
+        if words[at >> 3] ^ key ^ (at << LINK_SHIFT):
+            raise HeapCorruptionError(f"free block {b + 8} heads its list but has a prev link")
+        if nxt:
+            at = nxt + PREV
+            if (
+                not (lo <= nxt < brk and nxt & 15 == 8)
+                or words[at >> 3] ^ key ^ (at << LINK_SHIFT) != b
+            ):
+                raise HeapCorruptionError(f"free block {b + 8}: next link is broken")
+            words[at >> 3] = key ^ (at << LINK_SHIFT)  # its prev = 0
+        words[head] = nxt
+        return b, size
 
     def walk(self, head: int, limit: int) -> list[int]:
         """The blocks on the list at ``head``; corruption and cycles raise."""

@@ -28,13 +28,8 @@ from typing import TYPE_CHECKING, Final
 
 from ..errors import HeapCorruptionError
 from ..layout import (
-    ALLOCATED,
-    BODY_MASK,
     LINK_SHIFT,
     SIZE_MASK,
-    TAG_MASK,
-    TAG_SHIFT,
-    TAGGED_MASK,
 )
 from .base import NEXT, PREV, LinkedLists
 
@@ -48,6 +43,14 @@ SUB_MASK: Final = (1 << SUB_SHIFT) - 1
 BEST_FIT_SCAN: Final = 32  # blocks examined in the request's own class
 
 assert EXACT_CLASSES << 4 == 1 << EXACT_SHIFT
+
+
+def class_floor(c: int) -> int:
+    """The smallest block size of class ``c``."""
+    if c < EXACT_CLASSES:
+        return c << 4
+    f = EXACT_SHIFT + ((c - EXACT_CLASSES) >> SUB_SHIFT)
+    return (1 << f) + ((c - EXACT_CLASSES) & SUB_MASK) * (1 << (f - SUB_SHIFT))
 
 
 def size_class(size: int) -> int:
@@ -64,6 +67,8 @@ class Segregated(LinkedLists):
     def __init__(self, heap: Heap, base: int) -> None:
         super().__init__(heap, base)
         self.classes = size_class(heap.capacity) + 1
+        # Class c holds the sizes in [floors[c], floors[c + 1]).
+        self.floors = [class_floor(c) for c in range(self.classes + 1)]
         self.bitmap_base = base + self.classes
         self.bitmap_words = (self.classes + 63) >> 6
 
@@ -146,46 +151,12 @@ class Segregated(LinkedLists):
         return self._pop(c, need)
 
     def _pop(self, c: int, need: int) -> tuple[int, int]:
-        """Unlink the first block of class ``c``, which must fit ``need``.
-
-        Inlines heap.free_block_size and LinkedLists.unlink for a list head.
-        """
-        words = self.words
-        heap = self.heap
+        """Unlink the first block of class ``c``, which must fit ``need``."""
         head = self.base + c
-        b = words[head]
-        brk = heap.brk
-        lo = heap.heap_start
-        if not (lo <= b < brk and b & 15 == 8):
-            raise HeapCorruptionError(f"free-list head of class {c} is invalid")
-        plain = words[b >> 3] ^ heap.header_key
-        body = plain & BODY_MASK
-        size = body & SIZE_MASK
-        if (
-            plain >> TAG_SHIFT != hash((body & TAGGED_MASK, b ^ heap.tag_secret)) & TAG_MASK
-            or body & ALLOCATED
-        ):
-            raise HeapCorruptionError(f"header of free block {b + 8} is corrupted")
-        if size < need or (size >> 4 if size < 1 << EXACT_SHIFT else size_class(size)) != c:
-            raise HeapCorruptionError(f"free block {b + 8} of {size} bytes is in class {c}")
-        key = self.link_key
-        at = b + NEXT
-        nxt = words[at >> 3] ^ key ^ (at << LINK_SHIFT)
-        at += 8
-        if words[at >> 3] ^ key ^ (at << LINK_SHIFT):
-            raise HeapCorruptionError(f"free block {b + 8} heads its list but has a prev link")
-        if nxt:
-            at = nxt + PREV
-            if (
-                not (lo <= nxt < brk and nxt & 15 == 8)
-                or words[at >> 3] ^ key ^ (at << LINK_SHIFT) != b
-            ):
-                raise HeapCorruptionError(f"free block {b + 8}: next link is broken")
-            words[at >> 3] = key ^ (at << LINK_SHIFT)  # its prev = 0
-        else:
-            words[self.bitmap_base + (c >> 6)] &= ~(1 << (c & 63)) & 0xFFFFFFFFFFFFFFFF
-        words[head] = nxt
-        return b, size
+        found = self.pop_head(head, need, self.floors[c], self.floors[c + 1])
+        if not self.words[head]:
+            self.words[self.bitmap_base + (c >> 6)] &= ~(1 << (c & 63)) & 0xFFFFFFFFFFFFFFFF
+        return found
 
     def find(self, need: int) -> int:
         """Best fit among the first BEST_FIT_SCAN blocks of need's own class.

@@ -51,15 +51,10 @@ from typing import TYPE_CHECKING, Final
 from ..errors import HeapCorruptionError
 from ..layout import (
     ALIGN_SHIFT,
-    ALLOCATED,
-    BODY_MASK,
     LINK_SHIFT,
     MAX_BLOCK,
     MIN_BLOCK,
     SIZE_MASK,
-    TAG_MASK,
-    TAG_SHIFT,
-    TAGGED_MASK,
 )
 from .base import NEXT, PREV, LinkedLists
 
@@ -202,47 +197,12 @@ class TLSF(LinkedLists):
         return b, size
 
     def _pop(self, i: int, need: int) -> tuple[int, int]:
-        """Unlink the head of list ``i``, all of whose blocks fit ``need``.
-
-        Inlines heap.free_block_size and LinkedLists.unlink for a list head.
-        """
-        words = self.words
-        heap = self.heap
+        """Unlink the head of list ``i``, all of whose blocks fit ``need``."""
         head = self.base + i
-        b = words[head]
-        lo = heap.heap_start
-        brk = heap.brk
-        if not (lo <= b < brk and b & 15 == 8):
-            raise HeapCorruptionError(f"free-list head of list {i} is invalid")
-        plain = words[b >> 3] ^ heap.header_key
-        body = plain & BODY_MASK
-        if (
-            plain >> TAG_SHIFT != hash((body & TAGGED_MASK, b ^ heap.tag_secret)) & TAG_MASK
-            or body & ALLOCATED
-        ):
-            raise HeapCorruptionError(f"header of free block {b + 8} is corrupted")
-        size = body & SIZE_MASK
-        if size < need or (size >> ALIGN_SHIFT if size < SMALL_BLOCK else list_index(size)) != i:
-            raise HeapCorruptionError(f"free block {b + 8} of {size} bytes is on list {i}")
-        key = self.link_key
-        at = b + NEXT
-        nxt = words[at >> 3] ^ key ^ (at << LINK_SHIFT)
-        at += 8
-        if words[at >> 3] ^ key ^ (at << LINK_SHIFT):
-            raise HeapCorruptionError(f"free block {b + 8} heads its list but has a prev link")
-        if nxt:
-            at = nxt + PREV
-            if (
-                not (lo <= nxt < brk and nxt & 15 == 8)
-                or words[at >> 3] ^ key ^ (at << LINK_SHIFT) != b
-            ):
-                raise HeapCorruptionError(f"free block {b + 8}: next link is broken")
-            words[at >> 3] = key ^ (at << LINK_SHIFT)  # its prev = 0
-            words[head] = nxt
-        else:
-            words[head] = 0
+        found = self.pop_head(head, need, list_floor(i), list_floor(i + 1))
+        if not self.words[head]:
             self._mark_empty(i)
-        return b, size
+        return found
 
     def _scan(self, i: int, need: int) -> int:
         """First block of at least ``need`` bytes on list ``i``, or 0.
