@@ -79,15 +79,14 @@ from __future__ import annotations
 
 import secrets
 import threading
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from . import control as C
 from .errors import DoubleFreeError, HeapCorruptionError, InvalidPointerError
 from .heap import DEFAULT_CAPACITY, _check_pointer, _check_size
 from .layout import ALLOCATED, HEADER, PREV_ALLOCATED, TAG_SHIFT, decode, encode, tag_of
 from .policies.base import PREV, LinkedLists
-from .regions import AnonymousRegion, Region
+from .regions import AnonymousRegion, Region, RegionOwner
 
 if TYPE_CHECKING:
     from .heap import Heap
@@ -134,7 +133,7 @@ class _OrderLists(LinkedLists):
     policy_id = 0  # not an engine policy: never written in a format word
 
 
-class BuddyHeap:
+class BuddyHeap(RegionOwner):
     """A heap of power-of-two blocks in a private anonymous mapping.
 
     The API is ``Heap``'s: malloc, calloc, realloc, free, usable_size, view,
@@ -603,37 +602,9 @@ class BuddyHeap:
 
     # -- lifetime --------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Unmap the heap. Views from ``view()`` must be released first."""
-        if self._closed:
-            return
-        self.bytes.release()
-        try:
-            self.region.close()
-        except BufferError:
-            self.bytes = memoryview(self.region.buf)
-            raise BufferError(
-                "the heap still has views in use; release them before close()"
-            ) from None
-        self._closed = True
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self.brk + HEADER} of {self.capacity} bytes"
         return f"<BuddyHeap {state}>"
-
-    def __getstate__(self) -> Any:
-        raise TypeError("a BuddyHeap cannot be pickled")
 
 
 __all__ = ["MAX_ORDER", "MIN_ORDER", "BuddyHeap", "order_for"]

@@ -31,8 +31,7 @@ from __future__ import annotations
 import secrets
 import threading
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 from . import control as C
 from .errors import DoubleFreeError, HeapCorruptionError, HeapError, InvalidPointerError
@@ -57,7 +56,7 @@ from .layout import (
 )
 from .policies import POLICIES, policy_by_id, policy_class
 from .policies.base import FreeIndex
-from .regions import AnonymousRegion, Region, Words
+from .regions import AnonymousRegion, Region, RegionOwner, Words
 
 DEFAULT_CAPACITY: Final = 256 << 20
 CACHE_LIMIT: Final = 16  # freed blocks kept per size in the cache ...
@@ -89,7 +88,7 @@ def _check_pointer(p: object) -> int:
     return p
 
 
-class Heap:
+class Heap(RegionOwner):
     """A heap of variable-sized blocks in a private anonymous mapping.
 
     ``capacity`` is the most bytes the heap may take from its region,
@@ -791,37 +790,9 @@ class Heap:
 
     # -- lifetime ----------------------------------------------------------------
 
-    def close(self) -> None:
-        """Unmap the heap. Views from ``view()`` must be released first."""
-        if self._closed:
-            return
-        self.bytes.release()
-        try:
-            self.region.close()
-        except BufferError:
-            self.bytes = memoryview(self.region.buf)
-            raise BufferError(
-                "the heap still has views in use; release them before close()"
-            ) from None
-        self._closed = True
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self.brk + HEADER} of {self.capacity} bytes"
         return f"<{type(self).__name__} {self.policy.name}, {state}>"
-
-    def __getstate__(self) -> Any:
-        raise TypeError(f"a private {type(self).__name__} cannot be pickled; use SharedHeap")
 
 
 @dataclass
