@@ -376,6 +376,21 @@ def test_record_without_the_recorder_module(
     assert status == 1 and "not available" in err
 
 
+def test_record_exits_with_the_status_of_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record = pytest.importorskip("pyalloc.trace.record")
+    try:
+        record.build_interposer()
+    except Exception as e:  # no compiler here: nothing to record with
+        pytest.skip(f"the interposer cannot be built: {e}")
+    output = tmp_path / "t.rep"
+    status, _, err = run(capsys, "record", "-o", str(output), "--", "sh", "-c", "exit 3")
+    assert status == 3
+    assert "status 3" in err
+    assert output.exists()
+
+
 def test_help_texts_explain_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     for command in ("replay", "bench", "gen", "record"):
         with pytest.raises(SystemExit) as exit_info:

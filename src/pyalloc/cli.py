@@ -759,7 +759,8 @@ def record_command(args: argparse.Namespace) -> int:
         + ("" if status == 0 else f" (the command exited with status {status})"),
         file=sys.stderr,
     )
-    return 0
+    # The command's own status, as a shell reports it, so scripts see a failed run.
+    return status if status >= 0 else 128 - status
 
 
 def add_record(subcommands: Subcommands) -> None:
@@ -772,6 +773,8 @@ def add_record(subcommands: Subcommands) -> None:
             "when FILE ends in .gz). The interposer is compiled on first use with the "
             "system's C compiler. Works for dynamically linked programs only; blocks "
             "still live when the program exits are freed at the end of the trace. "
+            "The trace is written whatever the command's exit status, which pyalloc "
+            "record then exits with. "
             "Example: pyalloc record -o git-log.rep.gz -- git log -n 100"
         ),
         usage="%(prog)s [-h] -o FILE.rep [--follow-exec] [--max-ops N] -- COMMAND [ARGS...]",
