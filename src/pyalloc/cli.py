@@ -752,7 +752,7 @@ def record_command(args: argparse.Namespace) -> int:
         result = record_module.record(command, args.output, **options)
     except (OSError, RuntimeError, ValueError) as e:
         return _fail(f"record: {e}")
-    status = result.returncode
+    status: int = result.returncode
     print(
         f"{result.output}: {result.ops:,} ops on {result.num_ids:,} ids, "
         f"peak live payload {human_bytes(result.peak_payload)}"

@@ -69,8 +69,8 @@ other process's block is touched.
 
 The engine's per-process cache of freed small blocks stays off in a shared
 heap: a block freed by one process must be usable by all, and a process that
-dies must not take freed memory with it. (Should it hold blocks anyway, a
-forked child forgets them: they are its parent's.)
+dies must not take freed memory with it. ``Heap._bind`` leaves it off; only
+the private ``Heap`` constructor turns it on.
 """
 
 from __future__ import annotations
@@ -576,9 +576,6 @@ class SharedHeap(Heap):
         segment.in_transaction = False
         segment.deferred.clear()
         self.brk = self._raw[C.W_BRK]
-        # Should the engine's cache hold blocks, the undo may have restored
-        # some of them as allocated; forget the cache rather than trust it.
-        self._forget_engine_cache()
 
     def _recover(self) -> None:
         """Undo the transaction of a holder that died, then free its directory draft."""
@@ -612,20 +609,12 @@ class SharedHeap(Heap):
         if self._lock.owner == threading.get_ident():
             self._checkpoint()
 
-    def _forget_engine_cache(self) -> None:
-        for bin_ in getattr(self, "_cache", ()):
-            bin_.clear()
-        cached = getattr(self, "_cached", None)
-        if cached is not None:
-            cached.clear()
-
     def _after_fork_in_child(self) -> None:
         if self._closed:
             return
         self._lock.reopen_after_fork()
         self._segment.in_transaction = False
         self._segment.deferred.clear()
-        self._forget_engine_cache()  # any blocks in it are the parent's
 
     # -- checking and statistics ---------------------------------------------------
 
