@@ -510,7 +510,12 @@ class Heap(RegionOwner):
         """Turn the allocated block ``b`` into free space, coalescing both ways."""
         size = body & SIZE_MASK
         n = b + size
-        nbody = self._next_header(n)
+        words = self.words
+        key = self.header_key
+        # The successor's header is checked in full only when it claims to be
+        # free, that is when it would be merged (as in the fast path of _free).
+        nplain = words[n >> 3] ^ key
+        nbody = nplain & BODY_MASK if nplain & ALLOCATED else self._next_header(n)
         start = b
         total = size
         pb = 0
@@ -533,7 +538,7 @@ class Heap(RegionOwner):
         if nsize:
             policy.remove(n, nsize)
         else:
-            self._set_header(n, nbody & ~PREV_ALLOCATED)
+            words[n >> 3] = (nplain & ~PREV_ALLOCATED) ^ key  # the bit is outside the tag
         end = start + total
         if end == self.brk and total >= TRIM_THRESHOLD:
             self._trim(start, total)
