@@ -82,11 +82,12 @@ import threading
 from typing import TYPE_CHECKING, Final, cast
 
 from . import control as C
+from .allocator import Allocator, check_pointer, check_size
 from .errors import DoubleFreeError, HeapCorruptionError, InvalidPointerError
-from .heap import DEFAULT_CAPACITY, _check_pointer, _check_size
+from .heap import DEFAULT_CAPACITY
 from .layout import ALLOCATED, HEADER, PREV_ALLOCATED, TAG_SHIFT, decode, encode, tag_of
 from .policies.base import PREV, LinkedLists
-from .regions import AnonymousRegion, Region, RegionOwner
+from .regions import AnonymousRegion, Region
 
 if TYPE_CHECKING:
     from .heap import Heap
@@ -133,7 +134,7 @@ class _OrderLists(LinkedLists):
     policy_id = 0  # not an engine policy: never written in a format word
 
 
-class BuddyHeap(RegionOwner):
+class BuddyHeap(Allocator):
     """A heap of power-of-two blocks in a private anonymous mapping.
 
     The API is ``Heap``'s: malloc, calloc, realloc, free, usable_size, view,
@@ -145,7 +146,7 @@ class BuddyHeap(RegionOwner):
     region: Region
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY, *, lock: bool = True) -> None:
-        capacity = _check_size(capacity, "capacity")
+        capacity = check_size(capacity, "capacity")
         if capacity < BASE + (1 << MIN_ORDER) + HEADER:
             raise ValueError(f"capacity {capacity} is too small for a heap (minimum {BASE + 40})")
         if capacity > MAX_CAPACITY:
@@ -181,9 +182,7 @@ class BuddyHeap(RegionOwner):
         self._lock = threading.Lock()
         self._closed = False
         if not lock:
-            self.malloc = self._malloc  # type: ignore[method-assign]
-            self.free = self._free  # type: ignore[method-assign]
-            self.realloc = self._realloc  # type: ignore[method-assign]
+            self._unlocked_entry_points()
 
     # -- headers -----------------------------------------------------------------
 
@@ -283,18 +282,9 @@ class BuddyHeap(RegionOwner):
 
     # -- malloc --------------------------------------------------------------------
 
-    def malloc(self, size: int) -> int:
-        """Allocate ``size`` bytes; return the 16-byte-aligned payload offset."""
-        lock = self._lock
-        lock.acquire()
-        try:
-            return self._malloc(size)
-        finally:
-            lock.release()
-
     def _malloc(self, size: int) -> int:
         if size.__class__ is not int or size < 0:
-            size = _check_size(size)
+            size = check_size(size)
         k = order_for(size)
         if k > self.max_order:
             raise MemoryError(
@@ -347,18 +337,9 @@ class BuddyHeap(RegionOwner):
 
     # -- free ----------------------------------------------------------------------
 
-    def free(self, p: int) -> None:
-        """Free the block at ``p``; ``free(0)`` does nothing."""
-        lock = self._lock
-        lock.acquire()
-        try:
-            self._free(p)
-        finally:
-            lock.release()
-
     def _free(self, p: int) -> None:
         if p.__class__ is not int:
-            p = _check_pointer(p)
+            p = check_pointer(p)
         if not p:
             return
         body = self._live_header(p)
@@ -402,20 +383,15 @@ class BuddyHeap(RegionOwner):
 
     # -- realloc -------------------------------------------------------------------
 
-    def realloc(self, p: int, size: int) -> int:
-        """Resize the block at ``p`` to ``size`` bytes, in place when the buddies allow."""
-        lock = self._lock
-        lock.acquire()
-        try:
-            return self._realloc(p, size)
-        finally:
-            lock.release()
+    def _usable(self, p: int) -> int:
+        """Usable bytes of the live block ``p``: its power of two less the header."""
+        return (1 << (self._live_header(p) >> ORDER_SHIFT & ORDER_MASK)) - HEADER
 
     def _realloc(self, p: int, size: int) -> int:
         if p.__class__ is not int:
-            p = _check_pointer(p)
+            p = check_pointer(p)
         if size.__class__ is not int or size < 0:
-            size = _check_size(size)
+            size = check_size(size)
         if not p:
             return self._malloc(size)
         body = self._live_header(p)
@@ -472,34 +448,6 @@ class BuddyHeap(RegionOwner):
             self._set_brk(base + o + (1 << want))
         self._set_header(b, ALLOCATED | want << ORDER_SHIFT | size << ASKED_SHIFT)
         return True
-
-    # -- calloc, sizes, views --------------------------------------------------------
-
-    def calloc(self, count: int, size: int) -> int:
-        """Allocate ``count * size`` zeroed bytes."""
-        count = _check_size(count, "count")
-        size = _check_size(size)
-        total = count * size
-        if total > self.capacity:
-            raise MemoryError(f"cannot allocate {count} x {size} bytes: exceeds the capacity")
-        with self._lock:
-            p = self._malloc(total)
-            usable = (1 << (self._header(p - HEADER) >> ORDER_SHIFT & ORDER_MASK)) - HEADER
-        self.bytes[p : p + usable] = bytes(usable)
-        return p
-
-    def usable_size(self, p: int) -> int:
-        """Bytes usable at the live block ``p``: its power of two less the header."""
-        p = _check_pointer(p)
-        with self._lock:
-            return (1 << (self._live_header(p) >> ORDER_SHIFT & ORDER_MASK)) - HEADER
-
-    def view(self, p: int) -> memoryview:
-        """A writable, zero-copy view of the usable bytes of the live block ``p``."""
-        p = _check_pointer(p)
-        with self._lock:
-            usable = (1 << (self._live_header(p) >> ORDER_SHIFT & ORDER_MASK)) - HEADER
-        return self.bytes[p : p + usable]
 
     # -- checking and statistics -------------------------------------------------------
 
@@ -599,8 +547,6 @@ class BuddyHeap(RegionOwner):
                 out.append((b + HEADER, 1 << k, bool(body & ALLOCATED)))
                 b += 1 << k
         return out
-
-    # -- lifetime --------------------------------------------------------------------
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self.brk + HEADER} of {self.capacity} bytes"

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from . import control as C
+from .allocator import Allocator, check_pointer, check_size
 from .errors import DoubleFreeError, HeapCorruptionError, HeapError, InvalidPointerError
 from .layout import (
     ALLOCATED,
@@ -56,7 +57,7 @@ from .layout import (
 )
 from .policies import POLICIES, policy_by_id, policy_class
 from .policies.base import FreeIndex
-from .regions import AnonymousRegion, Region, RegionOwner, Words
+from .regions import AnonymousRegion, Region, Words
 
 DEFAULT_CAPACITY: Final = 256 << 20
 CACHE_LIMIT: Final = 16  # freed blocks kept per size in the cache ...
@@ -70,25 +71,7 @@ assert TOP_PAD >= MIN_BLOCK and TRIM_THRESHOLD > TOP_PAD
 __all__ = ["DEFAULT_CAPACITY", "POLICIES", "Heap"]
 
 
-def _check_size(size: object, what: str = "size") -> int:
-    if size.__class__ is not int:
-        if isinstance(size, bool) or not isinstance(size, int):
-            raise TypeError(f"{what} must be an int, not {type(size).__name__}")
-        size = int(size)
-    if size < 0:
-        raise ValueError(f"{what} must be >= 0, got {size}")
-    return size
-
-
-def _check_pointer(p: object) -> int:
-    if p.__class__ is not int:
-        if isinstance(p, bool) or not isinstance(p, int):
-            raise TypeError(f"pointer must be an int, not {type(p).__name__}")
-        p = int(p)
-    return p
-
-
-class Heap(RegionOwner):
+class Heap(Allocator):
     """A heap of variable-sized blocks in a private anonymous mapping.
 
     ``capacity`` is the most bytes the heap may take from its region,
@@ -115,7 +98,7 @@ class Heap(RegionOwner):
         lock: bool = True,
         cache: bool = True,
     ) -> None:
-        capacity = _check_size(capacity, "capacity")
+        capacity = check_size(capacity, "capacity")
         policy_cls = policy_class(policy)
         region = AnonymousRegion(self.layout_size(capacity, policy_cls))
         self._format(region, capacity, policy_cls)
@@ -204,10 +187,7 @@ class Heap(RegionOwner):
         self._cache: list[list[int]] = [[] for _ in range(CACHE_MAX_BLOCK >> 4)]
         self._cached: set[int] = set()
         if not lock:
-            # The unlocked entry points replace the locking wrappers on this instance.
-            self.malloc = self._malloc  # type: ignore[method-assign]
-            self.free = self._free  # type: ignore[method-assign]
-            self.realloc = self._realloc  # type: ignore[method-assign]
+            self._unlocked_entry_points()
 
     def _metadata_words(self, region: Region) -> Words:
         return region.words
@@ -337,23 +317,9 @@ class Heap(RegionOwner):
 
     # -- malloc ----------------------------------------------------------------
 
-    def malloc(self, size: int) -> int:
-        """Allocate ``size`` bytes; return the 16-byte-aligned payload offset.
-
-        MemoryError when the heap cannot grow enough. ``malloc(0)`` returns a
-        unique pointer to a minimum block.
-        """
-        # acquire/release rather than ``with``: half the cost on this path.
-        lock = self._lock
-        lock.acquire()
-        try:
-            return self._malloc(size)
-        finally:
-            lock.release()
-
     def _malloc(self, size: int) -> int:
         if size.__class__ is not int or size < 0:
-            size = _check_size(size)
+            size = check_size(size)
         # layout.block_size_for, inlined
         need = (size + 23) & ~15
         if need < MIN_BLOCK:
@@ -449,18 +415,9 @@ class Heap(RegionOwner):
 
     # -- free ------------------------------------------------------------------
 
-    def free(self, p: int) -> None:
-        """Free the block at ``p``; ``free(0)`` does nothing."""
-        lock = self._lock
-        lock.acquire()
-        try:
-            self._free(p)
-        finally:
-            lock.release()
-
     def _free(self, p: int) -> None:
         if p.__class__ is not int:
-            p = _check_pointer(p)
+            p = check_pointer(p)
         if not p:
             return
         # _live_header(p), inlined
@@ -559,25 +516,14 @@ class Heap(RegionOwner):
 
     # -- realloc ---------------------------------------------------------------
 
-    def realloc(self, p: int, size: int) -> int:
-        """Resize the block at ``p`` to ``size`` bytes, in place when possible.
-
-        ``realloc(0, n)`` is ``malloc(n)``; ``realloc(p, 0)`` frees ``p`` and
-        returns 0. If the request cannot be served, MemoryError is raised and
-        the block at ``p`` is left as it was.
-        """
-        lock = self._lock
-        lock.acquire()
-        try:
-            return self._realloc(p, size)
-        finally:
-            lock.release()
+    def _usable(self, p: int) -> int:
+        return (self._live_header(p) & SIZE_MASK) - HEADER
 
     def _realloc(self, p: int, size: int) -> int:
         if p.__class__ is not int:
-            p = _check_pointer(p)
+            p = check_pointer(p)
         if size.__class__ is not int or size < 0:
-            size = _check_size(size)
+            size = check_size(size)
         if not p:
             return self._malloc(size)
         body = self._live_header(p)
@@ -660,36 +606,6 @@ class Heap(RegionOwner):
             self._set_brk(new_brk)
             return True
         return False
-
-    # -- calloc, sizes, views ----------------------------------------------------
-
-    def calloc(self, count: int, size: int) -> int:
-        """Allocate ``count * size`` zeroed bytes."""
-        count = _check_size(count, "count")
-        size = _check_size(size)
-        total = count * size
-        if total > self.capacity:
-            raise MemoryError(
-                f"cannot allocate {count} x {size} bytes: exceeds the heap's capacity"
-            )
-        with self._lock:
-            p = self._malloc(total)
-            usable = (self._header(p - HEADER) & SIZE_MASK) - HEADER
-        self.bytes[p : p + usable] = bytes(usable)
-        return p
-
-    def usable_size(self, p: int) -> int:
-        """Bytes usable at the live block ``p`` (at least the size asked)."""
-        p = _check_pointer(p)
-        with self._lock:
-            return (self._live_header(p) & SIZE_MASK) - HEADER
-
-    def view(self, p: int) -> memoryview:
-        """A writable, zero-copy view of the usable bytes of the live block ``p``."""
-        p = _check_pointer(p)
-        with self._lock:
-            usable = (self._live_header(p) & SIZE_MASK) - HEADER
-        return self.bytes[p : p + usable]
 
     # -- checking and statistics -------------------------------------------------
 
@@ -792,8 +708,6 @@ class Heap(RegionOwner):
     @property
     def policy_name(self) -> str:
         return self.policy.name
-
-    # -- lifetime ----------------------------------------------------------------
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self.brk + HEADER} of {self.capacity} bytes"

@@ -19,8 +19,7 @@ from __future__ import annotations
 import mmap
 import os
 import re
-from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol
 
 PAGE_SIZE = mmap.PAGESIZE
 
@@ -199,43 +198,3 @@ class FileRegion(Region):
 
     def flush(self) -> None:
         self.buf.flush()
-
-
-class RegionOwner:
-    """The lifetime of an allocator that owns a region and hands out views of it.
-
-    Subclasses set ``region``, ``bytes`` (a memoryview of the region that
-    views are sliced from) and ``_closed``.
-    """
-
-    region: Region
-    bytes: memoryview
-    _closed: bool
-
-    def close(self) -> None:
-        """Unmap the region. Views handed out earlier must be released first."""
-        if self._closed:
-            return
-        self.bytes.release()
-        try:
-            self.region.close()
-        except BufferError:
-            self.bytes = memoryview(self.region.buf)
-            raise BufferError(
-                "the heap still has views in use; release them before close()"
-            ) from None
-        self._closed = True
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __getstate__(self) -> object:
-        raise TypeError(f"a private {type(self).__name__} cannot be pickled; use SharedHeap")

@@ -89,8 +89,9 @@ from types import TracebackType
 from typing import Any, Final, NoReturn, cast
 
 from . import control as C
+from .allocator import check_size
 from .errors import HeapCorruptionError, HeapError, InvalidPointerError
-from .heap import DEFAULT_CAPACITY, Heap, _check_size
+from .heap import DEFAULT_CAPACITY, Heap
 from .journal import DEFAULT_SLOTS, ENTRY_BYTES, Journal
 from .layout import HEADER, SIZE_MASK
 from .policies import policy_by_id, policy_class
@@ -465,8 +466,8 @@ class SharedHeap(Heap):
         when complete, so no process can attach to a half-made heap.
         """
         path = _shm_path(name)
-        capacity = _check_size(capacity, "capacity")
-        journal_slots = _check_size(journal_slots, "journal_slots")
+        capacity = check_size(capacity, "capacity")
+        journal_slots = check_size(journal_slots, "journal_slots")
         if journal_slots < 64:
             raise ValueError(f"journal_slots must be at least 64, got {journal_slots}")
         policy_cls = policy_class(policy)

@@ -1,0 +1,170 @@
+"""What every heap class shares: the public API over its unlocked primitives.
+
+A heap class (``Heap``, ``BuddyHeap``, ``SharedHeap``) provides
+
+    _malloc(size) -> p      _free(p)      _realloc(p, size) -> p
+    _usable(p) -> bytes     usable bytes of the live block p, checked
+
+plus ``region``, ``bytes`` (a memoryview of the region), ``capacity``,
+``_lock`` (anything with ``acquire``/``release`` and ``with``) and
+``_closed``. ``Allocator`` turns those into the public ``malloc``, ``free``,
+``realloc`` (each holding the lock), ``calloc``, ``usable_size``, ``view``,
+``close`` and the context-manager protocol, so that their behaviour and
+their errors are the same whatever the layout behind them.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any, Self
+
+from .regions import Region
+
+
+def check_size(size: object, what: str = "size") -> int:
+    """``size`` as an int >= 0; TypeError or ValueError otherwise."""
+    if size.__class__ is not int:
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError(f"{what} must be an int, not {type(size).__name__}")
+        size = int(size)
+    if size < 0:
+        raise ValueError(f"{what} must be >= 0, got {size}")
+    return size
+
+
+def check_pointer(p: object) -> int:
+    """``p`` as an int; TypeError for anything else (bool included)."""
+    if p.__class__ is not int:
+        if isinstance(p, bool) or not isinstance(p, int):
+            raise TypeError(f"pointer must be an int, not {type(p).__name__}")
+        p = int(p)
+    return p
+
+
+class Allocator:
+    """The public API of a heap, built on the primitives its subclass provides."""
+
+    region: Region
+    bytes: memoryview
+    capacity: int
+    _lock: Any
+    _closed: bool
+
+    # -- the primitives, called with the lock held -----------------------------
+
+    def _malloc(self, size: int) -> int:
+        raise NotImplementedError
+
+    def _free(self, p: int) -> None:
+        raise NotImplementedError
+
+    def _realloc(self, p: int, size: int) -> int:
+        raise NotImplementedError
+
+    def _usable(self, p: int) -> int:
+        raise NotImplementedError
+
+    def _unlocked_entry_points(self) -> None:
+        """For ``lock=False``: the primitives replace the locking wrappers."""
+        self.malloc = self._malloc  # type: ignore[method-assign]
+        self.free = self._free  # type: ignore[method-assign]
+        self.realloc = self._realloc  # type: ignore[method-assign]
+
+    # -- malloc, free, realloc -------------------------------------------------
+    # acquire/release rather than ``with``: half the cost on these paths.
+
+    def malloc(self, size: int) -> int:
+        """Allocate ``size`` bytes; return the 16-byte-aligned payload offset.
+
+        MemoryError when the heap cannot grow enough. ``malloc(0)`` returns a
+        unique pointer to a minimum block.
+        """
+        lock = self._lock
+        lock.acquire()
+        try:
+            return self._malloc(size)
+        finally:
+            lock.release()
+
+    def free(self, p: int) -> None:
+        """Free the block at ``p``; ``free(0)`` does nothing."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            self._free(p)
+        finally:
+            lock.release()
+
+    def realloc(self, p: int, size: int) -> int:
+        """Resize the block at ``p`` to ``size`` bytes, in place when possible.
+
+        ``realloc(0, n)`` is ``malloc(n)``; ``realloc(p, 0)`` frees ``p`` and
+        returns 0. If the request cannot be served, MemoryError is raised and
+        the block at ``p`` is left as it was.
+        """
+        lock = self._lock
+        lock.acquire()
+        try:
+            return self._realloc(p, size)
+        finally:
+            lock.release()
+
+    # -- calloc, sizes, views ----------------------------------------------------
+
+    def calloc(self, count: int, size: int) -> int:
+        """Allocate ``count * size`` zeroed bytes."""
+        count = check_size(count, "count")
+        size = check_size(size)
+        total = count * size
+        if total > self.capacity:
+            raise MemoryError(
+                f"cannot allocate {count} x {size} bytes: exceeds the heap's capacity"
+            )
+        with self._lock:
+            p = self._malloc(total)
+            usable = self._usable(p)
+        self.bytes[p : p + usable] = bytes(usable)
+        return p
+
+    def usable_size(self, p: int) -> int:
+        """Bytes usable at the live block ``p`` (at least the size asked)."""
+        p = check_pointer(p)
+        with self._lock:
+            return self._usable(p)
+
+    def view(self, p: int) -> memoryview:
+        """A writable, zero-copy view of the usable bytes of the live block ``p``."""
+        p = check_pointer(p)
+        with self._lock:
+            usable = self._usable(p)
+        return self.bytes[p : p + usable]
+
+    # -- lifetime ----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Unmap the region. Views handed out earlier must be released first."""
+        if self._closed:
+            return
+        self.bytes.release()
+        try:
+            self.region.close()
+        except BufferError:
+            self.bytes = memoryview(self.region.buf)
+            raise BufferError(
+                "the heap still has views in use; release them before close()"
+            ) from None
+        self._closed = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __getstate__(self) -> object:
+        raise TypeError(f"a private {type(self).__name__} cannot be pickled; use SharedHeap")
