@@ -103,21 +103,26 @@ class LinkedLists(FreeIndex):
         at = b + field
         self.words[at >> 3] = link ^ self.link_key ^ (at << LINK_SHIFT)
 
-    def push(self, head: int, b: int) -> None:
-        """Put ``b`` first on the list whose head word is ``head``."""
+    def push(self, head: int, b: int) -> bool:
+        """Put ``b`` first on the list at ``head``; True if the list was empty.
+
+        The head is checked before anything is written.
+        """
         words = self.words
         key = self.link_key
         first = words[head]
-        if first and not (self.heap.heap_start <= first < self.heap.brk and first & 15 == 8):
-            raise HeapCorruptionError(f"free-list head at control word {head} is invalid")
-        at = b + NEXT
-        words[at >> 3] = first ^ key ^ (at << LINK_SHIFT)
-        at = b + PREV
-        words[at >> 3] = key ^ (at << LINK_SHIFT)  # prev = 0
         if first:
+            heap = self.heap
+            if not (heap.heap_start <= first < heap.brk and first & 15 == 8):
+                raise HeapCorruptionError(f"free-list head at control word {head} is invalid")
             at = first + PREV
             words[at >> 3] = b ^ key ^ (at << LINK_SHIFT)
+        at = b + NEXT
+        words[at >> 3] = first ^ key ^ (at << LINK_SHIFT)
+        at += 8
+        words[at >> 3] = key ^ (at << LINK_SHIFT)  # prev = 0
         words[head] = b
+        return not first
 
     def neighbours(self, head: int, b: int) -> tuple[int, int]:
         """``b``'s (prev, next) on the list at ``head``, checked both ways."""

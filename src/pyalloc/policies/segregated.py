@@ -31,7 +31,7 @@ from ..layout import (
     LINK_SHIFT,
     SIZE_MASK,
 )
-from .base import NEXT, PREV, LinkedLists
+from .base import NEXT, LinkedLists
 
 if TYPE_CHECKING:
     from ..heap import Heap
@@ -102,24 +102,8 @@ class Segregated(LinkedLists):
 
     def insert(self, b: int, size: int) -> None:
         c = size >> 4 if size < 1 << EXACT_SHIFT else size_class(size)
-        words = self.words
-        head = self.base + c
-        first = words[head]
-        # LinkedLists.push, inlined: the hottest call of every free.
-        key = self.link_key
-        if first:
-            heap = self.heap
-            if not (heap.heap_start <= first < heap.brk and first & 15 == 8):
-                raise HeapCorruptionError(f"free-list head of class {c} is invalid")
-            at = first + PREV
-            words[at >> 3] = b ^ key ^ (at << LINK_SHIFT)
-        else:
-            words[self.bitmap_base + (c >> 6)] |= 1 << (c & 63)
-        at = b + NEXT
-        words[at >> 3] = first ^ key ^ (at << LINK_SHIFT)
-        at += 8
-        words[at >> 3] = key ^ (at << LINK_SHIFT)  # prev = 0
-        words[head] = b
+        if self.push(self.base + c, b):
+            self.words[self.bitmap_base + (c >> 6)] |= 1 << (c & 63)
 
     def validate(self, b: int, size: int) -> None:
         self.neighbours(self.base + (size >> 4 if size < 1 << EXACT_SHIFT else size_class(size)), b)

@@ -56,7 +56,7 @@ from ..layout import (
     MIN_BLOCK,
     SIZE_MASK,
 )
-from .base import NEXT, PREV, LinkedLists
+from .base import NEXT, LinkedLists
 
 if TYPE_CHECKING:
     from ..heap import Heap
@@ -135,26 +135,11 @@ class TLSF(LinkedLists):
 
     def insert(self, b: int, size: int) -> None:
         i = size >> ALIGN_SHIFT if size < SMALL_BLOCK else list_index(size)
-        words = self.words
-        head = self.base + i
-        first = words[head]
-        # LinkedLists.push, inlined: every free ends here.
-        key = self.link_key
-        if first:
-            heap = self.heap
-            if not (heap.heap_start <= first < heap.brk and first & 15 == 8):
-                raise HeapCorruptionError(f"free-list head of list {i} is invalid")
-            at = first + PREV
-            words[at >> 3] = b ^ key ^ (at << LINK_SHIFT)
-        else:
+        if self.push(self.base + i, b):
             fl = i >> SL_SHIFT
+            words = self.words
             words[self.sl_base + fl] |= 1 << (i & SL_MASK)
             words[self.fl_word] |= 1 << fl
-        at = b + NEXT
-        words[at >> 3] = first ^ key ^ (at << LINK_SHIFT)
-        at += 8
-        words[at >> 3] = key ^ (at << LINK_SHIFT)  # prev = 0
-        words[head] = b
 
     def validate(self, b: int, size: int) -> None:
         self.neighbours(self.base + list_index(size), b)
