@@ -16,6 +16,7 @@ corrupted link is reported before anything is written.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 from ..errors import HeapCorruptionError
@@ -207,6 +208,35 @@ class LinkedLists(FreeIndex):
             words[at >> 3] = key ^ (at << LINK_SHIFT)  # its prev = 0
         words[head] = nxt
         return b, size
+
+    def check_list(
+        self,
+        head: int,
+        free_blocks: dict[int, int],
+        index_of: Callable[[int], int] | None = None,
+        index: int = 0,
+    ) -> int:
+        """Walk the list at ``head``; return how many blocks it holds.
+
+        Every member must be one of ``free_blocks`` (offset -> size) and, with
+        ``index_of``, of a size that maps to this list's ``index``.
+        """
+        members = self.walk(head, len(free_blocks) + 1)
+        for b in members:
+            size = free_blocks.get(b)
+            if size is None:
+                raise HeapCorruptionError(f"a free list holds {b + 8}, which is not a free block")
+            if index_of is not None and index_of(size) != index:
+                raise HeapCorruptionError(f"free block {b + 8} of {size} bytes is on list {index}")
+        return len(members)
+
+    @staticmethod
+    def check_count(seen: int, free_blocks: dict[int, int]) -> None:
+        """The lists hold as many blocks as the heap's walk found free."""
+        if seen != len(free_blocks):
+            raise HeapCorruptionError(
+                f"{len(free_blocks)} free blocks in the heap, {seen} in the free lists"
+            )
 
     def walk(self, head: int, limit: int) -> list[int]:
         """The blocks on the list at ``head``; corruption and cycles raise."""

@@ -95,14 +95,7 @@ class ExplicitList(LinkedLists):
     def check(self, free_blocks: dict[int, int]) -> None:
         # walk() refuses a prev link that disagrees with the walk, so no block
         # can appear twice: same count and all members free means same set.
-        members = self.walk(self.base + HEAD, len(free_blocks) + 1)
-        for b in members:
-            if b not in free_blocks:
-                raise HeapCorruptionError(f"the free list holds {b + 8}, which is not a free block")
-        if len(members) != len(free_blocks):
-            raise HeapCorruptionError(
-                f"{len(free_blocks)} free blocks in the heap, {len(members)} on the free list"
-            )
+        self.check_count(self.check_list(self.base + HEAD, free_blocks), free_blocks)
 
     def blocks(self) -> list[int]:
         return self.walk(self.base + HEAD, self.walk_limit())

@@ -175,24 +175,14 @@ class Segregated(LinkedLists):
     def check(self, free_blocks: dict[int, int]) -> None:
         bitmap = self._bitmap()
         seen = 0
-        limit = len(free_blocks) + 1
         for c in range(self.classes):
-            members = self.walk(self.base + c, limit)
-            if bool(members) != bool(bitmap >> c & 1):
+            count = self.check_list(self.base + c, free_blocks, size_class, c)
+            if bool(count) != bool(bitmap >> c & 1):
                 raise HeapCorruptionError(f"bitmap bit {c} disagrees with its list")
-            for b in members:
-                size = free_blocks.get(b)
-                if size is None:
-                    raise HeapCorruptionError(f"list {c} holds {b + 8}, which is not a free block")
-                if size_class(size) != c:
-                    raise HeapCorruptionError(f"free block {b + 8} of {size} bytes is in class {c}")
-            seen += len(members)
+            seen += count
         if bitmap >> self.classes:
             raise HeapCorruptionError("bitmap has bits beyond the last size class")
-        if seen != len(free_blocks):
-            raise HeapCorruptionError(
-                f"{len(free_blocks)} free blocks in the heap, {seen} in the free lists"
-            )
+        self.check_count(seen, free_blocks)
 
     def blocks(self) -> list[int]:
         out: list[int] = []

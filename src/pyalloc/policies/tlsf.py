@@ -224,7 +224,6 @@ class TLSF(LinkedLists):
     def check(self, free_blocks: dict[int, int]) -> None:
         words = self.words
         seen = 0
-        limit = len(free_blocks) + 1
         fl_bits = words[self.fl_word]
         if fl_bits >> self.fl_count:
             raise HeapCorruptionError("the first-level bitmap has bits beyond the last level")
@@ -240,22 +239,12 @@ class TLSF(LinkedLists):
                     if sl_bits >> sl & 1:
                         raise HeapCorruptionError(f"second-level bit ({fl}, {sl}) set, list empty")
                     continue
-                members = self.walk(self.base + i, limit)
                 if not sl_bits >> sl & 1:
                     raise HeapCorruptionError(
                         f"second-level bit ({fl}, {sl}) clear, list not empty"
                     )
-                for b in members:
-                    size = free_blocks.get(b)
-                    if size is None:
-                        raise HeapCorruptionError(f"list {i} holds {b + 8}, not a free block")
-                    if list_index(size) != i:
-                        raise HeapCorruptionError(f"free block {b + 8} of {size} bytes on list {i}")
-                seen += len(members)
-        if seen != len(free_blocks):
-            raise HeapCorruptionError(
-                f"{len(free_blocks)} free blocks in the heap, {seen} in the free lists"
-            )
+                seen += self.check_list(self.base + i, free_blocks, list_index, i)
+        self.check_count(seen, free_blocks)
 
     def blocks(self) -> list[int]:
         out: list[int] = []
