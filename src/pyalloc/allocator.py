@@ -2,8 +2,10 @@
 
 A heap class (``Heap``, ``BuddyHeap``, ``SharedHeap``) provides
 
-    _malloc(size) -> p      _free(p)      _realloc(p, size) -> p
+    _malloc(size) -> p      _free(p)      _resize(p, size) -> p
     _usable(p) -> bytes     usable bytes of the live block p, checked
+
+(``_resize`` is realloc once ``p`` is known to be an int other than 0.)
 
 plus ``region``, ``bytes`` (a memoryview of the region), ``capacity``,
 ``_lock`` (anything with ``acquire``/``release`` and ``with``) and
@@ -59,6 +61,16 @@ class Allocator:
         raise NotImplementedError
 
     def _realloc(self, p: int, size: int) -> int:
+        if p.__class__ is not int:
+            p = check_pointer(p)
+        if size.__class__ is not int or size < 0:
+            size = check_size(size)
+        if not p:
+            return self._malloc(size)
+        return self._resize(p, size)
+
+    def _resize(self, p: int, size: int) -> int:
+        """realloc of a non-NULL pointer; ``size == 0`` frees and returns 0."""
         raise NotImplementedError
 
     def _usable(self, p: int) -> int:

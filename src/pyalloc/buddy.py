@@ -387,13 +387,7 @@ class BuddyHeap(Allocator):
         """Usable bytes of the live block ``p``: its power of two less the header."""
         return (1 << (self._live_header(p) >> ORDER_SHIFT & ORDER_MASK)) - HEADER
 
-    def _realloc(self, p: int, size: int) -> int:
-        if p.__class__ is not int:
-            p = check_pointer(p)
-        if size.__class__ is not int or size < 0:
-            size = check_size(size)
-        if not p:
-            return self._malloc(size)
+    def _resize(self, p: int, size: int) -> int:
         body = self._live_header(p)
         b = p - HEADER
         k = body >> ORDER_SHIFT & ORDER_MASK

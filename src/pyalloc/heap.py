@@ -519,13 +519,7 @@ class Heap(Allocator):
     def _usable(self, p: int) -> int:
         return (self._live_header(p) & SIZE_MASK) - HEADER
 
-    def _realloc(self, p: int, size: int) -> int:
-        if p.__class__ is not int:
-            p = check_pointer(p)
-        if size.__class__ is not int or size < 0:
-            size = check_size(size)
-        if not p:
-            return self._malloc(size)
+    def _resize(self, p: int, size: int) -> int:
         body = self._live_header(p)
         if not size:
             self._release(p - HEADER, body)
