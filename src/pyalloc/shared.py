@@ -93,7 +93,7 @@ from .allocator import check_size
 from .errors import HeapCorruptionError, HeapError, InvalidPointerError
 from .heap import DEFAULT_CAPACITY, Heap
 from .journal import DEFAULT_SLOTS, ENTRY_BYTES, Journal
-from .layout import HEADER, SIZE_MASK
+from .layout import HEADER
 from .policies import policy_by_id, policy_class
 from .regions import Region, SharedRegion, Words, _shm_path, list_shared, page_round_up
 
@@ -641,7 +641,7 @@ class SharedHeap(Heap):
         if not q:
             return {}
         try:
-            usable = (self._live_header(q) & SIZE_MASK) - HEADER
+            usable = self._usable(q)
         except InvalidPointerError:
             raise HeapCorruptionError(
                 f"the directory of names points to {q}, which is not a block"
