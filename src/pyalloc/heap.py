@@ -467,12 +467,7 @@ class Heap(Allocator):
         """Turn the allocated block ``b`` into free space, coalescing both ways."""
         size = body & SIZE_MASK
         n = b + size
-        words = self.words
-        key = self.header_key
-        # The successor's header is checked in full only when it claims to be
-        # free, that is when it would be merged (as in the fast path of _free).
-        nplain = words[n >> 3] ^ key
-        nbody = nplain & BODY_MASK if nplain & ALLOCATED else self._next_header(n)
+        nbody = self._next_header(n)
         start = b
         total = size
         pb = 0
@@ -495,7 +490,7 @@ class Heap(Allocator):
         if nsize:
             policy.remove(n, nsize)
         else:
-            words[n >> 3] = (nplain & ~PREV_ALLOCATED) ^ key  # the bit is outside the tag
+            self._set_header(n, nbody & ~PREV_ALLOCATED)
         end = start + total
         if end == self.brk and total >= TRIM_THRESHOLD:
             self._trim(start, total)
