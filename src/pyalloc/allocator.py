@@ -43,6 +43,29 @@ def check_pointer(p: object) -> int:
     return p
 
 
+def stats_record(
+    capacity: int,
+    footprint: int,
+    peak_footprint: int,
+    live_bytes: int,
+    live_blocks: int,
+    free_sizes: list[int],
+    cached_blocks: int = 0,
+) -> dict[str, int]:
+    """The ``stats()`` of every heap class: one set of keys, computed one way."""
+    return {
+        "capacity": capacity,
+        "heap_bytes": footprint,
+        "peak_heap_bytes": peak_footprint,
+        "live_bytes": live_bytes,
+        "live_blocks": live_blocks,
+        "free_bytes": sum(free_sizes),
+        "free_blocks": len(free_sizes),
+        "largest_free": max(free_sizes, default=0),
+        "cached_blocks": cached_blocks,
+    }
+
+
 class Allocator:
     """The public API of a heap, built on the primitives its subclass provides."""
 

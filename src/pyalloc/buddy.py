@@ -82,7 +82,7 @@ import threading
 from typing import TYPE_CHECKING, Final, cast
 
 from . import control as C
-from .allocator import Allocator, check_pointer, check_size
+from .allocator import Allocator, check_pointer, check_size, stats_record
 from .errors import DoubleFreeError, HeapCorruptionError, InvalidPointerError
 from .heap import DEFAULT_CAPACITY
 from .layout import ALLOCATED, HEADER, PREV_ALLOCATED, TAG_SHIFT, decode, encode, tag_of
@@ -516,17 +516,7 @@ class BuddyHeap(Allocator):
             brk = self.brk
             peak = self.words[C.W_PEAK]
         sizes = [1 << k for k in free.values()]
-        return {
-            "capacity": self.capacity,
-            "heap_bytes": brk + HEADER,
-            "peak_heap_bytes": peak,
-            "live_bytes": live_bytes,
-            "live_blocks": live_blocks,
-            "free_bytes": sum(sizes),
-            "free_blocks": len(sizes),
-            "largest_free": max(sizes, default=0),
-            "cached_blocks": 0,
-        }
+        return stats_record(self.capacity, brk + HEADER, peak, live_bytes, live_blocks, sizes)
 
     def blocks(self) -> list[tuple[int, int, bool]]:
         """Every block as (payload offset, block size, allocated), in address order."""

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from . import control as C
-from .allocator import Allocator, check_pointer, check_size
+from .allocator import Allocator, check_pointer, check_size, stats_record
 from .errors import DoubleFreeError, HeapCorruptionError, HeapError, InvalidPointerError
 from .layout import (
     ALLOCATED,
@@ -669,17 +669,15 @@ class Heap(Allocator):
             brk = self.brk
             peak = self.words[C.W_PEAK]
         free_sizes = [*census.free_blocks.values(), *census.cached_blocks.values()]
-        return {
-            "capacity": self.capacity,
-            "heap_bytes": brk + HEADER,
-            "peak_heap_bytes": peak,
-            "live_bytes": census.live_bytes,
-            "live_blocks": census.live_blocks,
-            "free_bytes": sum(free_sizes),
-            "free_blocks": len(free_sizes),
-            "largest_free": max(free_sizes, default=0),
-            "cached_blocks": len(census.cached_blocks),
-        }
+        return stats_record(
+            self.capacity,
+            brk + HEADER,
+            peak,
+            census.live_bytes,
+            census.live_blocks,
+            free_sizes,
+            len(census.cached_blocks),
+        )
 
     def blocks(self) -> list[tuple[int, int, bool]]:
         """Every block as (payload offset, block size, allocated), in address order."""
