@@ -5,9 +5,11 @@ and committed by the OS as it is touched:
 
 - ``AnonymousRegion``: a private anonymous mapping (``MAP_NORESERVE``), the
   memory of a private heap;
-- ``SharedRegion``: a named POSIX shared-memory object, mapped shared, that any
-  process may attach to by name;
-- ``FileRegion``: a file mapped shared, so that the heap persists in it.
+- ``FileRegion``: a file mapped shared: every process that maps the file
+  sees the same bytes, and they stay in the file after the last one unmaps it;
+- ``SharedRegion``: a named POSIX shared-memory object, which on Linux is a
+  ``FileRegion`` over a file of ``/dev/shm`` (memory, not disk), that any
+  process may attach to by name.
 
 Each exposes ``buf`` (the mmap), ``words`` (the same bytes as native 8-byte
 unsigned words) and ``release(start, end)``, which hands whole pages inside
@@ -99,7 +101,36 @@ def _shm_path(name: str) -> str:
     return os.path.join(_SHM_DIR, name)
 
 
-class SharedRegion(Region):
+class FileRegion(Region):
+    """A file mapped shared (``MAP_SHARED``), made from the mapping of an open file.
+
+    Stores reach the file through the page cache: other processes that map
+    it see them at once, and the kernel writes them to the disk later, or
+    when ``flush()`` asks.
+    """
+
+    def __init__(self, path: str, buf: mmap.mmap, name: str | None = None) -> None:
+        super().__init__(buf)
+        self.path = path
+        self.name = path if name is None else name
+        self._punch = getattr(mmap, "MADV_REMOVE", None)
+
+    def _discard(self, start: int, length: int) -> None:
+        # MADV_REMOVE frees the file's blocks (DONTNEED would only unmap them
+        # from this process). A filesystem that cannot punch holes keeps them:
+        # nothing relies on released pages reading as zeros.
+        if self._punch is not None:
+            try:
+                self.buf.madvise(self._punch, start, length)
+            except OSError:
+                self._punch = None
+
+    def flush(self) -> None:
+        """Write the mapping's dirty pages to the file and wait (``msync(MS_SYNC)``)."""
+        self.buf.flush()
+
+
+class SharedRegion(FileRegion):
     """A named POSIX shared-memory object mapped shared.
 
     On Linux, POSIX shared-memory objects are the files of ``/dev/shm``; this
@@ -108,8 +139,7 @@ class SharedRegion(Region):
     """
 
     def __init__(self, name: str, buf: mmap.mmap) -> None:
-        super().__init__(buf)
-        self.name = name
+        super().__init__(_shm_path(name), buf, name)
 
     @classmethod
     def create(cls, name: str, size: int) -> SharedRegion:
@@ -142,11 +172,6 @@ class SharedRegion(Region):
             os.close(fd)
         return cls(name, buf)
 
-    def _discard(self, start: int, length: int) -> None:
-        # Shared pages are freed with MADV_REMOVE; DONTNEED would only unmap
-        # them from this process.
-        self.buf.madvise(getattr(mmap, "MADV_REMOVE", mmap.MADV_DONTNEED), start, length)
-
     def unlink(self) -> None:
         """Remove the name; the memory goes away when the last user unmaps it."""
         unlink_shared(self.name or "")
@@ -169,32 +194,3 @@ def list_shared() -> list[str]:
         return sorted(os.listdir(_SHM_DIR))
     except FileNotFoundError:
         return []
-
-
-class FileRegion(Region):
-    """A regular file mapped shared; the heap persists in the file."""
-
-    def __init__(self, path: str | os.PathLike[str], size: int | None = None) -> None:
-        self.path = os.fspath(path)
-        exists = os.path.exists(self.path)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            current = os.fstat(fd).st_size
-            if size is None:
-                if not exists or current == 0:
-                    raise ValueError(f"{self.path}: a new heap file needs a size")
-                size = current
-            size = _check_size(size)
-            if current < size:
-                os.ftruncate(fd, size)  # sparse: blocks are allocated as touched
-            buf = mmap.mmap(fd, max(size, current), flags=mmap.MAP_SHARED)
-        finally:
-            os.close(fd)
-        super().__init__(buf)
-        self.name = self.path
-
-    def _discard(self, start: int, length: int) -> None:
-        self.buf.madvise(getattr(mmap, "MADV_REMOVE", mmap.MADV_DONTNEED), start, length)
-
-    def flush(self) -> None:
-        self.buf.flush()
