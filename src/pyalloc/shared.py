@@ -86,7 +86,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from types import TracebackType
-from typing import Any, Final, NoReturn, cast
+from typing import Any, Final, NoReturn, Self, cast
 
 from . import control as C
 from .allocator import check_size
@@ -95,9 +95,9 @@ from .heap import DEFAULT_CAPACITY, Heap
 from .journal import DEFAULT_SLOTS, ENTRY_BYTES, Journal
 from .layout import HEADER
 from .policies import policy_by_id, policy_class
-from .regions import Region, SharedRegion, Words, _shm_path, list_shared, page_round_up
+from .regions import FileRegion, Region, Words, _shm_path, list_shared, page_round_up
 
-__all__ = ["SharedHeap", "SharedNames", "describe_segment", "list_heaps"]
+__all__ = ["SharedHeap", "SharedNames", "describe_file", "describe_segment", "list_heaps"]
 
 SHARED_MAGIC: Final = int.from_bytes(b"pyashare", "little")
 SHARED_VERSION: Final = 1
@@ -123,16 +123,16 @@ _NAME_ENTRY = struct.Struct("<QQ")  # pointer, key length; then the key, padded 
 # -- the segment -------------------------------------------------------------------
 
 
-class _Segment(SharedRegion):
-    """The heap's segment. Inside a transaction, pages to give back are only noted.
+class _Segment(FileRegion):
+    """The heap's file. Inside a transaction, pages to give back are only noted.
 
     A trim gives back the pages above the new break; if the transaction were
     then undone, the old break would come back over zeroed pages. So pages are
     given back only once the transaction has committed.
     """
 
-    def __init__(self, name: str, buf: Any) -> None:
-        super().__init__(name, buf)
+    def __init__(self, path: str, buf: Any, name: str) -> None:
+        super().__init__(path, buf, name)
         self.in_transaction = False
         self.deferred: list[tuple[int, int]] = []
 
@@ -146,21 +146,23 @@ class _Segment(SharedRegion):
         deferred = self.deferred
         while deferred:
             start, length = deferred.pop()
-            SharedRegion._discard(self, start, length)
+            FileRegion._discard(self, start, length)
 
 
-def _read_control(fd: int, name: str) -> tuple[list[int], int]:
-    """The control words and the size of the open segment ``fd``, read without mapping."""
+def _read_control(fd: int, what: str) -> tuple[list[int], int]:
+    """The control words and the size of the open file ``fd``, read without mapping.
+
+    ``what`` names the file in messages ("shared-memory segment 'jobs'").
+    """
     size = os.fstat(fd).st_size
     data = os.pread(fd, C.CONTROL_WORDS * 8, 0)
     if len(data) < C.CONTROL_WORDS * 8:
-        raise HeapError(f"shared-memory segment {name!r} is not a pyalloc heap (too small)")
+        raise HeapError(f"{what} is not a pyalloc heap (too small)")
     return list(struct.unpack(f"={C.CONTROL_WORDS}Q", data)), size
 
 
-def _check_control(words: list[int], size: int, name: str) -> None:
-    """Refuse a segment that is not a shared heap this version can use."""
-    what = f"shared-memory segment {name!r}"
+def _check_control(words: list[int], size: int, what: str) -> None:
+    """Refuse a file that is not a shared heap this version can use."""
     if words[C.W_MAGIC] != C.MAGIC:
         raise HeapError(f"{what} is not a pyalloc heap (bad magic number)")
     version = words[C.W_FORMAT] & 0xFFFF
@@ -170,7 +172,10 @@ def _check_control(words: list[int], size: int, name: str) -> None:
             f"this pyalloc reads version {C.FORMAT_VERSION}"
         )
     if words[W_SHARED_MAGIC] != SHARED_MAGIC:
-        raise HeapError(f"{what} holds a pyalloc heap that was not made by SharedHeap.create")
+        raise HeapError(
+            f"{what} holds a pyalloc heap that was not made by SharedHeap.create "
+            "or MappedHeap.create"
+        )
     if words[W_SHARED_VERSION] != SHARED_VERSION:
         raise HeapError(
             f"{what} holds a shared heap of layout version {words[W_SHARED_VERSION]}; "
@@ -199,12 +204,26 @@ def describe_segment(name: str) -> dict[str, Any] | None:
     and writes nothing, so it is safe on any segment.
     """
     try:
-        fd = os.open(_shm_path(name), os.O_RDONLY | os.O_CLOEXEC)
-    except (OSError, ValueError):
+        path = _shm_path(name)
+    except ValueError:
+        return None
+    return describe_file(path, name)
+
+
+def describe_file(path: str, name: str | None = None) -> dict[str, Any] | None:
+    """``describe_segment`` of the file at ``path`` (a heap file or a segment).
+
+    ``name`` is the ``"name"`` reported; the path unless given.
+    """
+    if name is None:
+        name = path
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
         return None
     try:
-        words, size = _read_control(fd, name)
-        _check_control(words, size, name)
+        words, size = _read_control(fd, repr(name))
+        _check_control(words, size, repr(name))
     except (HeapError, OSError):
         return None
     finally:
@@ -459,13 +478,34 @@ class SharedHeap(Heap):
         *,
         policy: str = "segregated",
         journal_slots: int = DEFAULT_SLOTS,
-    ) -> SharedHeap:
+    ) -> Self:
         """Make a new shared heap named ``name``; FileExistsError if the name is taken.
 
         The heap is built under a temporary name and linked to ``name`` only
         when complete, so no process can attach to a half-made heap.
         """
-        path = _shm_path(name)
+        return cls._create_file(_shm_path(name), name, capacity, policy, journal_slots)
+
+    @classmethod
+    def attach(cls, name: str) -> Self:
+        """Attach to the shared heap ``name``.
+
+        FileNotFoundError if there is no such segment; HeapError if it is not
+        a shared heap this version can use. A refused segment is not written.
+        """
+        return cls._open_file(_shm_path(name), name)
+
+    # A /dev/shm segment is a file on tmpfs: everything below works on any
+    # file path. ``_KIND`` names the file in messages, ``_DURABLE`` asks create
+    # to sync the new file and its directory entry to the disk.
+    _KIND = "shared-memory segment"
+    _DURABLE = False
+
+    @classmethod
+    def _create_file(
+        cls, path: str, name: str, capacity: int, policy: str, journal_slots: int
+    ) -> Self:
+        """Make the heap file ``path``, reported as ``name``; refuse an existing one."""
         capacity = check_size(capacity, "capacity")
         journal_slots = check_size(journal_slots, "journal_slots")
         if journal_slots < 64:
@@ -474,22 +514,31 @@ class SharedHeap(Heap):
         cls.layout_size(capacity, policy_cls)
         journal = page_round_up(capacity)
         size = journal + page_round_up(journal_slots * ENTRY_BYTES)
+        directory, base = os.path.split(path)
         token = f"{os.getpid()}.{secrets.token_hex(4)}"
-        building = os.path.join(os.path.dirname(path), f".{name}.{token}{_BUILDING_SUFFIX}")
+        building = os.path.join(directory, f".{base}.{token}{_BUILDING_SUFFIX}")
         fd = os.open(building, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         region: _Segment | None = None
         lock_fd = -1
         try:
             os.ftruncate(fd, size)
-            region = _Segment(name, _map(fd, size))
+            region = _Segment(path, _map(fd, size), name)
             cls._format(region, capacity, policy_cls)
             words = region.words
             words[W_SHARED_VERSION] = SHARED_VERSION
             words[W_JOURNAL] = journal
             words[W_JOURNAL_SLOTS] = journal_slots
             words[W_SHARED_MAGIC] = SHARED_MAGIC
+            if cls._DURABLE:
+                region.flush()
+                os.fsync(fd)
             lock_fd = _reopen(fd)
-            os.link(building, path)  # atomic, and refuses an existing name
+            try:
+                os.link(building, path)  # atomic, and refuses an existing name
+            except FileExistsError:
+                raise FileExistsError(f"{cls._KIND} {name!r} already exists") from None
+            if cls._DURABLE:
+                _fsync_directory(directory)
         except BaseException:
             if lock_fd >= 0:
                 os.close(lock_fd)
@@ -502,21 +551,17 @@ class SharedHeap(Heap):
         return cls._from_segment(region, lock_fd)
 
     @classmethod
-    def attach(cls, name: str) -> SharedHeap:
-        """Attach to the shared heap ``name``.
-
-        FileNotFoundError if there is no such segment; HeapError if it is not
-        a shared heap this version can use. A refused segment is not written.
-        """
-        path = _shm_path(name)
+    def _open_file(cls, path: str, name: str) -> Self:
+        """Attach to the heap file ``path``, reported as ``name``; write nothing if refused."""
+        what = f"{cls._KIND} {name!r}"
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise FileNotFoundError(f"no shared-memory segment named {name!r}") from None
+            raise FileNotFoundError(f"no {cls._KIND} named {name!r}") from None
         try:
-            words, size = _read_control(fd, name)
-            _check_control(words, size, name)
-            region = _Segment(name, _map(fd, size))
+            words, size = _read_control(fd, what)
+            _check_control(words, size, what)
+            region = _Segment(path, _map(fd, size), name)
             try:
                 lock_fd = _reopen(fd)
             except BaseException:
@@ -527,7 +572,7 @@ class SharedHeap(Heap):
         return cls._from_segment(region, lock_fd)
 
     @classmethod
-    def _from_segment(cls, region: _Segment, fd: int) -> SharedHeap:
+    def _from_segment(cls, region: _Segment, fd: int) -> Self:
         heap = cls.__new__(cls)
         heap.name = region.name or ""
         heap._lock_fd = fd
@@ -740,13 +785,15 @@ class SharedHeap(Heap):
 
     def unlink(self) -> None:
         """Remove the segment's name; attached processes keep their mapping."""
-        path = _shm_path(self.name)
+        path = self._segment.path
         try:
-            inode = os.stat(path).st_ino
+            st = os.stat(path)
         except FileNotFoundError:
-            raise FileNotFoundError(f"no shared-memory segment named {self.name!r}") from None
-        if not self._closed and inode != os.fstat(self._lock.fd).st_ino:
-            raise FileNotFoundError(f"the name {self.name!r} now belongs to another segment")
+            raise FileNotFoundError(f"no {self._KIND} named {self.name!r}") from None
+        if not self._closed:
+            mine = os.fstat(self._lock.fd)
+            if (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino):
+                raise FileNotFoundError(f"the name {self.name!r} now belongs to another file")
         os.unlink(path)
 
     def close(self) -> None:
@@ -767,7 +814,7 @@ class SharedHeap(Heap):
         except BufferError:
             pass  # arrays or views are alive; the mapping goes with the last of them
 
-    def __reduce__(self) -> tuple[Callable[[str], SharedHeap], tuple[str]]:
+    def __reduce__(self) -> tuple[Callable[[str], Self], tuple[str]]:
         return (type(self).attach, (self.name,))
 
     def __repr__(self) -> str:
@@ -875,8 +922,17 @@ def _map(fd: int, size: int) -> Any:
     import mmap
 
     if size <= 0:
-        raise HeapError("the shared-memory segment is empty")
+        raise HeapError("the heap's file is empty")
     return mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make a new name in ``directory`` durable."""
+    fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _check_name(key: object) -> None:
