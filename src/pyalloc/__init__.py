@@ -8,6 +8,7 @@ from .allocators import ALL_POLICIES, make_heap
 from .buddy import BuddyHeap
 from .errors import DoubleFreeError, HeapCorruptionError, HeapError, InvalidPointerError
 from .heap import POLICIES, Heap
+from .mapped import MappedHeap
 from .shared import SharedHeap
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ __all__ = [
     "Heap",
     "HeapError",
     "InvalidPointerError",
+    "MappedHeap",
     "Pool",
     "SharedHeap",
     "make_heap",
