@@ -7,6 +7,10 @@ Subcommands::
     pyalloc shm check NAME            walk a heap; exit status 1 if it is corrupted
     pyalloc shm rm NAME [--force]     remove a heap's segment
 
+For info, check and rm, a NAME with a '/' in it (``./jobs.heap``,
+``/var/lib/app/heap``) is the path of a heap file (``MappedHeap``); segment
+names never hold one.
+
 Each command is one function, ``add_<command>(subcommands)``, that adds its
 parser and sets ``run`` on it: a function of the parsed arguments that
 returns the exit status. ``COMMANDS`` lists them; adding a command is writing
@@ -33,14 +37,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, TextIO
 
 from .errors import HeapCorruptionError, HeapError
+from .mapped import MappedHeap
 from .regions import list_shared, unlink_shared
-from .shared import SharedHeap, describe_segment, list_heaps
+from .shared import SharedHeap, describe_file, describe_segment, list_heaps
 from .trace.bench import (
     JSON_KEYS,
     SYSTEM_ALLOCATORS,
@@ -114,8 +120,14 @@ def shm_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_path(name: str) -> bool:
+    return "/" in name
+
+
 def _attach(name: str) -> SharedHeap | str:
     try:
+        if _is_path(name):
+            return MappedHeap.open(name)
         return SharedHeap.attach(name)
     except (HeapError, OSError, ValueError) as e:
         return str(e)
@@ -175,10 +187,16 @@ def shm_check(args: argparse.Namespace) -> int:
 
 
 def shm_rm(args: argparse.Namespace) -> int:
-    if describe_segment(args.name) is None and not args.force:
-        return _fail(f"{args.name} is not a pyalloc shared heap; use --force to remove it anyway")
+    name = args.name
+    path = _is_path(name)
+    info = describe_file(name) if path else describe_segment(name)
+    if info is None and not args.force:
+        return _fail(f"{name} is not a pyalloc shared heap; use --force to remove it anyway")
     try:
-        unlink_shared(args.name)
+        if path:
+            os.unlink(name)
+        else:
+            unlink_shared(name)
     except (OSError, ValueError) as e:
         return _fail(str(e))
     return 0
@@ -193,16 +211,16 @@ def add_shm(subcommands: Subcommands) -> None:
     p.set_defaults(run=shm_list)
 
     p = actions.add_parser("info", help="statistics and named blocks of a shared heap")
-    p.add_argument("name")
+    p.add_argument("name", help="a segment's name, or a heap file's path (with a '/')")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=shm_info)
 
     p = actions.add_parser("check", help="walk a shared heap; exit status 1 if corrupted")
-    p.add_argument("name")
+    p.add_argument("name", help="a segment's name, or a heap file's path (with a '/')")
     p.set_defaults(run=shm_check)
 
-    p = actions.add_parser("rm", help="remove a shared heap's segment")
-    p.add_argument("name")
+    p = actions.add_parser("rm", help="remove a shared heap's segment or file")
+    p.add_argument("name", help="a segment's name, or a heap file's path (with a '/')")
     p.add_argument("--force", action="store_true", help="remove it even if it is not a heap")
     p.set_defaults(run=shm_rm)
 
