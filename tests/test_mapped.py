@@ -317,7 +317,7 @@ class CountedHeap(MappedHeap):
 
 
 def coalescing_free(h: MappedHeap, ptr: dict[str, int]) -> None:
-    h._free(ptr["C"])
+    h._free(ptr["E"])
 
 
 def moving_realloc(h: MappedHeap, ptr: dict[str, int]) -> None:
@@ -337,7 +337,8 @@ OPERATIONS: dict[str, tuple[Callable[[MappedHeap, dict[str, int]], None], bool]]
 
 
 def prepare(path: Path) -> tuple[dict[str, int], dict[int, bytes]]:
-    """A, B between live blocks, C between two holes, a name; all stamped."""
+    """Blocks A to G, D and F freed: B is boxed in by live blocks, E lies between
+    two holes. A is named. Returns the live blocks by label, and their bytes."""
     with MappedHeap.create(path, CAPACITY) as h:
         ptr: dict[str, int] = {}
         for i, label in enumerate("ABCDEFG"):
