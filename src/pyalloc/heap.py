@@ -186,6 +186,7 @@ class Heap(Allocator):
         self._cache_limit = 0
         self._cache: list[list[int]] = [[] for _ in range(CACHE_MAX_BLOCK >> 4)]
         self._cached: set[int] = set()
+        self._cache_used: set[int] = set()  # bins that may hold blocks
         if not lock:
             self._unlocked_entry_points()
 
@@ -331,7 +332,26 @@ class Heap(Allocator):
         if need < CACHE_MAX_BLOCK:
             cached = self._cache[need >> 4]
             if cached:
-                return self._reuse(cached.pop(), need, size)
+                # Hand the cached block out again: its header must still be
+                # the allocated header of a block of this size.
+                p = cached.pop()
+                self._cached.discard(p)
+                b = p - HEADER
+                key = self.header_key
+                secret = self.tag_secret
+                plain = self.words[b >> 3] ^ key
+                body = plain & BODY_MASK
+                if (
+                    plain >> TAG_SHIFT != hash((body & TAGGED_MASK, b ^ secret)) & TAG_MASK
+                    or body & (SIZE_MASK | ALLOCATED) != need | ALLOCATED
+                ):
+                    raise HeapCorruptionError(f"header of cached free block {p} is corrupted")
+                prev_bit = body & PREV_ALLOCATED
+                body = need | ALLOCATED | (need - HEADER - size) << SLACK_SHIFT
+                self.words[b >> 3] = (
+                    body | prev_bit | (hash((body, b ^ secret)) & TAG_MASK) << TAG_SHIFT
+                ) ^ key
+                return p
         found = self.policy.take(need)
         if found is None:
             if not self._cached:
@@ -365,39 +385,36 @@ class Heap(Allocator):
         ) ^ key
         return b + HEADER
 
-    def _reuse(self, p: int, need: int, size: int) -> int:
-        """Hand out the cached block ``p`` of ``need`` bytes again."""
-        self._cached.discard(p)
-        b = p - HEADER
-        body = self._header(b)
-        if body < 0 or body & (SIZE_MASK | ALLOCATED) != need | ALLOCATED:
-            raise HeapCorruptionError(f"header of cached free block {p} is corrupted")
-        self._set_header(b, _allocated_body(need, size, body & PREV_ALLOCATED))
-        return p
-
     def _flush_cache(self) -> None:
         """Free every cached block for real, coalescing it with its neighbours."""
         cached = self._cached
-        for bin_ in self._cache:
+        cache = self._cache
+        for i in sorted(self._cache_used):
+            bin_ = cache[i]
             while bin_:
                 p = bin_.pop()
                 cached.discard(p)
                 self._release(p - HEADER, self._live_header(p))
-
-    def _top_free_block(self) -> int:
-        """Offset of the free block ending at the break, or 0."""
-        brk = self.brk
-        epilogue = self._header(brk)
-        if epilogue < 0:
-            raise HeapCorruptionError("the heap's epilogue header is corrupted")
-        if epilogue & PREV_ALLOCATED:
-            return 0
-        return self._free_predecessor(brk)
+        self._cache_used.clear()
 
     def _extend(self, need: int, size: int) -> int:
-        """Serve ``need`` bytes by moving the break; return the block's offset."""
+        """Serve ``need`` bytes by moving the break; return the block's offset.
+
+        A free block at the top is extended rather than left behind. The
+        header checks and writes are inlined: on a growing heap this is
+        malloc's common path.
+        """
+        words = self.words
+        key = self.header_key
+        secret = self.tag_secret
         brk = self.brk
-        top = self._top_free_block()
+        plain = words[brk >> 3] ^ key
+        body = plain & BODY_MASK
+        if plain >> TAG_SHIFT != hash((body & TAGGED_MASK, brk ^ secret)) & TAG_MASK or (
+            body & TAGGED_MASK != ALLOCATED
+        ):
+            raise HeapCorruptionError("the heap's epilogue header is corrupted")
+        top = 0 if body & PREV_ALLOCATED else self._free_predecessor(brk)
         b = top or brk
         new_brk = b + need
         if new_brk + HEADER > self.capacity:
@@ -408,9 +425,20 @@ class Heap(Allocator):
         if top:
             self.policy.remove(top, brk - top)
         # New epilogue first: the block below it is never left without one.
-        self._set_header(new_brk, ALLOCATED | PREV_ALLOCATED)
-        self._set_header(b, _allocated_body(need, size))
-        self._set_brk(new_brk)
+        words[new_brk >> 3] = (
+            ALLOCATED
+            | PREV_ALLOCATED
+            | (hash((ALLOCATED, new_brk ^ secret)) & TAG_MASK) << TAG_SHIFT
+        ) ^ key
+        body = need | ALLOCATED | (need - HEADER - size) << SLACK_SHIFT
+        words[b >> 3] = (
+            body | PREV_ALLOCATED | (hash((body, b ^ secret)) & TAG_MASK) << TAG_SHIFT
+        ) ^ key
+        # _set_brk(new_brk), inlined
+        self.brk = new_brk
+        words[C.W_BRK] = new_brk
+        if new_brk + HEADER > words[C.W_PEAK]:
+            words[C.W_PEAK] = new_brk + HEADER
         return b
 
     # -- free ------------------------------------------------------------------
@@ -447,6 +475,7 @@ class Heap(Allocator):
                 # of this size (as glibc's tcache does); flushed before growth.
                 cached.append(p)
                 self._cached.add(p)
+                self._cache_used.add(size >> 4)
                 return
         if not body & PREV_ALLOCATED:
             self._release(b, body)  # a merge with the predecessor
@@ -464,20 +493,50 @@ class Heap(Allocator):
         words[(n - 8) >> 3] = word
 
     def _release(self, b: int, body: int) -> None:
-        """Turn the allocated block ``b`` into free space, coalescing both ways."""
+        """Turn the allocated block ``b`` into free space, coalescing both ways.
+
+        The checks of _next_header, _free_predecessor and _free_neighbour are
+        inlined (this is free's common path); when one fails, the helper is
+        called to raise its precise error.
+        """
+        words = self.words
+        key = self.header_key
+        secret = self.tag_secret
+        brk = self.brk
         size = body & SIZE_MASK
         n = b + size
-        nbody = self._next_header(n)
+        nword = words[n >> 3]
+        nplain = nword ^ key
+        nbody = nplain & BODY_MASK
+        if (
+            nplain >> TAG_SHIFT != hash((nbody & TAGGED_MASK, n ^ secret)) & TAG_MASK
+            or not nbody & PREV_ALLOCATED
+        ):
+            self._next_header(n)
         start = b
         total = size
         pb = 0
         if not body & PREV_ALLOCATED:
-            pb = self._free_predecessor(b)
+            footer = words[(b - 8) >> 3]
+            fplain = footer ^ key
+            pbody = fplain & BODY_MASK
+            psize = pbody & SIZE_MASK
+            pb = b - psize
+            if (
+                psize < MIN_BLOCK
+                or pbody & ALLOCATED
+                or pb < self.heap_start
+                or words[pb >> 3] != footer
+                or fplain >> TAG_SHIFT != hash((pbody & TAGGED_MASK, pb ^ secret)) & TAG_MASK
+            ):
+                pb = self._free_predecessor(b)
             start = pb
             total += b - pb
         nsize = 0
         if not nbody & ALLOCATED:  # the epilogue is allocated, so n < brk here
-            nsize = self._free_neighbour(n, nbody)
+            nsize = nbody & SIZE_MASK
+            if nsize < MIN_BLOCK or n + nsize > brk or words[(n + nsize - 8) >> 3] != nword:
+                self._free_neighbour(n, nbody)
             total += nsize
             if pb:
                 self.policy.validate(n, nsize)
@@ -486,16 +545,22 @@ class Heap(Allocator):
         if pb:
             policy.remove(pb, b - pb)
             # Mark the absorbed header free so that a second free of p is refused as such.
-            self._set_header(b, size | PREV_ALLOCATED)
+            words[b >> 3] = (
+                size | PREV_ALLOCATED | (hash((size, b ^ secret)) & TAG_MASK) << TAG_SHIFT
+            ) ^ key
         if nsize:
             policy.remove(n, nsize)
         else:
-            self._set_header(n, nbody & ~PREV_ALLOCATED)
-        end = start + total
-        if end == self.brk and total >= TRIM_THRESHOLD:
+            words[n >> 3] = nword ^ PREV_ALLOCATED  # the bit was checked set above
+        if start + total == brk and total >= TRIM_THRESHOLD:
             self._trim(start, total)
             return
-        self._set_free(start, total)
+        # _set_free(start, total), inlined
+        word = (
+            total | PREV_ALLOCATED | (hash((total, start ^ secret)) & TAG_MASK) << TAG_SHIFT
+        ) ^ key
+        words[start >> 3] = word
+        words[(start + total - 8) >> 3] = word
         policy.insert(start, total)
 
     def _trim(self, start: int, total: int) -> None:
