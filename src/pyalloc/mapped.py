@@ -18,25 +18,29 @@ flush       ``msync`` of the whole mapping, then ``fsync``: the stores made so
 What survives what::
 
     process killed (SIGKILL, at any instruction)
-        everything: its stores are in the page cache, which the kernel owns.
-        An operation it had begun is undone from the journal by the next
-        process to take the lock, whether that is now or after a reopen.
+        every store it made: they are in the page cache, which the kernel
+        owns. An operation it had begun is undone from the journal by the
+        next process to take the lock, now or after a reopen; the blocks it
+        held are leaked, as in any shared heap.
     machine crash (power loss, kernel panic)
-        only what a completed flush() wrote, and only if nothing was stored
-        after it: the kernel writes dirty pages back in no particular order,
-        so stores made after the last flush may reach the disk in part, and
-        the file may then hold a heap that does not walk (check() says so).
+        if nothing was stored since the last completed flush(), the heap as
+        flushed. Otherwise a mixture: the kernel writes dirty pages back
+        when and in what order it likes, so any part of the later stores may
+        be on the disk. The journal does not help (its pages are written
+        back unordered too); check() finds a torn structure, not torn
+        payload bytes.
         create() syncs the new file and its name: a crash right after it
-        leaves an empty heap, never a half-made one.
+        leaves an empty heap or no file, never a half-made heap.
 
 Limits: the file must be on a local filesystem that supports hard links
 (create links the finished file into place), ``flock`` (NFS emulates it with
 POSIX locks, which a process loses when it closes any descriptor of the
 file) and shared writable mappings. Truncating a heap file while a process
 has it mapped kills that process (SIGBUS) when it next touches the lost
-pages. A heap file is read only by a pyalloc of the same format and a Python
-whose hash of tuples of ints is the same (CPython 3.8 and later, 64-bit);
-any other is refused with HeapError, as is a file of another byte order.
+pages. Header tags are computed with Python's hash of a tuple of ints, and
+the control record keeps a probe of it: a file written by a Python whose
+hash differs is refused with HeapError, as is one of another pyalloc format
+version or byte order.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ A shared heap is the engine of ``heap.py`` over a named segment of
 (a payload offset) means the same block everywhere and can be passed through
 a queue, a pipe or the heap's own directory of names.
 
+A segment is a file on tmpfs, and nothing below depends on that: making and
+attaching (``_create_file``, ``_open_file``) take any path, and
+``mapped.MappedHeap`` is this class over a file the caller names.
+
 Glossary
 --------
 segment     the ``/dev/shm`` file holding the heap; its name is the heap's.
