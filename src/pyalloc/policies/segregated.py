@@ -60,6 +60,12 @@ def size_class(size: int) -> int:
     return EXACT_CLASSES + ((f - EXACT_SHIFT) << SUB_SHIFT) + ((size >> (f - SUB_SHIFT)) & SUB_MASK)
 
 
+# size_class of every block size below TABLE_LIMIT, indexed by size >> 4: the
+# hot paths look a class up here instead of calling size_class.
+TABLE_LIMIT: Final = 1 << 16
+CLASS_OF: Final = bytes(size_class(s << 4) for s in range(TABLE_LIMIT >> 4))
+
+
 class Segregated(LinkedLists):
     name = "segregated"
     policy_id = 1
@@ -101,15 +107,16 @@ class Segregated(LinkedLists):
         return c + (above & -above).bit_length() - 1
 
     def insert(self, b: int, size: int) -> None:
-        c = size >> 4 if size < 1 << EXACT_SHIFT else size_class(size)
+        c = CLASS_OF[size >> 4] if size < TABLE_LIMIT else size_class(size)
         if self.push(self.base + c, b):
             self.words[self.bitmap_base + (c >> 6)] |= 1 << (c & 63)
 
     def validate(self, b: int, size: int) -> None:
-        self.neighbours(self.base + (size >> 4 if size < 1 << EXACT_SHIFT else size_class(size)), b)
+        c = CLASS_OF[size >> 4] if size < TABLE_LIMIT else size_class(size)
+        self.neighbours(self.base + c, b)
 
     def remove(self, b: int, size: int) -> None:
-        c = size >> 4 if size < 1 << EXACT_SHIFT else size_class(size)
+        c = CLASS_OF[size >> 4] if size < TABLE_LIMIT else size_class(size)
         head = self.base + c
         self.unlink(head, b)
         if not self.words[head]:
@@ -122,9 +129,9 @@ class Segregated(LinkedLists):
             if words[self.base + c]:  # an exact fit
                 return self._pop(c, need)
         else:
-            c = size_class(need)
+            c = CLASS_OF[need >> 4] if need < TABLE_LIMIT else size_class(need)
             if words[self.base + c]:
-                b = self.find(need)
+                b = self.find(need, c)
                 if b:
                     size = self.heap.free_block_size(b)
                     self.remove(b, size)
@@ -142,8 +149,8 @@ class Segregated(LinkedLists):
             self.words[self.bitmap_base + (c >> 6)] &= ~(1 << (c & 63)) & 0xFFFFFFFFFFFFFFFF
         return found
 
-    def find(self, need: int) -> int:
-        """Best fit among the first BEST_FIT_SCAN blocks of need's own class.
+    def find(self, need: int, c: int = -1) -> int:
+        """Best fit among the first BEST_FIT_SCAN blocks of need's own class ``c``.
 
         The scan reads sizes without checking tags (a cheap range check keeps
         it inside the heap); the block it picks is checked in full by
@@ -157,7 +164,7 @@ class Segregated(LinkedLists):
         link_key = self.link_key
         best = 0
         best_size = 0
-        b = words[self.base + size_class(need)]
+        b = words[self.base + (size_class(need) if c < 0 else c)]
         for _ in range(BEST_FIT_SCAN):
             if not (lo <= b < hi and b & 15 == 8):
                 if b:
