@@ -202,7 +202,7 @@ def test_arrays_persist(path: Path) -> None:
         del b
 
 
-def test_a_shared_memory_segment_is_a_heap_file(tmp_path: Path) -> None:
+def test_a_shared_memory_segment_is_a_heap_file() -> None:
     # Same layout: a SharedHeap's segment opens as a heap file, and back.
     name = f"pyalloc-test-{uuid.uuid4().hex}"
     shared = SharedHeap.create(name, CAPACITY)
