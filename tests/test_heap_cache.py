@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pyalloc import DoubleFreeError, Heap, HeapCorruptionError
-from pyalloc.heap import CACHE_LIMIT, CACHE_MAX_BLOCK
+from pyalloc.heap import CACHE_LIMIT, CACHE_MAX_BLOCK, FLUSH_BEFORE_SPLIT
 
 
 @pytest.fixture
@@ -87,6 +87,37 @@ def test_cached_blocks_are_coalesced_before_the_heap_grows(heap: Heap) -> None:
     big = heap.malloc(100 * CACHE_LIMIT)
     assert heap.stats()["heap_bytes"] == before
     assert big < fence
+    heap.check()
+
+
+def test_cached_blocks_are_coalesced_before_a_large_block_is_split(heap: Heap) -> None:
+    a, b = heap.malloc(64), heap.malloc(64)
+    heap.malloc(16)  # keeps a and b apart from the large block
+    large = heap.malloc(2 * FLUSH_BEFORE_SPLIT)
+    heap.malloc(16)  # and the large block off the top of the heap
+    heap.free(large)
+    heap.free(a)
+    heap.free(b)
+    assert heap.stats()["cached_blocks"] == 2
+    before = heap.stats()["heap_bytes"]
+    # No cached block has this size; a and b merged hold it, the large block too.
+    p = heap.malloc(120)
+    assert p == a
+    assert heap.stats()["cached_blocks"] == 0
+    # The large block is whole: the same request gets it back without growth.
+    assert heap.malloc(2 * FLUSH_BEFORE_SPLIT) == large
+    assert heap.stats()["heap_bytes"] == before
+    heap.check()
+
+
+def test_a_small_split_keeps_the_cache(heap: Heap) -> None:
+    a = heap.malloc(64)
+    spare = heap.malloc(FLUSH_BEFORE_SPLIT // 2)
+    heap.malloc(16)
+    heap.free(spare)
+    heap.free(a)
+    heap.malloc(120)  # cut from the spare block, which leaves less than the limit
+    assert heap.stats()["cached_blocks"] == 1
     heap.check()
 
 

@@ -62,6 +62,7 @@ from .regions import AnonymousRegion, Region, Words
 DEFAULT_CAPACITY: Final = 256 << 20
 CACHE_LIMIT: Final = 16  # freed blocks kept per size in the cache ...
 CACHE_MAX_BLOCK: Final = 1 << 10  # ... for block sizes below this
+FLUSH_BEFORE_SPLIT: Final = 1 << 13  # the cache is flushed before a split leaving this much
 TRIM_THRESHOLD: Final = 1 << 18  # a free top block this large is trimmed ...
 TOP_PAD: Final = 1 << 16  # ... down to this many bytes
 M64: Final = (1 << 64) - 1
@@ -82,7 +83,8 @@ class Heap(Allocator):
     default) up to CACHE_LIMIT freed blocks of each size below
     CACHE_MAX_BLOCK are kept aside, their headers unchanged, and handed out
     again to the next request of that size; they go back to the free lists
-    before the heap grows. ``cache=False`` makes every free coalesce at once,
+    before the heap grows and before a block is split with FLUSH_BEFORE_SPLIT
+    bytes or more to spare. ``cache=False`` makes every free coalesce at once,
     which policy comparisons want.
     """
 
@@ -362,6 +364,16 @@ class Heap(Allocator):
             if found is None:
                 return self._extend(need, size) + HEADER
         b, have = found
+        if have - need >= FLUSH_BEFORE_SPLIT and self._cached:
+            # Cutting a small request out of a large block while cached blocks
+            # sit uncoalesced breaks up the space a later large request needs;
+            # coalesced, the cached blocks may serve this one instead.
+            self.policy.insert(b, have)
+            self._flush_cache()
+            found = self.policy.take(need)
+            if found is None:
+                raise HeapCorruptionError(f"free block {b + 8} vanished from the free lists")
+            b, have = found
         words = self.words
         secret = self.tag_secret
         key = self.header_key
