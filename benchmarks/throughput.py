@@ -14,8 +14,8 @@ in every column; the ratios therefore understate differences a little.
 
 Each (trace, allocator) pair is timed ``--repeat`` times, the allocators in a
 rotating order within each round so that none is always measured first, and
-the best time is kept.  pyalloc and multiprocessing.heap get a fresh heap for
-every measurement; glibc keeps the process's heap.
+the best time is kept.  pyalloc, multiprocessing.heap and the floors get a
+fresh heap for every measurement; glibc keeps the process's heap.
 
 Utilization (pyalloc only) comes from a separate, untimed replay on a fresh
 heap that also tracks the live payload: peak live payload divided by
@@ -32,6 +32,15 @@ judged on the per-op figures:
     multiprocessing ns/op    >= 4 x pyalloc ns/op
     average utilization      >= 85 %
 
+The floor: a fourth peer, defined here, that does only what every pyalloc
+call must do and nothing more: hold a per-heap ``threading.Lock``, check the
+size's type, bump a break (no reuse, no free lists), write one header word
+tagged and keyed as pyalloc's are per malloc, and check one per free.  Its
+ns/op is a lower bound for any allocator that keeps pyalloc's lock and
+header checks on this interpreter, so ``floor/glibc`` shows how far the
+glibc target can be reached at all.  The same run also times the floor
+without the tag and without the lock (the "floor breakdown").
+
 Traces: the classic malloc-lab traces in ``shared/traces/classic`` beside the
 repository when present, else generated workloads (``--generated`` forces
 them).  Traces with fewer than 100 ops are shown but left out of averages:
@@ -43,8 +52,11 @@ from __future__ import annotations
 import argparse
 import gc
 import math
+import mmap
 import platform
+import secrets
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +91,9 @@ GENERATED_SEED = 1
 PYALLOC = "pyalloc"
 GLIBC = "glibc"
 MULTIPROCESSING = "multiprocessing"
+FLOOR = "floor"
+FLOOR_UNTAGGED = "floor, no tag"
+FLOOR_UNLOCKED = "floor, no lock"
 
 OpTuple = tuple[str, int, int]
 
@@ -98,7 +113,7 @@ class Workload:
 @dataclass
 class Peer:
     label: str
-    make: Callable[[], Any]  # a fresh allocator (or the shared one)
+    make: Callable[[Workload], Any]  # a fresh allocator for a workload (or the shared one)
     release: Callable[[Any, list[int]], None]  # frees what a replay left live
 
 
@@ -177,6 +192,289 @@ def measure_utilization(heap: Any, ops: list[OpTuple], num_ids: int) -> tuple[in
     return peak, peak_heap
 
 
+# -- the floor ------------------------------------------------------------------
+# Header word as in pyalloc.layout: allocated bit 0, size in bits 4-37, tag in
+# bits 44-63; the constants are written out in the hot paths (a global costs a
+# dictionary lookup per use).
+FLOOR_HEAP_START = 8  # the first header: payloads are 16-byte aligned, never 0
+
+
+def floor_block_sizes(workload: Workload) -> list[int]:
+    """The blocks a bump allocator takes replaying ``workload``, in order.
+
+    ``a`` takes a block; ``r`` takes one unless it frees a live block
+    (``realloc(p, 0)``); ``realloc(0, 0)`` is ``malloc(0)``, as in pyalloc.
+    """
+    live = [False] * workload.num_ids
+    sizes: list[int] = []
+    for kind, block_id, size in workload.ops:
+        if kind == "a" or (kind == "r" and (size or not live[block_id])):
+            sizes.append(max((size + 23) & ~15, 32))
+            live[block_id] = True
+        else:
+            live[block_id] = False
+    return sizes
+
+
+def floor_size_error(size: object) -> Exception:
+    if size.__class__ is not int:
+        return TypeError(f"size must be an int, not {type(size).__name__}")
+    return ValueError(f"size must not be negative, got {size}")
+
+
+def floor_header_error(p: int) -> Exception:
+    return ValueError(f"block {p} is not live: freed already, or its header is corrupted")
+
+
+class Floor:
+    """The least a pyalloc call can do: a locked bump allocator with checked headers.
+
+    Every call holds a per-heap ``threading.Lock``, as pyalloc's default
+    heap does (acquire and release in try/finally, as pyalloc's entry points:
+    a ``with`` block costs about twice as much on CPython 3.11).  malloc
+    checks the size's type, rounds it up to a block as pyalloc does, bumps
+    the break and writes one header word:
+    ``(body | tag << 44) ^ header_key`` with pyalloc's tag,
+    ``hash((body, b ^ secret)) & 0xFFFFF``.  Nothing is reused: there are no
+    free lists, no splitting, no coalescing.  free checks that word's tag and
+    allocated bit and stores it back with the bit cleared; the tag is left
+    as it was, so the freed header no longer verifies and a second free
+    fails the check (re-tagging it would cost one more hash, and a bump
+    allocator never reads a freed header otherwise).  The tag check is the
+    only validation of a pointer (pyalloc checks range and alignment first).
+
+    The region holds every block the trace takes, so the break never wraps
+    and every free checks the header its malloc wrote.  It is address space
+    only (1.4 GiB for realloc-bal): the words the headers land in are touched
+    here, before timing, so the replay takes no page faults for them
+    (pyalloc, reusing its blocks, takes few).
+    """
+
+    def __init__(self, block_sizes: Sequence[int]) -> None:
+        self._capacity = FLOOR_HEAP_START + sum(block_sizes)
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
+        self._map = mmap.mmap(-1, self._capacity, flags=flags)
+        self._words = memoryview(self._map).cast("Q")
+        header = FLOOR_HEAP_START
+        for size in block_sizes:
+            self._words[header >> 3] = 0
+            header += size
+        self._brk = FLOOR_HEAP_START
+        self._header_key = secrets.randbits(64)
+        self._tag_secret = secrets.randbits(64)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._words.release()
+        self._map.close()
+
+    def malloc(self, size: int) -> int:
+        lock = self._lock
+        lock.acquire()
+        try:
+            if size.__class__ is not int or size < 0:
+                raise floor_size_error(size)
+            need = (size + 23) & ~15
+            if need < 32:
+                need = 32
+            b = self._brk
+            if b + need > self._capacity:
+                raise MemoryError(f"cannot allocate {size} bytes: the floor's region is full")
+            self._brk = b + need
+            body = need | 1
+            self._words[b >> 3] = (
+                body | (hash((body, b ^ self._tag_secret)) & 0xFFFFF) << 44
+            ) ^ self._header_key
+            return b + 8
+        finally:
+            lock.release()
+
+    def free(self, p: int) -> None:
+        lock = self._lock
+        lock.acquire()
+        try:
+            if not p:
+                return
+            b = p - 8
+            word = self._words[b >> 3]
+            plain = word ^ self._header_key
+            body = plain & 0xFFFFFFFFFFF
+            if plain >> 44 != hash((body, b ^ self._tag_secret)) & 0xFFFFF or not body & 1:
+                raise floor_header_error(p)
+            self._words[b >> 3] = word ^ 1
+        finally:
+            lock.release()
+
+    def realloc(self, p: int, size: int) -> int:
+        """C's realloc as the replay needs it, without copying any bytes.
+
+        ``realloc(0, n)`` is ``malloc(n)``, ``realloc(p, 0)`` frees ``p`` and
+        returns 0, else ``p`` is freed and a new block taken (no resizing in
+        place).  The payload is not copied: the copy is the caller's data,
+        not the bookkeeping this floor measures.  As in C, a refused request
+        leaves ``p`` live.
+        """
+        lock = self._lock
+        lock.acquire()
+        try:
+            if size.__class__ is not int or size < 0:
+                raise floor_size_error(size)
+            words = self._words
+            key = self._header_key
+            secret = self._tag_secret
+            if p:
+                old = p - 8
+                word = words[old >> 3]
+                plain = word ^ key
+                body = plain & 0xFFFFFFFFFFF
+                if plain >> 44 != hash((body, old ^ secret)) & 0xFFFFF or not body & 1:
+                    raise floor_header_error(p)
+                if not size:
+                    words[old >> 3] = word ^ 1
+                    return 0
+            need = (size + 23) & ~15
+            if need < 32:
+                need = 32
+            b = self._brk
+            if b + need > self._capacity:
+                raise MemoryError(f"cannot allocate {size} bytes: the floor's region is full")
+            if p:
+                words[old >> 3] = word ^ 1
+            self._brk = b + need
+            body = need | 1
+            words[b >> 3] = (body | (hash((body, b ^ secret)) & 0xFFFFF) << 44) ^ key
+            return b + 8
+        finally:
+            lock.release()
+
+
+class FloorWithoutTag(Floor):
+    """The floor with a plain header word: no key, no tag; the same lock."""
+
+    def malloc(self, size: int) -> int:
+        lock = self._lock
+        lock.acquire()
+        try:
+            if size.__class__ is not int or size < 0:
+                raise floor_size_error(size)
+            need = (size + 23) & ~15
+            if need < 32:
+                need = 32
+            b = self._brk
+            if b + need > self._capacity:
+                raise MemoryError(f"cannot allocate {size} bytes: the floor's region is full")
+            self._brk = b + need
+            self._words[b >> 3] = need | 1
+            return b + 8
+        finally:
+            lock.release()
+
+    def free(self, p: int) -> None:
+        lock = self._lock
+        lock.acquire()
+        try:
+            if not p:
+                return
+            b = p - 8
+            body = self._words[b >> 3]
+            if not body & 1:
+                raise floor_header_error(p)
+            self._words[b >> 3] = body ^ 1
+        finally:
+            lock.release()
+
+    def realloc(self, p: int, size: int) -> int:
+        """As ``Floor.realloc``, with plain headers: no bytes are copied."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            if size.__class__ is not int or size < 0:
+                raise floor_size_error(size)
+            words = self._words
+            if p:
+                old = p - 8
+                body = words[old >> 3]
+                if not body & 1:
+                    raise floor_header_error(p)
+                if not size:
+                    words[old >> 3] = body ^ 1
+                    return 0
+            need = (size + 23) & ~15
+            if need < 32:
+                need = 32
+            b = self._brk
+            if b + need > self._capacity:
+                raise MemoryError(f"cannot allocate {size} bytes: the floor's region is full")
+            if p:
+                words[old >> 3] = body ^ 1
+            self._brk = b + need
+            words[b >> 3] = need | 1
+            return b + 8
+        finally:
+            lock.release()
+
+
+class FloorWithoutLock(Floor):
+    """The floor with its tagged headers and no lock (one thread only)."""
+
+    def malloc(self, size: int) -> int:
+        if size.__class__ is not int or size < 0:
+            raise floor_size_error(size)
+        need = (size + 23) & ~15
+        if need < 32:
+            need = 32
+        b = self._brk
+        if b + need > self._capacity:
+            raise MemoryError(f"cannot allocate {size} bytes: the floor's region is full")
+        self._brk = b + need
+        body = need | 1
+        self._words[b >> 3] = (
+            body | (hash((body, b ^ self._tag_secret)) & 0xFFFFF) << 44
+        ) ^ self._header_key
+        return b + 8
+
+    def free(self, p: int) -> None:
+        if not p:
+            return
+        b = p - 8
+        word = self._words[b >> 3]
+        plain = word ^ self._header_key
+        body = plain & 0xFFFFFFFFFFF
+        if plain >> 44 != hash((body, b ^ self._tag_secret)) & 0xFFFFF or not body & 1:
+            raise floor_header_error(p)
+        self._words[b >> 3] = word ^ 1
+
+    def realloc(self, p: int, size: int) -> int:
+        """As ``Floor.realloc``, without the lock: no bytes are copied."""
+        if size.__class__ is not int or size < 0:
+            raise floor_size_error(size)
+        words = self._words
+        key = self._header_key
+        secret = self._tag_secret
+        if p:
+            old = p - 8
+            word = words[old >> 3]
+            plain = word ^ key
+            body = plain & 0xFFFFFFFFFFF
+            if plain >> 44 != hash((body, old ^ secret)) & 0xFFFFF or not body & 1:
+                raise floor_header_error(p)
+            if not size:
+                words[old >> 3] = word ^ 1
+                return 0
+        need = (size + 23) & ~15
+        if need < 32:
+            need = 32
+        b = self._brk
+        if b + need > self._capacity:
+            raise MemoryError(f"cannot allocate {size} bytes: the floor's region is full")
+        if p:
+            words[old >> 3] = word ^ 1
+        self._brk = b + need
+        body = need | 1
+        words[b >> 3] = (body | (hash((body, b ^ secret)) & 0xFFFFF) << 44) ^ key
+        return b + 8
+
+
 def load_workloads(generated: bool, trace_dir: Path | None) -> tuple[str, list[Workload]]:
     traces: list[Trace]
     directory = trace_dir if trace_dir is not None else CLASSIC_DIR
@@ -217,7 +515,7 @@ def make_peers(policy: str | None, lock: bool | None) -> tuple[list[Peer], str |
         if lock is not None:
             options["lock"] = lock
 
-        def make_pyalloc() -> Any:
+        def make_pyalloc(workload: Workload) -> Any:
             return heap_class(**options)
 
         def release_pyalloc(heap: Any, pointers: list[int]) -> None:
@@ -231,12 +529,32 @@ def make_peers(policy: str | None, lock: bool | None) -> tuple[list[Peer], str |
         for pointer in pointers:
             allocator.free(pointer)
 
-    peers.append(Peer(GLIBC, lambda: libc, release_libc))
+    peers.append(Peer(GLIBC, lambda workload: libc, release_libc))
 
     def release_multiprocessing(allocator: Any, pointers: list[int]) -> None:
         allocator.close()
 
-    peers.append(Peer(MULTIPROCESSING, MultiprocessingHeap, release_multiprocessing))
+    peers.append(
+        Peer(MULTIPROCESSING, lambda workload: MultiprocessingHeap(), release_multiprocessing)
+    )
+
+    block_sizes: dict[str, list[int]] = {}  # by workload name, computed once
+
+    def floor_maker(floor_class: type[Floor]) -> Callable[[Workload], Floor]:
+        def make_floor(workload: Workload) -> Floor:
+            sizes = block_sizes.get(workload.name)
+            if sizes is None:
+                sizes = block_sizes[workload.name] = floor_block_sizes(workload)
+            return floor_class(sizes)
+
+        return make_floor
+
+    def release_floor(allocator: Any, pointers: list[int]) -> None:
+        allocator.close()
+
+    peers.append(Peer(FLOOR, floor_maker(Floor), release_floor))
+    peers.append(Peer(FLOOR_UNTAGGED, floor_maker(FloorWithoutTag), release_floor))
+    peers.append(Peer(FLOOR_UNLOCKED, floor_maker(FloorWithoutLock), release_floor))
     return peers, missing
 
 
@@ -292,7 +610,7 @@ def run(
                 progress.step(f"{workload.name} / {peer.label}")
                 if peer.label in result.errors:
                     continue
-                allocator = peer.make()
+                allocator = peer.make(workload)
                 try:
                     elapsed, left = replay(allocator, workload.ops, workload.num_ids)
                 except Exception as exc:  # report, do not hide, a failing allocator
@@ -315,7 +633,7 @@ def add_utilization(
         result = results[workload.name]
         if PYALLOC in result.errors:
             continue
-        heap = pyalloc_peer.make()
+        heap = pyalloc_peer.make(workload)
         try:
             result.peak_payload, result.peak_heap = measure_utilization(
                 heap, workload.ops, workload.num_ids
@@ -348,6 +666,7 @@ class Summary:
     rows: list[list[str]]
     average_row: list[str]
     targets: list[tuple[str, str, bool | None]]  # (what, measured, passed)
+    floor_lines: list[str]
     notes: list[str]
 
 
@@ -357,10 +676,11 @@ def fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 def summarize(workloads: list[Workload], results: dict[str, Result]) -> Summary:
     rows: list[list[str]] = []
-    totals = {PYALLOC: 0, GLIBC: 0, MULTIPROCESSING: 0}
+    totals = {PYALLOC: 0, GLIBC: 0, MULTIPROCESSING: 0, FLOOR: 0}
     complete_ops = 0  # ops of the averaged traces every allocator ran
     glibc_ratios: list[float] = []
     mp_ratios: list[float] = []
+    floor_ratios: list[float] = []
     utilizations: list[tuple[float, int]] = []
     notes: list[str] = []
     for workload in workloads:
@@ -369,6 +689,7 @@ def summarize(workloads: list[Workload], results: dict[str, Result]) -> Summary:
         times = {label: ns_per_op(result, label, count) for label in totals}
         vs_glibc = ratio(times[PYALLOC], times[GLIBC])
         mp_speedup = ratio(times[MULTIPROCESSING], times[PYALLOC])
+        floor_vs_glibc = ratio(times[FLOOR], times[GLIBC])
         utilization = result.utilization
         marker = "" if workload.averaged else " *"
         rows.append(
@@ -378,8 +699,10 @@ def summarize(workloads: list[Workload], results: dict[str, Result]) -> Summary:
                 fmt(times[PYALLOC], ".0f"),
                 fmt(times[GLIBC], ".0f"),
                 fmt(times[MULTIPROCESSING], ".0f"),
+                fmt(times[FLOOR], ".0f"),
                 fmt(vs_glibc, ".2f", "x"),
                 fmt(mp_speedup, ".1f", "x"),
+                fmt(floor_vs_glibc, ".2f", "x"),
                 fmt(None if utilization is None else 100 * utilization, ".1f", "%"),
             ]
         )
@@ -395,6 +718,8 @@ def summarize(workloads: list[Workload], results: dict[str, Result]) -> Summary:
             glibc_ratios.append(vs_glibc)
         if mp_speedup is not None:
             mp_ratios.append(mp_speedup)
+        if floor_vs_glibc is not None:
+            floor_ratios.append(floor_vs_glibc)
         if utilization is not None:
             utilizations.append((utilization, workload.weight))
 
@@ -403,6 +728,7 @@ def summarize(workloads: list[Workload], results: dict[str, Result]) -> Summary:
     overall = {label: (totals[label] / complete_ops if all_ran else None) for label in totals}
     overall_vs_glibc = ratio(overall[PYALLOC], overall[GLIBC])
     overall_mp = ratio(overall[MULTIPROCESSING], overall[PYALLOC])
+    overall_floor = ratio(overall[FLOOR], overall[GLIBC])
     weight_sum = sum(weight for _, weight in utilizations)
     mean_utilization = (
         sum(value * weight for value, weight in utilizations) / weight_sum
@@ -415,8 +741,10 @@ def summarize(workloads: list[Workload], results: dict[str, Result]) -> Summary:
         fmt(overall[PYALLOC], ".0f"),
         fmt(overall[GLIBC], ".0f"),
         fmt(overall[MULTIPROCESSING], ".0f"),
+        fmt(overall[FLOOR], ".0f"),
         fmt(overall_vs_glibc, ".2f", "x"),
         fmt(overall_mp, ".1f", "x"),
+        fmt(overall_floor, ".2f", "x"),
         fmt(None if mean_utilization is None else 100 * mean_utilization, ".1f", "%"),
     ]
     geo_glibc = geometric_mean(glibc_ratios)
@@ -440,13 +768,65 @@ def summarize(workloads: list[Workload], results: dict[str, Result]) -> Summary:
             None if mean_utilization is None else mean_utilization >= TARGET_UTILIZATION,
         ),
     ]
+    floor_lines = [
+        f"floor: the lock + one keyed header write per malloc + one checked header per free, "
+        f"no free lists; floor/glibc above {TARGET_GLIBC_RATIO:g}x means the "
+        f"{TARGET_GLIBC_RATIO:g}x-glibc target is below what any allocator with pyalloc's "
+        f"lock and header checks can reach on this interpreter.",
+        *floor_breakdown(workloads, results, len(averaged), geometric_mean(floor_ratios)),
+    ]
     short = [workload.name for workload in workloads if not workload.averaged]
     if short:
         notes.insert(
             0,
             f"* fewer than {MIN_OPS_TO_AVERAGE} ops, not averaged: {', '.join(short)}",
         )
-    return Summary(rows, average_row, targets, notes)
+    return Summary(rows, average_row, targets, floor_lines, notes)
+
+
+def per_op_over_averaged(
+    workloads: list[Workload], results: dict[str, Result], label: str
+) -> float | None:
+    """Sum of best times over sum of ops of the averaged traces; None if one is missing."""
+    total_ns = total_ops = 0
+    for workload in workloads:
+        if not workload.averaged:
+            continue
+        best = results[workload.name].best_ns.get(label)
+        if best is None:
+            return None
+        total_ns += best
+        total_ops += len(workload.ops)
+    return total_ns / total_ops if total_ops else None
+
+
+def floor_breakdown(
+    workloads: list[Workload],
+    results: dict[str, Result],
+    averaged: int,
+    floor_geometric_mean: float | None,
+) -> list[str]:
+    """What the tag and the lock each cost, from the floor and its two reductions."""
+    glibc = per_op_over_averaged(workloads, results, GLIBC)
+    floor = per_op_over_averaged(workloads, results, FLOOR)
+    lines = [f"floor breakdown, per op over the {averaged} averaged traces:"]
+    for label, what, dropped in (
+        (FLOOR, "lock + tagged header (the floor)", ""),
+        (FLOOR_UNTAGGED, "lock + plain header", "the tag"),
+        (FLOOR_UNLOCKED, "tagged header, no lock", "the lock"),
+    ):
+        time_ns = per_op_over_averaged(workloads, results, label)
+        if not dropped:
+            cost = f"  (geometric mean of traces {fmt(floor_geometric_mean, '.2f', 'x')})"
+        elif time_ns is not None and floor is not None:
+            cost = f"  ({dropped} costs {floor - time_ns:.0f} ns/op)"
+        else:
+            cost = ""
+        lines.append(
+            f"  {what:<32} {fmt(time_ns, '6.0f', ' ns/op')}  "
+            f"{fmt(ratio(time_ns, glibc), '.2f', 'x')} glibc{cost}"
+        )
+    return lines
 
 
 HEADERS = [
@@ -455,8 +835,10 @@ HEADERS = [
     "pyalloc ns/op",
     "glibc ns/op",
     "mp.heap ns/op",
+    "floor ns/op",
     "pyalloc/glibc",
     "mp/pyalloc",
+    "floor/glibc",
     "pyalloc util",
 ]
 
@@ -476,7 +858,7 @@ def print_report(summary: Summary, preamble: list[str], plain: bool) -> None:
         return
     console = Console()
     if not console.is_terminal:
-        console = Console(width=120)  # a file or pipe gets the whole table
+        console = Console(width=160)  # a file or pipe gets the whole table
     for line in preamble:
         console.print(line, highlight=False)
     table = Table(show_footer=False)
@@ -492,6 +874,8 @@ def print_report(summary: Summary, preamble: list[str], plain: bool) -> None:
         console.print(
             f"[{colour}]{verdict(passed):>4}[/{colour}]  {what}: {measured}", highlight=False
         )
+    for line in summary.floor_lines:
+        console.print(line, highlight=False, markup=False)
     for note in summary.notes:
         console.print(note, highlight=False, markup=False)
 
@@ -518,6 +902,8 @@ def print_plain(summary: Summary, preamble: list[str]) -> None:
     print()
     for what, measured, passed in summary.targets:
         print(f"{verdict(passed):>4}  {what}: {measured}")
+    for line in summary.floor_lines:
+        print(line)
     for note in summary.notes:
         print(note)
 
@@ -558,7 +944,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = summarize(workloads, results)
 
     glibc_name = next(
-        (peer.make().name for peer in peers if peer.label == GLIBC), "glibc unavailable"
+        (peer.make(workloads[0]).name for peer in peers if peer.label == GLIBC),
+        "glibc unavailable",
     )
     options = [f"policy={args.policy or 'default'}"]
     if args.no_lock:
