@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from pyalloc import DoubleFreeError, Heap, HeapCorruptionError
-from pyalloc.heap import CACHE_LIMIT, CACHE_MAX_BLOCK, FLUSH_BEFORE_SPLIT
+from pyalloc.heap import CACHE_LIMIT, CACHE_MAX_BLOCK, FLUSH_BEFORE_SPLIT, SMALL_BLOCK_MAX
+
+# Sizes above SMALL_BLOCK_MAX are cut from the low end of free space, so the
+# blocks of these tests lie in address order.
+MEDIUM = 2 * SMALL_BLOCK_MAX
+assert MEDIUM + 8 < CACHE_MAX_BLOCK
 
 
 @pytest.fixture
@@ -77,31 +82,31 @@ def test_large_blocks_are_never_cached(heap: Heap) -> None:
 
 
 def test_cached_blocks_are_coalesced_before_the_heap_grows(heap: Heap) -> None:
-    small = [heap.malloc(100) for _ in range(CACHE_LIMIT)]
-    fence = heap.malloc(16)
+    small = [heap.malloc(MEDIUM) for _ in range(CACHE_LIMIT)]
+    fence = heap.malloc(MEDIUM)
     before = heap.stats()["heap_bytes"]
     for p in small:
         heap.free(p)
     assert heap.stats()["cached_blocks"] == CACHE_LIMIT
     # Too big for any single cached block, small enough for them merged.
-    big = heap.malloc(100 * CACHE_LIMIT)
+    big = heap.malloc(MEDIUM * CACHE_LIMIT)
     assert heap.stats()["heap_bytes"] == before
     assert big < fence
     heap.check()
 
 
 def test_cached_blocks_are_coalesced_before_a_large_block_is_split(heap: Heap) -> None:
-    a, b = heap.malloc(64), heap.malloc(64)
-    heap.malloc(16)  # keeps a and b apart from the large block
+    a, b = heap.malloc(MEDIUM), heap.malloc(MEDIUM)
+    heap.malloc(MEDIUM)  # keeps a and b apart from the large block
     large = heap.malloc(2 * FLUSH_BEFORE_SPLIT)
-    heap.malloc(16)  # and the large block off the top of the heap
+    heap.malloc(MEDIUM)  # and the large block off the top of the heap
     heap.free(large)
     heap.free(a)
     heap.free(b)
     assert heap.stats()["cached_blocks"] == 2
     before = heap.stats()["heap_bytes"]
     # No cached block has this size; a and b merged hold it, the large block too.
-    p = heap.malloc(120)
+    p = heap.malloc(2 * MEDIUM)
     assert p == a
     assert heap.stats()["cached_blocks"] == 0
     # The large block is whole: the same request gets it back without growth.
@@ -123,11 +128,11 @@ def test_a_small_split_keeps_the_cache(heap: Heap) -> None:
 
 def test_without_the_cache_a_free_coalesces_at_once() -> None:
     with Heap(1 << 20, cache=False) as heap:
-        a, b, c = (heap.malloc(64) for _ in range(3))
-        heap.malloc(64)
+        a, b, c = (heap.malloc(MEDIUM) for _ in range(3))
+        heap.malloc(MEDIUM)
         for p in (a, b, c):
             heap.free(p)
         s = heap.stats()
         assert s["cached_blocks"] == 0
         assert s["free_blocks"] == 1
-        assert s["largest_free"] == 3 * 80
+        assert s["largest_free"] == 3 * (MEDIUM + 16)

@@ -16,7 +16,7 @@ import pytest
 from heap_model import HEADER
 
 from pyalloc import HeapCorruptionError
-from pyalloc.heap import POLICIES, Heap
+from pyalloc.heap import POLICIES, SMALL_BLOCK_MAX, Heap
 from pyalloc.policies import policy_by_id, policy_class
 from pyalloc.policies.base import NEXT
 from pyalloc.policies.fits import ROVER
@@ -54,7 +54,9 @@ def _holes(heap: Heap, sizes: list[int]) -> list[tuple[int, int]]:
     pointers = []
     for n in sizes:
         pointers.append(heap.malloc(n))
-        heap.malloc(16)  # a guard: the hole cannot coalesce
+        # A guard, so the hole cannot coalesce; too large to be a small block,
+        # it is cut from the low end like the holes (see heap.py).
+        heap.malloc(SMALL_BLOCK_MAX)
     spans = [(p - HEADER, heap.usable_size(p) + HEADER) for p in pointers]
     for p in pointers:
         heap.free(p)

@@ -136,7 +136,7 @@ def setup_big_top(s: Scene) -> None:
 def setup_small(s: Scene) -> None:
     s.alloc("A", 100)
     s.alloc("small", 40)
-    s.alloc("C", 100)
+    s.alloc("C", 2000)  # too big for the small blocks' chunk: the top block
 
 
 def setup_boxed_in(s: Scene) -> None:

@@ -7,6 +7,11 @@ The block format is described in ``layout.py`` and the control record in
   it when the remainder can hold a minimum block, and otherwise grows the
   heap like ``sbrk``: the break moves up by exactly what is missing (a free
   block at the top is extended rather than left behind);
+- small blocks (SMALL_BLOCK_MAX bytes or less) are cut from the high end of the
+  free block they split, the rest from the low end, and growth for a small
+  block takes SMALL_CHUNK at once. Small and larger blocks then fill a free
+  stretch from opposite ends, so larger blocks that die together leave one
+  hole, not many holes each pinned between two small survivors;
 - free coalesces at once with both neighbours (boundary tags), so no two
   free blocks touch; a free block of at least TRIM_THRESHOLD at the top is
   cut down to TOP_PAD and its pages go back to the OS;
@@ -63,11 +68,14 @@ DEFAULT_CAPACITY: Final = 256 << 20
 CACHE_LIMIT: Final = 16  # freed blocks kept per size in the cache ...
 CACHE_MAX_BLOCK: Final = 1 << 10  # ... for block sizes below this
 FLUSH_BEFORE_SPLIT: Final = 1 << 13  # the cache is flushed before a split leaving this much
+SMALL_BLOCK_MAX: Final = 128  # blocks this size or smaller are cut from the high end ...
+SMALL_CHUNK: Final = 1 << 10  # ... and the heap grows at least this much for one
 TRIM_THRESHOLD: Final = 1 << 18  # a free top block this large is trimmed ...
 TOP_PAD: Final = 1 << 16  # ... down to this many bytes
 M64: Final = (1 << 64) - 1
 
 assert TOP_PAD >= MIN_BLOCK and TRIM_THRESHOLD > TOP_PAD
+assert SMALL_CHUNK >= SMALL_BLOCK_MAX + MIN_BLOCK
 
 __all__ = ["DEFAULT_CAPACITY", "POLICIES", "Heap"]
 
@@ -378,6 +386,21 @@ class Heap(Allocator):
         secret = self.tag_secret
         key = self.header_key
         rest = have - need
+        if rest >= MIN_BLOCK and need <= SMALL_BLOCK_MAX:
+            # A small block is cut from the high end (see the module notes).
+            a = b + rest
+            self.policy.insert(b, rest)
+            # _set_free(b, rest), then the successor's prev-allocated bit, inlined
+            word = (
+                rest | PREV_ALLOCATED | (hash((rest, b ^ secret)) & TAG_MASK) << TAG_SHIFT
+            ) ^ key
+            words[b >> 3] = word
+            words[(a - 8) >> 3] = word
+            n = (b + have) >> 3
+            words[n] = ((words[n] ^ key) | PREV_ALLOCATED) ^ key
+            body = need | ALLOCATED | (need - HEADER - size) << SLACK_SHIFT
+            words[a >> 3] = (body | (hash((body, a ^ secret)) & TAG_MASK) << TAG_SHIFT) ^ key
+            return a + HEADER
         if rest >= MIN_BLOCK:
             r = b + need
             self.policy.insert(r, rest)
@@ -429,6 +452,8 @@ class Heap(Allocator):
         top = 0 if body & PREV_ALLOCATED else self._free_predecessor(brk)
         b = top or brk
         new_brk = b + need
+        if need <= SMALL_BLOCK_MAX and b + SMALL_CHUNK + HEADER <= self.capacity:
+            new_brk = b + SMALL_CHUNK  # the block goes at its high end, below the break
         if new_brk + HEADER > self.capacity:
             raise MemoryError(
                 f"cannot allocate {size} bytes: the heap would exceed its capacity"
@@ -442,10 +467,20 @@ class Heap(Allocator):
             | PREV_ALLOCATED
             | (hash((ALLOCATED, new_brk ^ secret)) & TAG_MASK) << TAG_SHIFT
         ) ^ key
+        prev_bit = PREV_ALLOCATED
+        rest = new_brk - need - b
+        if rest:  # a small block's chunk: the space below it is free
+            # _set_free(b, rest), inlined
+            word = (
+                rest | PREV_ALLOCATED | (hash((rest, b ^ secret)) & TAG_MASK) << TAG_SHIFT
+            ) ^ key
+            words[b >> 3] = word
+            words[(b + rest - 8) >> 3] = word
+            self.policy.insert(b, rest)
+            b += rest
+            prev_bit = 0
         body = need | ALLOCATED | (need - HEADER - size) << SLACK_SHIFT
-        words[b >> 3] = (
-            body | PREV_ALLOCATED | (hash((body, b ^ secret)) & TAG_MASK) << TAG_SHIFT
-        ) ^ key
+        words[b >> 3] = (body | prev_bit | (hash((body, b ^ secret)) & TAG_MASK) << TAG_SHIFT) ^ key
         # _set_brk(new_brk), inlined
         self.brk = new_brk
         words[C.W_BRK] = new_brk
