@@ -1,4 +1,5 @@
-"""Where the engine puts blocks: small ones high, the rest low (see heap.py).
+"""Where the engine puts blocks: small ones high, the rest low, and realloc
+sliding a block down into free space before it (see heap.py).
 
 Every engine policy, without the cache (a cached block keeps its place and
 would hide where a request is served from).
@@ -7,11 +8,14 @@ would hide where a request is served from).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from heap_model import HEADER
 
+from pyalloc import HeapCorruptionError
 from pyalloc.heap import POLICIES, SMALL_BLOCK_MAX, SMALL_CHUNK, Heap
+from pyalloc.mapped import MappedHeap
 
 LARGE = 4 * SMALL_BLOCK_MAX  # payload bytes of a block well above SMALL_BLOCK_MAX
 
@@ -99,4 +103,82 @@ def test_growth_near_the_capacity_falls_back_to_exact() -> None:
         assert heap.stats()["heap_bytes"] + SMALL_BLOCK_MAX > heap.capacity
         assert heap.stats()["free_blocks"] == 0
         assert count * SMALL_BLOCK_MAX == heap.stats()["heap_bytes"] - heap.heap_start - HEADER
+        heap.check()
+
+
+def boxed_in(heap: Heap, before: int, after: int) -> tuple[int, int, bytes]:
+    """A live block with a free block of ``before`` bytes below it and one of
+    ``after`` above (0: none), fenced by live blocks; returns (pointer, fence, bytes)."""
+    heap.malloc(LARGE)
+    below = heap.malloc(before - HEADER) if before else 0
+    p = heap.malloc(LARGE)
+    above = heap.malloc(after - HEADER) if after else 0
+    fence = heap.malloc(LARGE)
+    data = bytes(range(256)) * (LARGE // 256)
+    heap.view(p)[:LARGE] = data
+    heap.view(fence)[:LARGE] = data[::-1]
+    for q in (below, above):
+        if q:
+            heap.free(q)
+    return p, fence, data
+
+
+# Too big for the 2048-byte hole alone, small enough for the hole and the block.
+BEYOND_HOLE = 2048 + LARGE // 2
+
+
+@pytest.mark.parametrize("after", [0, 1024])
+def test_realloc_slides_down_into_a_free_predecessor(heap: Heap, after: int) -> None:
+    p, fence, data = boxed_in(heap, 2048, after)
+    footprint = heap.stats()["heap_bytes"]
+    q = heap.realloc(p, BEYOND_HOLE)
+    assert q < p  # moved down, into the predecessor
+    assert bytes(heap.view(q)[:LARGE]) == data
+    assert bytes(heap.view(fence)[:LARGE]) == data[::-1]
+    assert heap.stats()["heap_bytes"] == footprint
+    heap.check()
+
+
+def test_realloc_slides_down_across_both_neighbours_to_an_exact_fit(heap: Heap) -> None:
+    p, fence, data = boxed_in(heap, 256, 256)
+    whole = 256 + LARGE + 16 + 256
+    q = heap.realloc(p, whole - HEADER)
+    assert heap.usable_size(q) == whole - HEADER
+    assert q + whole - HEADER == fence - HEADER  # the block reaches the fence
+    assert bytes(heap.view(q)[:LARGE]) == data
+    heap.check()  # the fence's prev-allocated bit is set again
+    heap.free(fence)
+    heap.check()
+
+
+def test_realloc_does_not_slide_when_the_space_is_too_small(heap: Heap) -> None:
+    p, fence, data = boxed_in(heap, 256, 0)
+    q = heap.realloc(p, 4 * LARGE)
+    assert q > fence  # copied to the top
+    assert bytes(heap.view(q)[:LARGE]) == data
+    assert heap.stats()["largest_free"] >= 256 + LARGE + 16  # the old block merged below
+    heap.check()
+
+
+def test_a_corrupted_predecessor_refuses_the_slide_and_changes_nothing(heap: Heap) -> None:
+    p, fence, data = boxed_in(heap, 2048, 0)
+    footer = (p - HEADER - 8) >> 3
+    heap.words[footer] ^= 1 << 60  # the predecessor's footer, which the slide reads first
+    footprint = heap.brk + HEADER
+    before = bytes(heap.buf[:footprint])
+    with pytest.raises(HeapCorruptionError):
+        heap.realloc(p, BEYOND_HOLE)
+    assert heap.brk + HEADER == footprint
+    assert bytes(heap.buf[:footprint]) == before
+    heap.words[footer] ^= 1 << 60
+    heap.check()
+    assert bytes(heap.view(p)[:LARGE]) == data
+
+
+def test_a_shared_heap_copies_rather_than_slides(tmp_path: Any) -> None:
+    with MappedHeap.create(tmp_path / "heap", 1 << 20) as heap:
+        p, fence, data = boxed_in(heap, 2048, 0)
+        q = heap.realloc(p, BEYOND_HOLE)
+        assert q > fence
+        assert bytes(heap.view(q)[:LARGE]) == data
         heap.check()

@@ -16,7 +16,9 @@ The block format is described in ``layout.py`` and the control record in
   free blocks touch; a free block of at least TRIM_THRESHOLD at the top is
   cut down to TOP_PAD and its pages go back to the OS;
 - realloc works in place whenever it can: shrinking splits off the tail,
-  growing takes a free successor or moves the break; otherwise it copies.
+  growing takes a free successor or moves the break; failing that, a private
+  heap slides the block down into a free predecessor when that makes room
+  (a shared heap does not: see ``shared.py``); otherwise it copies.
 
 Refuse before writing: every operation reads and checks every header, footer
 and link it will depend on before its first write, so a rejected call leaves
@@ -36,7 +38,7 @@ from __future__ import annotations
 import secrets
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from . import control as C
 from .allocator import Allocator, check_pointer, check_size, stats_record
@@ -99,6 +101,7 @@ class Heap(Allocator):
     region: Region
     policy: FreeIndex
     words: Words
+    realloc_slides_down: ClassVar[bool] = True  # see _slide_down
 
     def __init__(
         self,
@@ -642,12 +645,52 @@ class Heap(Allocator):
             return p
         if need <= self.capacity and self._grow_in_place(b, prev_bit, have, need, size):
             return p
+        if not prev_bit and self.realloc_slides_down:
+            q = self._slide_down(b, have, need, size)
+            if q:
+                return q
         q = self._malloc(size)
         usable = have - HEADER
         view = self.bytes
         view[q : q + usable] = view[p : p + usable]
         self._release(b, self._header(b))
         return q
+
+    def _slide_down(self, b: int, have: int, need: int, size: int) -> int:
+        """Grow ``b`` into its free predecessor (and free successor), moving its bytes.
+
+        Returns the new payload offset, or 0 when the space is still too small.
+        """
+        pb = self._free_predecessor(b)
+        n = b + have
+        nbody = self._next_header(n)
+        nsize = 0 if nbody & ALLOCATED else self._free_neighbour(n, nbody)
+        total = have + (b - pb) + nsize
+        if total < need:
+            return 0
+        rest = total - need
+        end = pb + total
+        if nsize:
+            self.policy.validate(n, nsize)
+            if rest < MIN_BLOCK and self._header(end) < 0:
+                raise HeapCorruptionError(f"header of block {end + 8} is corrupted")
+        # Checked; now write.
+        self.policy.remove(pb, b - pb)
+        if nsize:
+            self.policy.remove(n, nsize)
+        view = self.bytes
+        view[pb + HEADER : pb + have] = view[b + HEADER : n]  # overlapping: a memmove
+        if rest >= MIN_BLOCK:
+            self._set_header(pb, _allocated_body(need, size))
+            self._set_free(pb + need, rest)
+            self.policy.insert(pb + need, rest)
+            if not nsize:  # the block after is allocated; its predecessor is now free
+                self.words[end >> 3] ^= PREV_ALLOCATED
+        else:
+            self._set_header(pb, _allocated_body(total, size))
+            if nsize:
+                self.words[end >> 3] ^= PREV_ALLOCATED
+        return pb + HEADER
 
     def _shrink(self, b: int, prev_bit: int, have: int, need: int, size: int) -> None:
         rest = have - need

@@ -463,6 +463,9 @@ class SharedHeap(Heap):
 
     name: str
     names: SharedNames
+    # Sliding a block down overwrites its old bytes; an undone transaction
+    # would then give back a block whose bytes have moved.
+    realloc_slides_down = False
     _lock_fd: int
     _raw: Words
     _journal: Journal
