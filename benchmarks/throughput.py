@@ -268,24 +268,13 @@ class Floor:
         self._words.release()
         self._map.close()
 
+    # The entry points take the lock around a call, as pyalloc's do.
+
     def malloc(self, size: int) -> int:
         lock = self._lock
         lock.acquire()
         try:
-            if size.__class__ is not int or size < 0:
-                raise floor_size_error(size)
-            need = (size + 23) & ~15
-            if need < 32:
-                need = 32
-            b = self._brk
-            if b + need > self._capacity:
-                raise MemoryError(f"cannot allocate {size} bytes: the floor's region is full")
-            self._brk = b + need
-            body = need | 1
-            self._words[b >> 3] = (
-                body | (hash((body, b ^ self._tag_secret)) & 0xFFFFF) << 44
-            ) ^ self._header_key
-            return b + 8
+            return self._malloc(size)
         finally:
             lock.release()
 
@@ -293,131 +282,19 @@ class Floor:
         lock = self._lock
         lock.acquire()
         try:
-            if not p:
-                return
-            b = p - 8
-            word = self._words[b >> 3]
-            plain = word ^ self._header_key
-            body = plain & 0xFFFFFFFFFFF
-            if plain >> 44 != hash((body, b ^ self._tag_secret)) & 0xFFFFF or not body & 1:
-                raise floor_header_error(p)
-            self._words[b >> 3] = word ^ 1
+            self._free(p)
         finally:
             lock.release()
 
     def realloc(self, p: int, size: int) -> int:
-        """C's realloc as the replay needs it, without copying any bytes.
-
-        ``realloc(0, n)`` is ``malloc(n)``, ``realloc(p, 0)`` frees ``p`` and
-        returns 0, else ``p`` is freed and a new block taken (no resizing in
-        place).  The payload is not copied: the copy is the caller's data,
-        not the bookkeeping this floor measures.  As in C, a refused request
-        leaves ``p`` live.
-        """
         lock = self._lock
         lock.acquire()
         try:
-            if size.__class__ is not int or size < 0:
-                raise floor_size_error(size)
-            words = self._words
-            key = self._header_key
-            secret = self._tag_secret
-            if p:
-                old = p - 8
-                word = words[old >> 3]
-                plain = word ^ key
-                body = plain & 0xFFFFFFFFFFF
-                if plain >> 44 != hash((body, old ^ secret)) & 0xFFFFF or not body & 1:
-                    raise floor_header_error(p)
-                if not size:
-                    words[old >> 3] = word ^ 1
-                    return 0
-            need = (size + 23) & ~15
-            if need < 32:
-                need = 32
-            b = self._brk
-            if b + need > self._capacity:
-                raise MemoryError(f"cannot allocate {size} bytes: the floor's region is full")
-            if p:
-                words[old >> 3] = word ^ 1
-            self._brk = b + need
-            body = need | 1
-            words[b >> 3] = (body | (hash((body, b ^ secret)) & 0xFFFFF) << 44) ^ key
-            return b + 8
+            return self._realloc(p, size)
         finally:
             lock.release()
 
-
-class FloorWithoutTag(Floor):
-    """The floor with a plain header word: no key, no tag; the same lock."""
-
-    def malloc(self, size: int) -> int:
-        lock = self._lock
-        lock.acquire()
-        try:
-            if size.__class__ is not int or size < 0:
-                raise floor_size_error(size)
-            need = (size + 23) & ~15
-            if need < 32:
-                need = 32
-            b = self._brk
-            if b + need > self._capacity:
-                raise MemoryError(f"cannot allocate {size} bytes: the floor's region is full")
-            self._brk = b + need
-            self._words[b >> 3] = need | 1
-            return b + 8
-        finally:
-            lock.release()
-
-    def free(self, p: int) -> None:
-        lock = self._lock
-        lock.acquire()
-        try:
-            if not p:
-                return
-            b = p - 8
-            body = self._words[b >> 3]
-            if not body & 1:
-                raise floor_header_error(p)
-            self._words[b >> 3] = body ^ 1
-        finally:
-            lock.release()
-
-    def realloc(self, p: int, size: int) -> int:
-        """As ``Floor.realloc``, with plain headers: no bytes are copied."""
-        lock = self._lock
-        lock.acquire()
-        try:
-            if size.__class__ is not int or size < 0:
-                raise floor_size_error(size)
-            words = self._words
-            if p:
-                old = p - 8
-                body = words[old >> 3]
-                if not body & 1:
-                    raise floor_header_error(p)
-                if not size:
-                    words[old >> 3] = body ^ 1
-                    return 0
-            need = (size + 23) & ~15
-            if need < 32:
-                need = 32
-            b = self._brk
-            if b + need > self._capacity:
-                raise MemoryError(f"cannot allocate {size} bytes: the floor's region is full")
-            if p:
-                words[old >> 3] = body ^ 1
-            self._brk = b + need
-            words[b >> 3] = need | 1
-            return b + 8
-        finally:
-            lock.release()
-
-
-class FloorWithoutLock(Floor):
-    """The floor with its tagged headers and no lock (one thread only)."""
-
-    def malloc(self, size: int) -> int:
+    def _malloc(self, size: int) -> int:
         if size.__class__ is not int or size < 0:
             raise floor_size_error(size)
         need = (size + 23) & ~15
@@ -433,7 +310,7 @@ class FloorWithoutLock(Floor):
         ) ^ self._header_key
         return b + 8
 
-    def free(self, p: int) -> None:
+    def _free(self, p: int) -> None:
         if not p:
             return
         b = p - 8
@@ -444,35 +321,63 @@ class FloorWithoutLock(Floor):
             raise floor_header_error(p)
         self._words[b >> 3] = word ^ 1
 
-    def realloc(self, p: int, size: int) -> int:
-        """As ``Floor.realloc``, without the lock: no bytes are copied."""
+    def _realloc(self, p: int, size: int) -> int:
+        """C's realloc as the replay needs it, without copying any bytes.
+
+        ``realloc(0, n)`` is ``malloc(n)``, ``realloc(p, 0)`` frees ``p`` and
+        returns 0, else a new block is taken and ``p`` freed (no resizing in
+        place; the new block first, so that a refused request leaves ``p``
+        live, as in C).  The payload is not copied: the copy is the caller's
+        data, not the bookkeeping this floor measures.
+        """
+        if not p:
+            return self._malloc(size)
+        if size.__class__ is int and not size:
+            self._free(p)
+            return 0
+        q = self._malloc(size)
+        self._free(p)
+        return q
+
+
+class FloorWithoutTag(Floor):
+    """The floor with a plain header word: no key, no tag; the same lock."""
+
+    def _malloc(self, size: int) -> int:
         if size.__class__ is not int or size < 0:
             raise floor_size_error(size)
-        words = self._words
-        key = self._header_key
-        secret = self._tag_secret
-        if p:
-            old = p - 8
-            word = words[old >> 3]
-            plain = word ^ key
-            body = plain & 0xFFFFFFFFFFF
-            if plain >> 44 != hash((body, old ^ secret)) & 0xFFFFF or not body & 1:
-                raise floor_header_error(p)
-            if not size:
-                words[old >> 3] = word ^ 1
-                return 0
         need = (size + 23) & ~15
         if need < 32:
             need = 32
         b = self._brk
         if b + need > self._capacity:
             raise MemoryError(f"cannot allocate {size} bytes: the floor's region is full")
-        if p:
-            words[old >> 3] = word ^ 1
         self._brk = b + need
-        body = need | 1
-        words[b >> 3] = (body | (hash((body, b ^ secret)) & 0xFFFFF) << 44) ^ key
+        self._words[b >> 3] = need | 1
         return b + 8
+
+    def _free(self, p: int) -> None:
+        if not p:
+            return
+        b = p - 8
+        body = self._words[b >> 3]
+        if not body & 1:
+            raise floor_header_error(p)
+        self._words[b >> 3] = body ^ 1
+
+
+class FloorWithoutLock(Floor):
+    """The floor with its tagged headers and no lock (one thread only).
+
+    As pyalloc's ``lock=False`` does, the unlocked methods are bound to the
+    instance as its entry points.
+    """
+
+    def __init__(self, block_sizes: Sequence[int]) -> None:
+        super().__init__(block_sizes)
+        self.malloc = self._malloc  # type: ignore[method-assign]
+        self.free = self._free  # type: ignore[method-assign]
+        self.realloc = self._realloc  # type: ignore[method-assign]
 
 
 def load_workloads(generated: bool, trace_dir: Path | None) -> tuple[str, list[Workload]]:
