@@ -23,10 +23,12 @@ and grows with N (a malloc walks the blocks in front of the first fit);
 
 Two shortcuts keep the run short, both printed with the results:
 
-- during the fill nothing is free, so every policy's search can only fail;
-  the fill asks engine heaps to grow directly instead of searching (for
-  ``implicit`` the search is a walk of every block, and filling 10**6 blocks
-  through it would take hours). The heap built is the same.
+- the fill lays the blocks end to end without searching: engine heaps are
+  asked to grow directly, by exactly each block (for ``implicit`` a search
+  is a walk of every block, and filling 10**6 blocks through it would take
+  hours). Without the shortcut, a small block's growth would take a 1 KiB
+  chunk whose free rest the next small blocks fill; with it, every policy
+  starts from the same heap with nothing free.
 - each timed run stops after BUDGET seconds (``--budget``); a run that stops
   early reports ns/op over the pairs it completed, marked with ``*``. At
   10**6 blocks that is ``implicit`` (and best fit on a slow machine), whose
@@ -54,6 +56,7 @@ try:
 except ImportError:  # running from a checkout without an install
     sys.path.insert(0, str(ROOT / "src"))
 
+import pyalloc.heap as engine  # noqa: E402
 from pyalloc.allocators import ALL_POLICIES, make_heap  # noqa: E402
 
 SIZES = (16, 256)  # request sizes, uniform, inclusive
@@ -81,16 +84,20 @@ def _nothing_free(need: int) -> None:
 
 
 def fill(heap: Any, sizes: list[int]) -> list[int]:
-    """Malloc every size; engine heaps grow without searching (nothing is free yet)."""
+    """Malloc every size; engine heaps grow by exactly each block, without searching."""
     policy = getattr(heap, "policy", None)
+    small_block_max = engine.SMALL_BLOCK_MAX
     if policy is not None:
         policy.take = _nothing_free  # an instance attribute hides the method
+        # No small-block chunks: nothing is left free.
+        engine.SMALL_BLOCK_MAX = 0  # type: ignore[misc]
     try:
         malloc = heap.malloc
         return [malloc(n) for n in sizes]
     finally:
         if policy is not None:
             del policy.take
+            engine.SMALL_BLOCK_MAX = small_block_max  # type: ignore[misc]
 
 
 class Subject:
