@@ -71,6 +71,7 @@ try:
 except ImportError:  # running from a checkout without an install
     sys.path.insert(0, str(ROOT / "src"))
 
+from pyalloc.allocator import Allocator, check_size  # noqa: E402
 from pyalloc.trace.generate import GENERATORS  # noqa: E402
 from pyalloc.trace.reference import GlibcMalloc, MultiprocessingHeap  # noqa: E402
 from pyalloc.trace.rep import Trace, read_trace  # noqa: E402
@@ -216,22 +217,16 @@ def floor_block_sizes(workload: Workload) -> list[int]:
     return sizes
 
 
-def floor_size_error(size: object) -> Exception:
-    if size.__class__ is not int:
-        return TypeError(f"size must be an int, not {type(size).__name__}")
-    return ValueError(f"size must not be negative, got {size}")
-
-
 def floor_header_error(p: int) -> Exception:
     return ValueError(f"block {p} is not live: freed already, or its header is corrupted")
 
 
-class Floor:
+class Floor(Allocator):
     """The least a pyalloc call can do: a locked bump allocator with checked headers.
 
-    Every call holds a per-heap ``threading.Lock``, as pyalloc's default
-    heap does (acquire and release in try/finally, as pyalloc's entry points:
-    a ``with`` block costs about twice as much on CPython 3.11).  malloc
+    Its entry points are pyalloc's own (``pyalloc.allocator.Allocator``):
+    every call holds a per-heap ``threading.Lock`` around a call of the
+    primitive, as pyalloc's default heap does.  malloc
     checks the size's type, rounds it up to a block as pyalloc does, bumps
     the break and writes one header word:
     ``(body | tag << 44) ^ header_key`` with pyalloc's tag,
@@ -251,9 +246,9 @@ class Floor:
     """
 
     def __init__(self, block_sizes: Sequence[int]) -> None:
-        self._capacity = FLOOR_HEAP_START + sum(block_sizes)
+        self.capacity = FLOOR_HEAP_START + sum(block_sizes)
         flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
-        self._map = mmap.mmap(-1, self._capacity, flags=flags)
+        self._map = mmap.mmap(-1, self.capacity, flags=flags)
         self._words = memoryview(self._map).cast("Q")
         header = FLOOR_HEAP_START
         for size in block_sizes:
@@ -268,40 +263,14 @@ class Floor:
         self._words.release()
         self._map.close()
 
-    # The entry points take the lock around a call, as pyalloc's do.
-
-    def malloc(self, size: int) -> int:
-        lock = self._lock
-        lock.acquire()
-        try:
-            return self._malloc(size)
-        finally:
-            lock.release()
-
-    def free(self, p: int) -> None:
-        lock = self._lock
-        lock.acquire()
-        try:
-            self._free(p)
-        finally:
-            lock.release()
-
-    def realloc(self, p: int, size: int) -> int:
-        lock = self._lock
-        lock.acquire()
-        try:
-            return self._realloc(p, size)
-        finally:
-            lock.release()
-
     def _malloc(self, size: int) -> int:
         if size.__class__ is not int or size < 0:
-            raise floor_size_error(size)
+            size = check_size(size)
         need = (size + 23) & ~15
         if need < 32:
             need = 32
         b = self._brk
-        if b + need > self._capacity:
+        if b + need > self.capacity:
             raise MemoryError(f"cannot allocate {size} bytes: the floor's region is full")
         self._brk = b + need
         body = need | 1
@@ -321,18 +290,16 @@ class Floor:
             raise floor_header_error(p)
         self._words[b >> 3] = word ^ 1
 
-    def _realloc(self, p: int, size: int) -> int:
-        """C's realloc as the replay needs it, without copying any bytes.
+    def _resize(self, p: int, size: int) -> int:
+        """realloc of a live ``p``, without copying any bytes.
 
-        ``realloc(0, n)`` is ``malloc(n)``, ``realloc(p, 0)`` frees ``p`` and
-        returns 0, else a new block is taken and ``p`` freed (no resizing in
-        place; the new block first, so that a refused request leaves ``p``
-        live, as in C).  The payload is not copied: the copy is the caller's
-        data, not the bookkeeping this floor measures.
+        ``realloc(p, 0)`` frees ``p`` and returns 0, else a new block is taken
+        and ``p`` freed (no resizing in place; the new block first, so that a
+        refused request leaves ``p`` live, as in C).  The payload is not
+        copied: the copy is the caller's data, not the bookkeeping this floor
+        measures.
         """
-        if not p:
-            return self._malloc(size)
-        if size.__class__ is int and not size:
+        if not size:
             self._free(p)
             return 0
         q = self._malloc(size)
@@ -345,12 +312,12 @@ class FloorWithoutTag(Floor):
 
     def _malloc(self, size: int) -> int:
         if size.__class__ is not int or size < 0:
-            raise floor_size_error(size)
+            size = check_size(size)
         need = (size + 23) & ~15
         if need < 32:
             need = 32
         b = self._brk
-        if b + need > self._capacity:
+        if b + need > self.capacity:
             raise MemoryError(f"cannot allocate {size} bytes: the floor's region is full")
         self._brk = b + need
         self._words[b >> 3] = need | 1
@@ -367,17 +334,12 @@ class FloorWithoutTag(Floor):
 
 
 class FloorWithoutLock(Floor):
-    """The floor with its tagged headers and no lock (one thread only).
-
-    As pyalloc's ``lock=False`` does, the unlocked methods are bound to the
-    instance as its entry points.
-    """
+    """The floor with its tagged headers and no lock (one thread only), as
+    pyalloc's ``lock=False``: the primitives are the entry points."""
 
     def __init__(self, block_sizes: Sequence[int]) -> None:
         super().__init__(block_sizes)
-        self.malloc = self._malloc  # type: ignore[method-assign]
-        self.free = self._free  # type: ignore[method-assign]
-        self.realloc = self._realloc  # type: ignore[method-assign]
+        self._unlocked_entry_points()
 
 
 def load_workloads(generated: bool, trace_dir: Path | None) -> tuple[str, list[Workload]]:
