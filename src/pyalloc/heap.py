@@ -473,12 +473,7 @@ class Heap(Allocator):
         prev_bit = PREV_ALLOCATED
         rest = new_brk - need - b
         if rest:  # a small block's chunk: the space below it is free
-            # _set_free(b, rest), inlined
-            word = (
-                rest | PREV_ALLOCATED | (hash((rest, b ^ secret)) & TAG_MASK) << TAG_SHIFT
-            ) ^ key
-            words[b >> 3] = word
-            words[(b + rest - 8) >> 3] = word
+            self._set_free(b, rest)
             self.policy.insert(b, rest)
             b += rest
             prev_bit = 0
