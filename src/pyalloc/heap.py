@@ -667,8 +667,10 @@ class Heap(Allocator):
         end = pb + total
         if nsize:
             self.policy.validate(n, nsize)
-            if rest < MIN_BLOCK and self._header(end) < 0:
-                raise HeapCorruptionError(f"header of block {end + 8} is corrupted")
+            if rest < MIN_BLOCK:  # the block after the successor gets its bit set below
+                abody = self._header(end)
+                if abody < 0 or abody & PREV_ALLOCATED:
+                    raise HeapCorruptionError(f"header of block {end + 8} is corrupted")
         # Checked; now write.
         self.policy.remove(pb, b - pb)
         if nsize:
@@ -679,11 +681,11 @@ class Heap(Allocator):
             self._set_header(pb, _allocated_body(need, size))
             self._set_free(pb + need, rest)
             self.policy.insert(pb + need, rest)
-            if not nsize:  # the block after is allocated; its predecessor is now free
+            if not nsize:  # the bit, checked set by _next_header, is now clear
                 self.words[end >> 3] ^= PREV_ALLOCATED
         else:
             self._set_header(pb, _allocated_body(total, size))
-            if nsize:
+            if nsize:  # the bit, checked clear above, is now set
                 self.words[end >> 3] ^= PREV_ALLOCATED
         return pb + HEADER
 
