@@ -85,7 +85,7 @@ from . import control as C
 from .allocator import Allocator, check_pointer, check_size, stats_record
 from .errors import DoubleFreeError, HeapCorruptionError, InvalidPointerError
 from .heap import DEFAULT_CAPACITY
-from .layout import ALLOCATED, HEADER, PREV_ALLOCATED, TAG_SHIFT, decode, encode, tag_of
+from .layout import ALLOCATED, HEADER, PREV_ALLOCATED, TAG_SHIFT, decode, encode
 from .policies.base import PREV, LinkedLists
 from .regions import AnonymousRegion, Region
 
@@ -163,7 +163,6 @@ class BuddyHeap(Allocator):
         words[C.W_HEADER_KEY] = secrets.randbits(64)
         words[C.W_TAG_SECRET] = secret = secrets.randbits(62)
         words[C.W_LINK_KEY] = secrets.randbits(64) & ~15
-        words[C.W_HASH_PROBE] = tag_of(*C.HASH_PROBE_INPUT, secret)
         words[C.W_MAGIC] = BUDDY_MAGIC
         self.region = region
         self.words = words

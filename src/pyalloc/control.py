@@ -11,8 +11,7 @@ Word layout (8-byte words from offset 0)::
     6   header_key            XOR key of stored headers
     7   tag_secret            secret of the header tags
     8   link_key              XOR key of free-list links
-    9   hash_probe            tag of a fixed input: detects a process whose
-                              hash function differs from the creator's
+    9   (unused since format 2; format 1 kept a probe of Python's hash here)
     10  lock                  process-shared lock word (shared heaps)
     11-23                     reserved for shared heaps (journal, directory)
     24- policy words          bin heads and bitmaps of the free-block index
@@ -26,7 +25,9 @@ from __future__ import annotations
 from typing import Final
 
 MAGIC: Final = int.from_bytes(b"pyalloc\x01", "little")
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
+"""Format 2 tags headers with layout.tag_of (integer arithmetic); format 1
+hashed them with Python's hash(), which a compiled engine cannot reproduce."""
 
 W_MAGIC: Final = 0
 W_FORMAT: Final = 1
@@ -37,9 +38,6 @@ W_PEAK: Final = 5
 W_HEADER_KEY: Final = 6
 W_TAG_SECRET: Final = 7
 W_LINK_KEY: Final = 8
-W_HASH_PROBE: Final = 9
 W_LOCK: Final = 10
 W_RESERVED: Final = 11
 CONTROL_WORDS: Final = 24  # policy words start here
-
-HASH_PROBE_INPUT: Final = (0x5A5A5A5A5A, 0x1234567)

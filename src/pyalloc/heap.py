@@ -45,22 +45,21 @@ from .allocator import Allocator, check_pointer, check_size, stats_record
 from .errors import DoubleFreeError, HeapCorruptionError, HeapError, InvalidPointerError
 from .layout import (
     ALLOCATED,
-    BODY_MASK,
     HEADER,
     MAX_BLOCK,
     MIN_BLOCK,
     PREV_ALLOCATED,
     SIZE_MASK,
-    SLACK_MAX,
-    SLACK_SHIFT,
-    TAG_MASK,
-    TAG_SHIFT,
     TAGGED_MASK,
+    allocated_body,
     block_size,
+    block_size_for,
+    decode,
+    encode,
+    free_word,
     is_allocated,
     prev_is_allocated,
     slack_of,
-    tag_of,
 )
 from .policies import POLICIES, policy_by_id, policy_class
 from .policies.base import FreeIndex
@@ -74,7 +73,6 @@ SMALL_BLOCK_MAX: Final = 128  # blocks this size or smaller are cut from the hig
 SMALL_CHUNK: Final = 1 << 10  # ... and the heap grows at least this much for one
 TRIM_THRESHOLD: Final = 1 << 18  # a free top block this large is trimmed ...
 TOP_PAD: Final = 1 << 16  # ... down to this many bytes
-M64: Final = (1 << 64) - 1
 
 assert TOP_PAD >= MIN_BLOCK and TRIM_THRESHOLD > TOP_PAD
 assert SMALL_CHUNK >= SMALL_BLOCK_MAX + MIN_BLOCK
@@ -156,9 +154,8 @@ class Heap(Allocator):
         words[C.W_HEADER_KEY] = key
         words[C.W_TAG_SECRET] = secret
         words[C.W_LINK_KEY] = secrets.randbits(64) & ~15  # keep the low bits of links readable
-        words[C.W_HASH_PROBE] = tag_of(*C.HASH_PROBE_INPUT, secret)
         # The epilogue: an allocated block of size 0 whose predecessor (none) is allocated.
-        words[heap_start >> 3] = _stored(ALLOCATED | PREV_ALLOCATED, heap_start, secret, key)
+        words[heap_start >> 3] = encode(ALLOCATED | PREV_ALLOCATED, heap_start, secret, key)
         words[C.W_MAGIC] = C.MAGIC  # last: a half-written record is not a heap
 
     def _bind(self, region: Region, lock: bool) -> None:
@@ -174,7 +171,8 @@ class Heap(Allocator):
         fmt = words[C.W_FORMAT]
         if fmt & 0xFFFF != C.FORMAT_VERSION:
             raise HeapError(
-                f"heap format version {fmt & 0xFFFF} is not supported (expected {C.FORMAT_VERSION})"
+                f"the heap is of format version {fmt & 0xFFFF}; "
+                f"this pyalloc reads version {C.FORMAT_VERSION}"
             )
         self.region = region
         self.words = words
@@ -188,8 +186,6 @@ class Heap(Allocator):
         self.header_key = words[C.W_HEADER_KEY]
         self.tag_secret = words[C.W_TAG_SECRET]
         self.link_key = words[C.W_LINK_KEY]
-        if words[C.W_HASH_PROBE] != tag_of(*C.HASH_PROBE_INPUT, self.tag_secret):
-            raise HeapError("this heap was written by a Python whose hash function differs")
         self.policy = policy_by_id(fmt >> 16)(self, C.CONTROL_WORDS)
         self._lock = self._make_lock()
         self._closed = False
@@ -213,25 +209,28 @@ class Heap(Allocator):
 
     def _header(self, b: int) -> int:
         """The body of the header at ``b``, or -1 if it fails its tag."""
-        # layout.decode, inlined
-        plain = self.words[b >> 3] ^ self.header_key
-        body = plain & BODY_MASK
-        if plain >> TAG_SHIFT != hash((body & TAGGED_MASK, b ^ self.tag_secret)) & TAG_MASK:
-            return -1
-        return body
+        return decode(self.words[b >> 3], b, self.tag_secret, self.header_key)
 
     def _set_header(self, b: int, body: int) -> None:
-        # layout.encode, inlined
-        self.words[b >> 3] = (
-            body | (hash((body & TAGGED_MASK, b ^ self.tag_secret)) & TAG_MASK) << TAG_SHIFT
-        ) ^ self.header_key
+        self.words[b >> 3] = encode(body, b, self.tag_secret, self.header_key)
 
     def _set_free(self, b: int, size: int) -> None:
         """Header and footer of a free block whose predecessor is allocated."""
-        word = _stored(size | PREV_ALLOCATED, b, self.tag_secret, self.header_key)
+        word = free_word(size, b, self.tag_secret, self.header_key)
         words = self.words
         words[b >> 3] = word
         words[(b + size - 8) >> 3] = word
+
+    def _set_prev_allocated(self, n: int, on: int) -> None:
+        """Set (``on``) or clear the prev-allocated bit of the header at ``n``.
+
+        The bit is outside the tag, and the key is an XOR: the stored bit is
+        flipped to the value wanted without decoding the header.
+        """
+        i = n >> 3
+        word = self.words[i]
+        if ((word ^ self.header_key) & PREV_ALLOCATED) != (PREV_ALLOCATED if on else 0):
+            self.words[i] = word ^ PREV_ALLOCATED
 
     def free_block_size(self, b: int) -> int:
         """Size of the free block at ``b``; HeapCorruptionError if it is not one."""
@@ -334,93 +333,76 @@ class Heap(Allocator):
     def _malloc(self, size: int) -> int:
         if size.__class__ is not int or size < 0:
             size = check_size(size)
-        # layout.block_size_for, inlined
-        need = (size + 23) & ~15
-        if need < MIN_BLOCK:
-            need = MIN_BLOCK
+        need = block_size_for(size)
         if need > self.capacity:
             raise MemoryError(
                 f"cannot allocate {size} bytes: the heap's capacity is {self.capacity}"
             )
-        if need < CACHE_MAX_BLOCK:
-            cached = self._cache[need >> 4]
-            if cached:
-                # Hand the cached block out again: its header must still be
-                # the allocated header of a block of this size.
-                p = cached.pop()
-                self._cached.discard(p)
-                b = p - HEADER
-                key = self.header_key
-                secret = self.tag_secret
-                plain = self.words[b >> 3] ^ key
-                body = plain & BODY_MASK
-                if (
-                    plain >> TAG_SHIFT != hash((body & TAGGED_MASK, b ^ secret)) & TAG_MASK
-                    or body & (SIZE_MASK | ALLOCATED) != need | ALLOCATED
-                ):
-                    raise HeapCorruptionError(f"header of cached free block {p} is corrupted")
-                prev_bit = body & PREV_ALLOCATED
-                body = need | ALLOCATED | (need - HEADER - size) << SLACK_SHIFT
-                self.words[b >> 3] = (
-                    body | prev_bit | (hash((body, b ^ secret)) & TAG_MASK) << TAG_SHIFT
-                ) ^ key
-                return p
+        if need < CACHE_MAX_BLOCK and self._cache[need >> 4]:
+            return self._take_cached(need, size)
         found = self.policy.take(need)
         if found is None:
-            if not self._cached:
-                return self._extend(need, size) + HEADER
-            # Cached blocks go back to the free lists before the heap grows.
-            self._flush_cache()
-            found = self.policy.take(need)
-            if found is None:
-                return self._extend(need, size) + HEADER
+            return self._malloc_slow(need, size)
         b, have = found
         if have - need >= FLUSH_BEFORE_SPLIT and self._cached:
-            # Cutting a small request out of a large block while cached blocks
-            # sit uncoalesced breaks up the space a later large request needs;
-            # coalesced, the cached blocks may serve this one instead.
-            self.policy.insert(b, have)
+            b, have = self._retake_after_flush(b, have, need)
+        return self._split(b, have, need, size)
+
+    def _take_cached(self, need: int, size: int) -> int:
+        """Hand a cached block of ``need`` bytes out again: its header is still allocated."""
+        p = self._cache[need >> 4].pop()
+        self._cached.discard(p)
+        b = p - HEADER
+        body = self._header(b)
+        if body < 0 or body & (SIZE_MASK | ALLOCATED) != need | ALLOCATED:
+            raise HeapCorruptionError(f"header of cached free block {p} is corrupted")
+        self._set_header(b, allocated_body(need, size, body & PREV_ALLOCATED))
+        return p
+
+    def _malloc_slow(self, need: int, size: int) -> int:
+        """No listed free block fits: coalesce the cache and look again, else grow."""
+        if self._cached:
             self._flush_cache()
             found = self.policy.take(need)
-            if found is None:
-                raise HeapCorruptionError(f"free block {b + 8} vanished from the free lists")
-            b, have = found
-        words = self.words
-        secret = self.tag_secret
-        key = self.header_key
+            if found is not None:
+                return self._split(found[0], found[1], need, size)
+        return self._extend(need, size) + HEADER
+
+    def _retake_after_flush(self, b: int, have: int, need: int) -> tuple[int, int]:
+        """Put the large block ``b`` back, coalesce the cache, and take again.
+
+        Cutting a small request out of a large block while cached blocks sit
+        uncoalesced breaks up the space a later large request needs;
+        coalesced, the cached blocks may serve this one instead.
+        """
+        self.policy.insert(b, have)
+        self._flush_cache()
+        found = self.policy.take(need)
+        if found is None:
+            raise HeapCorruptionError(f"free block {b + 8} vanished from the free lists")
+        return found
+
+    def _split(self, b: int, have: int, need: int, size: int) -> int:
+        """Allocate ``need`` bytes of the free block ``b`` (unlinked) of ``have`` bytes.
+
+        The rest, when it can hold a block, stays free: below a small block
+        (cut from the high end), above a larger one. Returns the payload.
+        """
         rest = have - need
-        if rest >= MIN_BLOCK and need <= SMALL_BLOCK_MAX:
-            # A small block is cut from the high end (see the module notes).
+        if rest < MIN_BLOCK:
+            self._set_prev_allocated(b + have, 1)
+            self._set_header(b, allocated_body(have, size, PREV_ALLOCATED))
+            return b + HEADER
+        if need <= SMALL_BLOCK_MAX:
             a = b + rest
             self.policy.insert(b, rest)
-            # _set_free(b, rest), then the successor's prev-allocated bit, inlined
-            word = (
-                rest | PREV_ALLOCATED | (hash((rest, b ^ secret)) & TAG_MASK) << TAG_SHIFT
-            ) ^ key
-            words[b >> 3] = word
-            words[(a - 8) >> 3] = word
-            n = (b + have) >> 3
-            words[n] = ((words[n] ^ key) | PREV_ALLOCATED) ^ key
-            body = need | ALLOCATED | (need - HEADER - size) << SLACK_SHIFT
-            words[a >> 3] = (body | (hash((body, a ^ secret)) & TAG_MASK) << TAG_SHIFT) ^ key
+            self._set_free(b, rest)
+            self._set_prev_allocated(b + have, 1)
+            self._set_header(a, allocated_body(need, size, 0))
             return a + HEADER
-        if rest >= MIN_BLOCK:
-            r = b + need
-            self.policy.insert(r, rest)
-            # _set_free(r, rest) and _set_header(b, _allocated_body(need, size)), inlined
-            body = rest | PREV_ALLOCATED
-            word = (body | (hash((rest, r ^ secret)) & TAG_MASK) << TAG_SHIFT) ^ key
-            words[r >> 3] = word
-            words[(r + rest - 8) >> 3] = word
-            body = need | ALLOCATED | PREV_ALLOCATED | (need - HEADER - size) << SLACK_SHIFT
-        else:
-            # The block after a free block has its prev-allocated bit clear; set it.
-            n = (b + have) >> 3
-            words[n] = ((words[n] ^ key) | PREV_ALLOCATED) ^ key
-            body = have | ALLOCATED | PREV_ALLOCATED | (have - HEADER - size) << SLACK_SHIFT
-        words[b >> 3] = (
-            body | (hash((body & TAGGED_MASK, b ^ secret)) & TAG_MASK) << TAG_SHIFT
-        ) ^ key
+        self.policy.insert(b + need, rest)
+        self._set_free(b + need, rest)
+        self._set_header(b, allocated_body(need, size, PREV_ALLOCATED))
         return b + HEADER
 
     def _flush_cache(self) -> None:
@@ -438,25 +420,18 @@ class Heap(Allocator):
     def _extend(self, need: int, size: int) -> int:
         """Serve ``need`` bytes by moving the break; return the block's offset.
 
-        A free block at the top is extended rather than left behind. The
-        header checks and writes are inlined: on a growing heap this is
-        malloc's common path.
+        A free block at the top is extended rather than left behind; a small
+        block takes the top of a SMALL_CHUNK, whose rest below it is free.
         """
-        words = self.words
-        key = self.header_key
-        secret = self.tag_secret
         brk = self.brk
-        plain = words[brk >> 3] ^ key
-        body = plain & BODY_MASK
-        if plain >> TAG_SHIFT != hash((body & TAGGED_MASK, brk ^ secret)) & TAG_MASK or (
-            body & TAGGED_MASK != ALLOCATED
-        ):
+        body = self._header(brk)
+        if body < 0 or body & TAGGED_MASK != ALLOCATED:
             raise HeapCorruptionError("the heap's epilogue header is corrupted")
         top = 0 if body & PREV_ALLOCATED else self._free_predecessor(brk)
         b = top or brk
         new_brk = b + need
         if need <= SMALL_BLOCK_MAX and b + SMALL_CHUNK + HEADER <= self.capacity:
-            new_brk = b + SMALL_CHUNK  # the block goes at its high end, below the break
+            new_brk = b + SMALL_CHUNK
         if new_brk + HEADER > self.capacity:
             raise MemoryError(
                 f"cannot allocate {size} bytes: the heap would exceed its capacity"
@@ -465,25 +440,16 @@ class Heap(Allocator):
         if top:
             self.policy.remove(top, brk - top)
         # New epilogue first: the block below it is never left without one.
-        words[new_brk >> 3] = (
-            ALLOCATED
-            | PREV_ALLOCATED
-            | (hash((ALLOCATED, new_brk ^ secret)) & TAG_MASK) << TAG_SHIFT
-        ) ^ key
+        self._set_header(new_brk, ALLOCATED | PREV_ALLOCATED)
         prev_bit = PREV_ALLOCATED
         rest = new_brk - need - b
-        if rest:  # a small block's chunk: the space below it is free
+        if rest:
             self._set_free(b, rest)
             self.policy.insert(b, rest)
             b += rest
             prev_bit = 0
-        body = need | ALLOCATED | (need - HEADER - size) << SLACK_SHIFT
-        words[b >> 3] = (body | prev_bit | (hash((body, b ^ secret)) & TAG_MASK) << TAG_SHIFT) ^ key
-        # _set_brk(new_brk), inlined
-        self.brk = new_brk
-        words[C.W_BRK] = new_brk
-        if new_brk + HEADER > words[C.W_PEAK]:
-            words[C.W_PEAK] = new_brk + HEADER
+        self._set_header(b, allocated_body(need, size, prev_bit))
+        self._set_brk(new_brk)
         return b
 
     # -- free ------------------------------------------------------------------
@@ -493,26 +459,8 @@ class Heap(Allocator):
             p = check_pointer(p)
         if not p:
             return
-        # _live_header(p), inlined
-        b = p - HEADER
-        if b < self.heap_start or p + 24 > self.brk or p & 15:
-            self._live_header(p)  # raises the precise error
-        words = self.words
-        key = self.header_key
-        secret = self.tag_secret
-        plain = words[b >> 3] ^ key
-        body = plain & BODY_MASK
+        body = self._live_header(p)
         size = body & SIZE_MASK
-        n = b + size
-        if (
-            plain >> TAG_SHIFT != hash((body & TAGGED_MASK, b ^ secret)) & TAG_MASK
-            or not body & ALLOCATED
-            or n > self.brk
-            or size < MIN_BLOCK
-        ):
-            self._live_header(p)  # raises the precise error
-        if p in self._cached:
-            raise DoubleFreeError(f"block {p} is already free")
         if size < CACHE_MAX_BLOCK:
             cached = self._cache[size >> 4]
             if len(cached) < self._cache_limit:
@@ -522,90 +470,44 @@ class Heap(Allocator):
                 self._cached.add(p)
                 self._cache_used.add(size >> 4)
                 return
-        if not body & PREV_ALLOCATED:
-            self._release(b, body)  # a merge with the predecessor
-            return
-        nplain = words[n >> 3] ^ key
-        if not nplain & ALLOCATED or (n == self.brk and size >= TRIM_THRESHOLD):
-            self._release(b, body)  # a merge with the successor, or a trim
-            return
-        # Neither neighbour is free: the block goes on a list as it is.
-        self.policy.insert(b, size)
-        words[n >> 3] = (nplain & ~PREV_ALLOCATED) ^ key
-        # _set_free(b, size), inlined
-        word = (size | PREV_ALLOCATED | (hash((size, b ^ secret)) & TAG_MASK) << TAG_SHIFT) ^ key
-        words[b >> 3] = word
-        words[(n - 8) >> 3] = word
+        self._release(p - HEADER, body)
 
     def _release(self, b: int, body: int) -> None:
         """Turn the allocated block ``b`` into free space, coalescing both ways.
 
-        The checks of _next_header, _free_predecessor and _free_neighbour are
-        inlined (this is free's common path); when one fails, the helper is
-        called to raise its precise error.
+        mark, merge with the predecessor, merge with the successor, insert:
+        every header, footer and link is checked before the first write.
         """
-        words = self.words
-        key = self.header_key
-        secret = self.tag_secret
-        brk = self.brk
         size = body & SIZE_MASK
         n = b + size
-        nword = words[n >> 3]
-        nplain = nword ^ key
-        nbody = nplain & BODY_MASK
-        if (
-            nplain >> TAG_SHIFT != hash((nbody & TAGGED_MASK, n ^ secret)) & TAG_MASK
-            or not nbody & PREV_ALLOCATED
-        ):
-            self._next_header(n)
+        nbody = self._next_header(n)
         start = b
         total = size
         pb = 0
         if not body & PREV_ALLOCATED:
-            footer = words[(b - 8) >> 3]
-            fplain = footer ^ key
-            pbody = fplain & BODY_MASK
-            psize = pbody & SIZE_MASK
-            pb = b - psize
-            if (
-                psize < MIN_BLOCK
-                or pbody & ALLOCATED
-                or pb < self.heap_start
-                or words[pb >> 3] != footer
-                or fplain >> TAG_SHIFT != hash((pbody & TAGGED_MASK, pb ^ secret)) & TAG_MASK
-            ):
-                pb = self._free_predecessor(b)
+            pb = self._free_predecessor(b)
             start = pb
             total += b - pb
         nsize = 0
         if not nbody & ALLOCATED:  # the epilogue is allocated, so n < brk here
-            nsize = nbody & SIZE_MASK
-            if nsize < MIN_BLOCK or n + nsize > brk or words[(n + nsize - 8) >> 3] != nword:
-                self._free_neighbour(n, nbody)
+            nsize = self._free_neighbour(n, nbody)
             total += nsize
             if pb:
                 self.policy.validate(n, nsize)
-        # Everything is checked (the first remove checks its own links); now write.
+        # Checked (the first remove checks its own links); now write.
         policy = self.policy
         if pb:
             policy.remove(pb, b - pb)
             # Mark the absorbed header free so that a second free of p is refused as such.
-            words[b >> 3] = (
-                size | PREV_ALLOCATED | (hash((size, b ^ secret)) & TAG_MASK) << TAG_SHIFT
-            ) ^ key
+            self._set_header(b, size | PREV_ALLOCATED)
         if nsize:
             policy.remove(n, nsize)
         else:
-            words[n >> 3] = nword ^ PREV_ALLOCATED  # the bit was checked set above
-        if start + total == brk and total >= TRIM_THRESHOLD:
+            self._set_prev_allocated(n, 0)
+        if start + total == self.brk and total >= TRIM_THRESHOLD:
             self._trim(start, total)
             return
-        # _set_free(start, total), inlined
-        word = (
-            total | PREV_ALLOCATED | (hash((total, start ^ secret)) & TAG_MASK) << TAG_SHIFT
-        ) ^ key
-        words[start >> 3] = word
-        words[(start + total - 8) >> 3] = word
+        self._set_free(start, total)
         policy.insert(start, total)
 
     def _trim(self, start: int, total: int) -> None:
@@ -631,9 +533,7 @@ class Heap(Allocator):
             return 0
         b = p - HEADER
         have = body & SIZE_MASK
-        need = (size + 23) & ~15  # layout.block_size_for, inlined
-        if need < MIN_BLOCK:
-            need = MIN_BLOCK
+        need = block_size_for(size)
         prev_bit = body & PREV_ALLOCATED
         if need <= have:
             self._shrink(b, prev_bit, have, need, size)
@@ -678,21 +578,21 @@ class Heap(Allocator):
         view = self.bytes
         view[pb + HEADER : pb + have] = view[b + HEADER : n]  # overlapping: a memmove
         if rest >= MIN_BLOCK:
-            self._set_header(pb, _allocated_body(need, size))
+            self._set_header(pb, allocated_body(need, size, PREV_ALLOCATED))
             self._set_free(pb + need, rest)
             self.policy.insert(pb + need, rest)
-            if not nsize:  # the bit, checked set by _next_header, is now clear
-                self.words[end >> 3] ^= PREV_ALLOCATED
+            if not nsize:
+                self._set_prev_allocated(end, 0)
         else:
-            self._set_header(pb, _allocated_body(total, size))
-            if nsize:  # the bit, checked clear above, is now set
-                self.words[end >> 3] ^= PREV_ALLOCATED
+            self._set_header(pb, allocated_body(total, size, PREV_ALLOCATED))
+            if nsize:
+                self._set_prev_allocated(end, 1)
         return pb + HEADER
 
     def _shrink(self, b: int, prev_bit: int, have: int, need: int, size: int) -> None:
         rest = have - need
         if rest < MIN_BLOCK:
-            self._set_header(b, _allocated_body(have, size, prev_bit))
+            self._set_header(b, allocated_body(have, size, prev_bit))
             return
         # Split off the tail as an allocated block and free it: that coalesces it.
         r = b + need
@@ -700,7 +600,7 @@ class Heap(Allocator):
         nbody = self._next_header(n)
         if not nbody & ALLOCATED:
             self.policy.validate(n, self._free_neighbour(n, nbody))
-        self._set_header(b, _allocated_body(need, size, prev_bit))
+        self._set_header(b, allocated_body(need, size, prev_bit))
         self._set_header(r, rest | ALLOCATED | PREV_ALLOCATED)
         self._release(r, rest | ALLOCATED | PREV_ALLOCATED)
 
@@ -714,7 +614,7 @@ class Heap(Allocator):
             if self._header(brk) != ALLOCATED | PREV_ALLOCATED:
                 raise HeapCorruptionError("the heap's epilogue header is corrupted")
             self._set_header(new_brk, ALLOCATED | PREV_ALLOCATED)
-            self._set_header(b, _allocated_body(need, size, prev_bit))
+            self._set_header(b, allocated_body(need, size, prev_bit))
             self._set_brk(new_brk)
             return True
         nbody = self._next_header(n)
@@ -730,11 +630,11 @@ class Heap(Allocator):
                 raise HeapCorruptionError(f"header of block {after + 8} is corrupted")
             self.policy.remove(n, nsize)
             if rest >= MIN_BLOCK:
-                self._set_header(b, _allocated_body(need, size, prev_bit))
+                self._set_header(b, allocated_body(need, size, prev_bit))
                 self._set_free(b + need, rest)
                 self.policy.insert(b + need, rest)
             else:
-                self._set_header(b, _allocated_body(total, size, prev_bit))
+                self._set_header(b, allocated_body(total, size, prev_bit))
                 self._set_header(after, abody | PREV_ALLOCATED)
             return True
         if n + nsize == brk:  # a free top block that is too small: take it and move the break
@@ -743,7 +643,7 @@ class Heap(Allocator):
                 return False
             self.policy.remove(n, nsize)
             self._set_header(new_brk, ALLOCATED | PREV_ALLOCATED)
-            self._set_header(b, _allocated_body(need, size, prev_bit))
+            self._set_header(b, allocated_body(need, size, prev_bit))
             self._set_brk(new_brk)
             return True
         return False
@@ -861,15 +761,3 @@ class _Census:
     cached_blocks: dict[int, int] = field(default_factory=dict)  # pointer -> block size
     live_blocks: int = 0
     live_bytes: int = 0
-
-
-def _stored(body: int, b: int, secret: int, key: int) -> int:
-    """layout.encode, inlined: the stored word of a header."""
-    return (body | (hash((body & TAGGED_MASK, b ^ secret)) & TAG_MASK) << TAG_SHIFT) ^ key
-
-
-def _allocated_body(size: int, asked: int, prev_bit: int = PREV_ALLOCATED) -> int:
-    """Header body of an allocated block of ``size`` bytes serving ``asked``."""
-    slack = size - HEADER - asked
-    assert 0 <= slack <= SLACK_MAX
-    return size | ALLOCATED | prev_bit | slack << SLACK_SHIFT

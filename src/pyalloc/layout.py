@@ -45,7 +45,9 @@ Header word (64 bits), before encoding::
 
 Stored word = header ^ header_key. The key and the tag's secret are random
 per heap; a header copied to another offset, or any changed bit it covers,
-fails the tag check with probability 1 - 2**-20.
+fails the tag check with probability about 1 - 2**-20. The tag is integer
+arithmetic modulo 2**64 (``tag_of``), so a compiled and an interpreted
+engine compute the same tags and can share a heap.
 
 Why the prev-allocated bit is outside the tag: every malloc and free flips
 the bit of the block after the one it changes, and leaving it out lets that
@@ -96,6 +98,8 @@ BODY_MASK: Final = (1 << TAG_SHIFT) - 1  # flags, size and slack
 TAGGED_MASK: Final = BODY_MASK & ~PREV_ALLOCATED  # what the tag covers
 MAX_BLOCK: Final = SIZE_MASK
 LINK_SHIFT: Final = 20
+OFFSET_SHIFT: Final = 24  # where the offset enters the tag's input
+WORD_MASK: Final = (1 << 64) - 1
 
 assert MIN_BLOCK % ALIGNMENT == 0 and MIN_BLOCK >= 4 * WORD
 assert TAG_BITS == 20
@@ -113,10 +117,14 @@ def block_size_for(size: int) -> int:
 def tag_of(body: int, offset: int, secret: int) -> int:
     """Keyed integrity tag of a header body stored at ``offset``.
 
-    CPython's tuple hash mixes its items with multiply-rotate rounds; keyed
-    by the secret it is the cheapest good mixer available from Python.
+    One multiply by the (odd) secret of the body, the offset and the secret
+    mixed; the top TAG_BITS bits of the 64-bit product are the tag. Every bit
+    of the input reaches the top bits, the arithmetic is modulo 2**64 in C
+    and in Python alike, and the offset (below 2**38) shifted by 24 overlaps
+    only the slack and high size bits of the body.
     """
-    return hash((body & TAGGED_MASK, offset ^ secret)) & TAG_MASK
+    mixed = (body & TAGGED_MASK) ^ (offset << OFFSET_SHIFT) ^ secret
+    return ((mixed * (secret | 1)) & WORD_MASK) >> TAG_SHIFT
 
 
 def encode(body: int, offset: int, secret: int, key: int) -> int:
@@ -133,16 +141,28 @@ def decode(word: int, offset: int, secret: int, key: int) -> int:
     return body
 
 
-def make_body(size: int, allocated: bool, prev_allocated: bool, slack: int = 0) -> int:
-    return (
-        size
-        | (ALLOCATED if allocated else 0)
-        | (PREV_ALLOCATED if prev_allocated else 0)
-        | (slack << SLACK_SHIFT)
-    )
+def free_word(size: int, offset: int, secret: int, key: int) -> int:
+    """Stored header (and footer) of a free block whose predecessor is allocated."""
+    return encode(size | PREV_ALLOCATED, offset, secret, key)
 
 
-# Named accessors of a decoded header body. Hot paths inline the same masks.
+def allocated_body(size: int, asked: int, prev_bit: int) -> int:
+    """Header body of an allocated block of ``size`` bytes serving ``asked``."""
+    return size | ALLOCATED | prev_bit | (size - HEADER - asked) << SLACK_SHIFT
+
+
+def flip_prev_allocated(word: int) -> int:
+    """A stored header with its prev-allocated bit flipped (the bit is outside the tag)."""
+    return word ^ PREV_ALLOCATED
+
+
+def stored_size(word: int, key: int) -> int:
+    """Block size of a stored header, unchecked: for searches that only compare
+    sizes; the block a search picks has its header checked in full."""
+    return (word ^ key) & SIZE_MASK
+
+
+# Named accessors of a decoded header body.
 def block_size(body: int) -> int:
     return body & SIZE_MASK
 
@@ -160,8 +180,8 @@ def slack_of(body: int) -> int:
 
 
 def mangle(link: int, field_offset: int, key: int) -> int:
-    """Stored form of a free-list link kept at ``field_offset``."""
+    """Stored form of a free-list link kept at ``field_offset``.
+
+    The transform is its own inverse: the same call unmangles a stored link.
+    """
     return link ^ key ^ (field_offset << LINK_SHIFT)
-
-
-unmangle = mangle  # the transform is its own inverse

@@ -20,15 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 from ..errors import HeapCorruptionError
-from ..layout import (
-    ALLOCATED,
-    BODY_MASK,
-    LINK_SHIFT,
-    SIZE_MASK,
-    TAG_MASK,
-    TAG_SHIFT,
-    TAGGED_MASK,
-)
+from ..layout import ALLOCATED, SIZE_MASK, mangle
 from ..regions import Words
 
 if TYPE_CHECKING:
@@ -98,16 +90,19 @@ class LinkedLists(FreeIndex):
 
     def read_link(self, b: int, field: int) -> int:
         at = b + field
-        return self.words[at >> 3] ^ self.link_key ^ (at << LINK_SHIFT)
+        return mangle(self.words[at >> 3], at, self.link_key)
 
     def write_link(self, b: int, field: int, link: int) -> None:
         at = b + field
-        self.words[at >> 3] = link ^ self.link_key ^ (at << LINK_SHIFT)
+        self.words[at >> 3] = mangle(link, at, self.link_key)
 
     def push(self, head: int, b: int) -> bool:
         """Put ``b`` first on the list at ``head``; True if the list was empty.
 
-        The head is checked before anything is written.
+        The old head is checked before anything is written: it must be a free
+        block (range, alignment, tag, allocated bit) that has no predecessor,
+        or a corrupted head word would have ``b``'s link written into a live
+        block's payload.
         """
         words = self.words
         key = self.link_key
@@ -116,12 +111,17 @@ class LinkedLists(FreeIndex):
             heap = self.heap
             if not (heap.heap_start <= first < heap.brk and first & 15 == 8):
                 raise HeapCorruptionError(f"free-list head at control word {head} is invalid")
+            body = heap._header(first)
             at = first + PREV
-            words[at >> 3] = b ^ key ^ (at << LINK_SHIFT)
+            if body < 0 or body & ALLOCATED or mangle(words[at >> 3], at, key):
+                raise HeapCorruptionError(
+                    f"free-list head at control word {head} is not a free block"
+                )
+            words[at >> 3] = mangle(b, at, key)
         at = b + NEXT
-        words[at >> 3] = first ^ key ^ (at << LINK_SHIFT)
+        words[at >> 3] = mangle(first, at, key)
         at += 8
-        words[at >> 3] = key ^ (at << LINK_SHIFT)  # prev = 0
+        words[at >> 3] = mangle(0, at, key)  # prev = 0
         words[head] = b
         return not first
 
@@ -130,9 +130,9 @@ class LinkedLists(FreeIndex):
         words = self.words
         key = self.link_key
         at = b + NEXT
-        nxt = words[at >> 3] ^ key ^ (at << LINK_SHIFT)
+        nxt = mangle(words[at >> 3], at, key)
         at = b + PREV
-        prv = words[at >> 3] ^ key ^ (at << LINK_SHIFT)
+        prv = mangle(words[at >> 3], at, key)
         heap = self.heap
         lo = heap.heap_start
         hi = heap.brk
@@ -140,13 +140,13 @@ class LinkedLists(FreeIndex):
             if not (lo <= nxt < hi and nxt & 15 == 8):
                 raise HeapCorruptionError(f"free block {b + 8}: next link {nxt:#x} is invalid")
             at = nxt + PREV
-            if words[at >> 3] ^ key ^ (at << LINK_SHIFT) != b:
+            if mangle(words[at >> 3], at, key) != b:
                 raise HeapCorruptionError(f"free block {b + 8}: next block's prev link is broken")
         if prv:
             if not (lo <= prv < hi and prv & 15 == 8):
                 raise HeapCorruptionError(f"free block {b + 8}: prev link {prv:#x} is invalid")
             at = prv + NEXT
-            if words[at >> 3] ^ key ^ (at << LINK_SHIFT) != b:
+            if mangle(words[at >> 3], at, key) != b:
                 raise HeapCorruptionError(f"free block {b + 8}: prev block's next link is broken")
         elif words[head] != b:
             raise HeapCorruptionError(f"free block {b + 8} has no prev link but is not first")
@@ -159,20 +159,20 @@ class LinkedLists(FreeIndex):
         key = self.link_key
         if prv:
             at = prv + NEXT
-            words[at >> 3] = nxt ^ key ^ (at << LINK_SHIFT)
+            words[at >> 3] = mangle(nxt, at, key)
         else:
             words[head] = nxt
         if nxt:
             at = nxt + PREV
-            words[at >> 3] = prv ^ key ^ (at << LINK_SHIFT)
+            words[at >> 3] = mangle(prv, at, key)
 
     def pop_head(self, head: int, need: int, lowest: int, limit: int) -> tuple[int, int]:
         """Unlink the first block of the list at ``head`` and return (b, size).
 
         The block must be free, fit ``need`` and lie in the list's size range
         ``[lowest, limit)``; all is checked before the first write. This is
-        the hot path of ``take``: it inlines heap.free_block_size and
-        ``unlink`` for a list head. The caller marks the list empty in its
+        the hot path of ``take``: ``heap.free_block_size`` and ``unlink``
+        specialised to a list head. The caller marks the list empty in its
         bitmaps when ``words[head]`` is 0 afterwards.
         """
         words = self.words
@@ -182,30 +182,26 @@ class LinkedLists(FreeIndex):
         lo = heap.heap_start
         if not (lo <= b < brk and b & 15 == 8):
             raise HeapCorruptionError(f"free-list head at control word {head} is invalid")
-        plain = words[b >> 3] ^ heap.header_key
-        body = plain & BODY_MASK
-        if (
-            plain >> TAG_SHIFT != hash((body & TAGGED_MASK, b ^ heap.tag_secret)) & TAG_MASK
-            or body & ALLOCATED
-        ):
+        body = heap._header(b)
+        if body < 0 or body & ALLOCATED:
             raise HeapCorruptionError(f"header of free block {b + 8} is corrupted")
         size = body & SIZE_MASK
         if size < need or not lowest <= size < limit:
             raise HeapCorruptionError(f"free block {b + 8} of {size} bytes is on the wrong list")
         key = self.link_key
         at = b + NEXT
-        nxt = words[at >> 3] ^ key ^ (at << LINK_SHIFT)
+        nxt = mangle(words[at >> 3], at, key)
         at += 8
-        if words[at >> 3] ^ key ^ (at << LINK_SHIFT):
+        if mangle(words[at >> 3], at, key):
             raise HeapCorruptionError(f"free block {b + 8} heads its list but has a prev link")
         if nxt:
             at = nxt + PREV
             if (
                 not (lo <= nxt < brk and nxt & 15 == 8)
-                or words[at >> 3] ^ key ^ (at << LINK_SHIFT) != b
+                or mangle(words[at >> 3], at, key) != b
             ):
                 raise HeapCorruptionError(f"free block {b + 8}: next link is broken")
-            words[at >> 3] = key ^ (at << LINK_SHIFT)  # its prev = 0
+            words[at >> 3] = mangle(0, at, key)  # its prev = 0
         words[head] = nxt
         return b, size
 

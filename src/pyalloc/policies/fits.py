@@ -39,7 +39,7 @@ from __future__ import annotations
 from typing import Final
 
 from ..errors import HeapCorruptionError
-from ..layout import LINK_SHIFT, MIN_BLOCK, SIZE_MASK
+from ..layout import MIN_BLOCK, mangle, stored_size
 from .base import NEXT, LinkedLists
 
 HEAD: Final = 0  # control words, from base
@@ -83,13 +83,13 @@ class ExplicitList(LinkedLists):
                 if not b:
                     raise HeapCorruptionError("the next-fit rover is not on the free list")
                 raise HeapCorruptionError(f"free-list link {b:#x} is outside the heap")
-            if (words[b >> 3] ^ header_key) & SIZE_MASK >= need:  # layout.block_size, inlined
+            if stored_size(words[b >> 3], header_key) >= need:  # layout.block_size, inlined
                 return b, budget
             budget -= 1
             if budget <= 0:
                 raise HeapCorruptionError("the free list has a cycle")
-            at = b + NEXT  # read_link, inlined
-            b = words[at >> 3] ^ link_key ^ (at << LINK_SHIFT)
+            at = b + NEXT
+            b = mangle(words[at >> 3], at, link_key)
         return 0, budget
 
     def check(self, free_blocks: dict[int, int]) -> None:
@@ -173,7 +173,7 @@ class BestFit(ExplicitList):
         while b:
             if not (lo <= b < hi and b & 15 == 8):
                 raise HeapCorruptionError(f"free-list link {b:#x} is outside the heap")
-            size = (words[b >> 3] ^ header_key) & SIZE_MASK  # layout.block_size, inlined
+            size = stored_size(words[b >> 3], header_key)
             if size >= need and (not best or size < best_size):
                 best, best_size = b, size
                 if size == need:
@@ -181,6 +181,6 @@ class BestFit(ExplicitList):
             budget -= 1
             if budget <= 0:
                 raise HeapCorruptionError("the free list has a cycle")
-            at = b + NEXT  # read_link, inlined
-            b = words[at >> 3] ^ link_key ^ (at << LINK_SHIFT)
+            at = b + NEXT
+            b = mangle(words[at >> 3], at, link_key)
         return best

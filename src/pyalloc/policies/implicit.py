@@ -29,7 +29,7 @@ add to the engine's own walk.
 from __future__ import annotations
 
 from ..errors import HeapCorruptionError
-from ..layout import ALLOCATED, BODY_MASK, MIN_BLOCK, SIZE_MASK, TAG_MASK, TAG_SHIFT, TAGGED_MASK
+from ..layout import ALLOCATED, MIN_BLOCK, SIZE_MASK
 from .base import FreeIndex
 
 
@@ -60,17 +60,18 @@ class Implicit(FreeIndex):
         return b, self.heap.free_block_size(b)
 
     def find(self, need: int) -> int:
+        return self.first_free(self.heap.heap_start, need)
+
+    def first_free(self, b: int, need: int) -> int:
+        """The first free block of at least ``need`` bytes at or after block ``b``, or 0.
+
+        Every header on the way is checked: this walk is the whole cost of malloc.
+        """
         heap = self.heap
-        words = self.words
-        key = heap.header_key
-        secret = heap.tag_secret
         brk = heap.brk
-        b = heap.heap_start
         while b < brk:
-            # heap._header(b), inlined: this loop is the whole cost of malloc.
-            plain = words[b >> 3] ^ key
-            body = plain & BODY_MASK
-            if plain >> TAG_SHIFT != hash((body & TAGGED_MASK, b ^ secret)) & TAG_MASK:
+            body = heap._header(b)
+            if body < 0:
                 raise HeapCorruptionError(f"header of block {b + 8} is corrupted")
             size = body & SIZE_MASK
             if size < MIN_BLOCK or b + size > brk:
@@ -85,17 +86,9 @@ class Implicit(FreeIndex):
         pass
 
     def blocks(self) -> list[int]:
-        heap = self.heap
         out: list[int] = []
-        b = heap.heap_start
-        while b < heap.brk:
-            body = heap._header(b)
-            if body < 0:
-                raise HeapCorruptionError(f"header of block {b + 8} is corrupted")
-            size = body & SIZE_MASK
-            if size < MIN_BLOCK or b + size > heap.brk:
-                raise HeapCorruptionError(f"block {b + 8} holds an impossible size {size}")
-            if not body & ALLOCATED:
-                out.append(b)
-            b += size
+        b = self.first_free(self.heap.heap_start, 0)
+        while b:
+            out.append(b)
+            b = self.first_free(b + self.heap.free_block_size(b), 0)
         return out

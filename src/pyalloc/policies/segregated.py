@@ -27,10 +27,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from ..errors import HeapCorruptionError
-from ..layout import (
-    LINK_SHIFT,
-    SIZE_MASK,
-)
+from ..layout import mangle, stored_size
 from .base import NEXT, LinkedLists
 
 if TYPE_CHECKING:
@@ -170,13 +167,13 @@ class Segregated(LinkedLists):
                 if b:
                     raise HeapCorruptionError(f"free-list link {b:#x} is outside the heap")
                 break
-            size = (words[b >> 3] ^ header_key) & SIZE_MASK  # layout.block_size, inlined
+            size = stored_size(words[b >> 3], header_key)
             if size >= need and (not best or size < best_size):
                 best, best_size = b, size
                 if size == need:
                     break
-            at = b + NEXT  # read_link, inlined
-            b = words[at >> 3] ^ link_key ^ (at << LINK_SHIFT)
+            at = b + NEXT
+            b = mangle(words[at >> 3], at, link_key)
         return best
 
     def check(self, free_blocks: dict[int, int]) -> None:

@@ -49,13 +49,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from ..errors import HeapCorruptionError
-from ..layout import (
-    ALIGN_SHIFT,
-    LINK_SHIFT,
-    MAX_BLOCK,
-    MIN_BLOCK,
-    SIZE_MASK,
-)
+from ..layout import ALIGN_SHIFT, MAX_BLOCK, MIN_BLOCK, mangle, stored_size
 from .base import NEXT, LinkedLists
 
 if TYPE_CHECKING:
@@ -205,13 +199,13 @@ class TLSF(LinkedLists):
         while b:
             if not (lo <= b < hi and b & 15 == 8):
                 raise HeapCorruptionError(f"free-list link {b:#x} is outside the heap")
-            if (words[b >> 3] ^ header_key) & SIZE_MASK >= need:  # layout.block_size, inlined
+            if stored_size(words[b >> 3], header_key) >= need:  # layout.block_size, inlined
                 return b
             budget -= 1
             if budget <= 0:
                 raise HeapCorruptionError(f"free list {i} has a cycle")
-            at = b + NEXT  # read_link, inlined
-            b = words[at >> 3] ^ link_key ^ (at << LINK_SHIFT)
+            at = b + NEXT
+            b = mangle(words[at >> 3], at, link_key)
         return 0
 
     def find(self, need: int) -> int:
