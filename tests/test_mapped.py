@@ -517,7 +517,7 @@ def test_open_refuses_a_truncated_heap_file(path: Path, keep: int) -> None:
     [
         (C.W_MAGIC, C.MAGIC ^ 1, "bad magic"),
         (C.W_FORMAT, C.FORMAT_VERSION + 1, "format version"),
-        (C.W_FORMAT, 1 | 1 << 16, f"format version 1; this pyalloc reads version {C.FORMAT_VERSION}"),
+        (C.W_FORMAT, 1 | 1 << 16, f"version 1; this pyalloc reads version {C.FORMAT_VERSION}"),
         (C.W_RESERVED, 0, "not made by SharedHeap.create or MappedHeap.create"),
         (C.W_CAPACITY, 1 << 40, "does not fit"),
     ],
