@@ -24,7 +24,6 @@ import pytest
 from pyalloc import HeapError, MappedHeap, SharedHeap
 from pyalloc import control as C
 from pyalloc.cli import main
-from pyalloc.regions import Region
 from pyalloc.shared import W_JOURNAL_COUNT, W_RECOVERIES, describe_file
 
 try:
@@ -284,38 +283,6 @@ class Killed(BaseException):
     """The process running the operation dies here."""
 
 
-class CountedStores:
-    """Region words whose ``budget``-th store (counted from ``arm``) raises Killed."""
-
-    def __init__(self, raw: Any) -> None:
-        self.raw = raw
-        self.stores = 0
-        self.budget = -1
-
-    def __getitem__(self, index: int) -> int:
-        value: int = self.raw[index]
-        return value
-
-    def __setitem__(self, index: int, value: int) -> None:
-        if self.stores == self.budget:
-            raise Killed(f"store {self.stores}")
-        self.stores += 1
-        self.raw[index] = value
-
-    def arm(self, k: int) -> None:
-        self.budget = self.stores + k
-
-
-class CountedHeap(MappedHeap):
-    """A MappedHeap whose journaled stores go through ``CountedStores``."""
-
-    stores: CountedStores
-
-    def _metadata_words(self, region: Region) -> Any:
-        self.stores = CountedStores(region.words)
-        return self._journal.journaled_words(region.buf, self.stores)
-
-
 def coalescing_free(h: MappedHeap, ptr: dict[str, int]) -> None:
     h._free(ptr["E"])
 
@@ -360,11 +327,11 @@ def snapshot(heap: MappedHeap) -> bytes:
 def count_stores(path: Path, name: str) -> int:
     op, _ = OPERATIONS[name]
     ptr, _ = prepare(path)
-    with CountedHeap.open(path) as h:
+    with MappedHeap.open(path) as h:
         with h._lock:
             op(h, ptr)
         h.check()
-        return h.stores.stores
+        return h.meta.stores
 
 
 def kill_at_store(path: Path, name: str, ptr: dict[str, int], k: int) -> None:
@@ -373,9 +340,9 @@ def kill_at_store(path: Path, name: str, ptr: dict[str, int], k: int) -> None:
     pid = os.fork()
     if pid == 0:
         try:
-            h = CountedHeap.open(path)
+            h = MappedHeap.open(path)
             h._lock.acquire()
-            h.stores.arm(k)
+            h.meta.arm(k, Killed)
             try:
                 op(h, ptr)
             except Killed:

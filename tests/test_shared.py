@@ -634,7 +634,7 @@ def test_a_dead_holder_does_not_block_through_its_children(heap: SharedHeap) -> 
                 os._exit(0)
             os.write(w, str(grandchild).encode())
             heap._lock.acquire()
-            heap.words[C.W_PEAK] = heap.words[C.W_PEAK]  # a journaled store
+            heap.meta.store(C.W_PEAK, heap.words[C.W_PEAK])  # a journaled store
             os.kill(os.getpid(), signal.SIGKILL)
         finally:
             os._exit(1)

@@ -109,7 +109,7 @@ def test_list_reports_a_pending_recovery(
     heap: SharedHeap, capsys: pytest.CaptureFixture[str]
 ) -> None:
     heap._lock.acquire()
-    heap.words[C.W_PEAK] = heap.words[C.W_PEAK]  # a journaled store, then the holder "dies"
+    heap.meta.store(C.W_PEAK, heap.words[C.W_PEAK])  # a journaled store, then the holder "dies"
     heap._die()
     _, out, _ = run(capsys, "shm", "list")
     assert "recovery pending" in next(line for line in out.splitlines() if heap.name in line)

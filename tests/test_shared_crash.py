@@ -21,13 +21,11 @@ import signal
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 
 from pyalloc import POLICIES
 from pyalloc import control as C
-from pyalloc.regions import Region
 from pyalloc.shared import W_JOURNAL_COUNT, W_RECOVERIES, SharedHeap
 
 CAPACITY = 1 << 20
@@ -35,40 +33,6 @@ CAPACITY = 1 << 20
 
 class Killed(BaseException):
     """The process running the operation dies here."""
-
-
-class FaultyStores:
-    """Region words whose stores stop at a budget: the k-th store raises ``fault``."""
-
-    def __init__(self, raw: Any) -> None:
-        self.raw = raw
-        self.stores = 0
-        self.budget = -1  # no fault
-        self.fault: type[BaseException] = Killed
-
-    def __getitem__(self, index: int) -> int:
-        value: int = self.raw[index]
-        return value
-
-    def __setitem__(self, index: int, value: int) -> None:
-        if self.stores == self.budget:
-            raise self.fault(f"store {self.stores}")
-        self.stores += 1
-        self.raw[index] = value
-
-    def arm(self, k: int, fault: type[BaseException] = Killed) -> None:
-        self.budget = self.stores + k
-        self.fault = fault
-
-
-class FaultyHeap(SharedHeap):
-    """A SharedHeap whose journaled stores go through ``FaultyStores``."""
-
-    faults: FaultyStores
-
-    def _metadata_words(self, region: Region) -> Any:
-        self.faults = FaultyStores(region.words)
-        return self._journal.journaled_words(region.buf, self.faults)
 
 
 def stamp(heap: SharedHeap, p: int, tag: int) -> bytes:
@@ -215,11 +179,11 @@ def snapshot(heap: SharedHeap) -> bytes:
 
 def count_stores(name: str, setup: Setup, op: Operation) -> int:
     scene, _, _ = prepare(name, setup)
-    worker = FaultyHeap.attach(name)
+    worker = SharedHeap.attach(name)
     with worker._lock:
-        before = worker.faults.stores
+        before = worker.meta.stores
         op(worker, scene)
-        stores = worker.faults.stores - before
+        stores = worker.meta.stores - before
     worker.check()
     worker.close()
     scene.heap.close()
@@ -253,9 +217,9 @@ def test_killed_between_any_two_stores(scenario: str, fresh: Callable[[], str]) 
         name = fresh()
         scene, before, names_before = prepare(name, setup)
         live_before = scene.heap.stats()["live_blocks"]
-        worker = FaultyHeap.attach(name)
+        worker = SharedHeap.attach(name)
         worker._lock.acquire()
-        worker.faults.arm(k)
+        worker.meta.arm(k, Killed)
         with pytest.raises(Killed):
             op(worker, scene)
         worker._die()
@@ -288,8 +252,8 @@ def test_exception_between_stores_is_undone_on_the_spot(
         # what earlier rounds left free (the implicit list reuses other holes).
         name = fresh()
         scene, before, names_before = prepare(name, setup)
-        worker = FaultyHeap.attach(name)
-        worker.faults.arm(k, RuntimeError)
+        worker = SharedHeap.attach(name)
+        worker.meta.arm(k, RuntimeError)
         with pytest.raises(RuntimeError), worker._lock:
             op(worker, scene)
         assert worker._raw[W_JOURNAL_COUNT] == 0
@@ -308,14 +272,14 @@ def test_exception_raised_inside_an_except_clause_is_still_undone(
 ) -> None:
     name = fresh()
     scene, before, _ = prepare(name, setup_hole)
-    worker = FaultyHeap.attach(name)
+    worker = SharedHeap.attach(name)
     try:
         raise KeyError("handled by the caller")
     except KeyError:
-        worker.faults.arm(6, RuntimeError)
+        worker.meta.arm(6, RuntimeError)
         with pytest.raises(RuntimeError):
             worker.malloc(1000)  # the engine's acquire/release path
-        worker.faults.budget = -1
+        worker.meta.fault_at = -1
         p = worker.malloc(1000)  # succeeds inside the same except clause: committed
     assert snapshot(scene.heap) != before
     assert worker.usable_size(p) >= 1000
@@ -335,10 +299,9 @@ def test_sigkill_between_stores(scenario: str, fresh: Callable[[], str]) -> None
         pid = os.fork()
         if pid == 0:  # the child dies at its k-th store, holding the lock
             try:
-                worker = FaultyHeap.attach(name)
+                worker = SharedHeap.attach(name)
                 worker._lock.acquire()
-                worker.faults.fault = Killed
-                worker.faults.arm(k)
+                worker.meta.arm(k, Killed)
                 try:
                     op(worker, scene)
                 except Killed:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
+
+from . import _engine
+
+COMPILED, ENGINE = _engine.install(os.path.dirname(os.path.abspath(__file__)))
+"""``COMPILED``: True when the compiled engine runs; ``ENGINE`` says why either way."""
 
 from .allocators import ALL_POLICIES, make_heap
 from .buddy import BuddyHeap
@@ -16,6 +22,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALL_POLICIES",
+    "COMPILED",
+    "ENGINE",
     "POLICIES",
     "BuddyHeap",
     "DoubleFreeError",

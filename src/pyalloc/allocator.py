@@ -18,8 +18,9 @@ their errors are the same whatever the layout behind them.
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Final, Self
 
+from .errors import HeapError
 from .regions import Region
 
 
@@ -66,6 +67,38 @@ def stats_record(
     }
 
 
+ZERO_CHUNK: Final = 1 << 20
+
+
+def zero_fill(view: Any, p: int, n: int) -> None:
+    """Zero ``n`` bytes at ``p`` in place, a chunk at a time (no buffer of n bytes)."""
+    zeros = bytes(min(n, ZERO_CHUNK))
+    end = p + n
+    while p < end:
+        step = min(end - p, ZERO_CHUNK)
+        view[p : p + step] = zeros[:step] if step < len(zeros) else zeros
+        p += step
+
+
+class _ClosedLock:
+    """The lock of a closed heap: every use says so."""
+
+    def acquire(self) -> bool:
+        raise HeapError("the heap is closed")
+
+    def release(self) -> None:
+        pass
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+CLOSED: Final = _ClosedLock()
+
+
 class Allocator:
     """The public API of a heap, built on the primitives its subclass provides."""
 
@@ -100,10 +133,8 @@ class Allocator:
         raise NotImplementedError
 
     def _unlocked_entry_points(self) -> None:
-        """For ``lock=False``: the primitives replace the locking wrappers."""
-        self.malloc = self._malloc  # type: ignore[method-assign]
-        self.free = self._free  # type: ignore[method-assign]
-        self.realloc = self._realloc  # type: ignore[method-assign]
+        """For ``lock=False``: malloc, free and realloc call the primitives directly."""
+        self._locking = False
 
     # -- malloc, free, realloc -------------------------------------------------
     # acquire/release rather than ``with``: half the cost on these paths.
@@ -114,6 +145,8 @@ class Allocator:
         MemoryError when the heap cannot grow enough. ``malloc(0)`` returns a
         unique pointer to a minimum block.
         """
+        if not self._locking:
+            return self._malloc(size)
         lock = self._lock
         lock.acquire()
         try:
@@ -123,6 +156,9 @@ class Allocator:
 
     def free(self, p: int) -> None:
         """Free the block at ``p``; ``free(0)`` does nothing."""
+        if not self._locking:
+            self._free(p)
+            return
         lock = self._lock
         lock.acquire()
         try:
@@ -137,6 +173,8 @@ class Allocator:
         returns 0. If the request cannot be served, MemoryError is raised and
         the block at ``p`` is left as it was.
         """
+        if not self._locking:
+            return self._realloc(p, size)
         lock = self._lock
         lock.acquire()
         try:
@@ -158,7 +196,11 @@ class Allocator:
         with self._lock:
             p = self._malloc(total)
             usable = self._usable(p)
-        self.bytes[p : p + usable] = bytes(usable)
+        try:
+            zero_fill(self.bytes, p, usable)
+        except BaseException:
+            self.free(p)
+            raise
         return p
 
     def usable_size(self, p: int) -> int:
@@ -177,18 +219,31 @@ class Allocator:
     # -- lifetime ----------------------------------------------------------------
 
     def close(self) -> None:
-        """Unmap the region. Views handed out earlier must be released first."""
+        """Unmap the region. Views handed out earlier must be released first.
+
+        Every call after ``close()`` raises HeapError("the heap is closed").
+        """
         if self._closed:
             return
         self.bytes.release()
+        self._release_views()
         try:
             self.region.close()
         except BufferError:
+            self._bind_views()
             self.bytes = memoryview(self.region.buf)
             raise BufferError(
                 "the heap still has views in use; release them before close()"
             ) from None
         self._closed = True
+        self._locking = True  # so that every entry point meets the closed lock
+        self._lock = CLOSED
+
+    def _release_views(self) -> None:
+        """Drop the engine's views of the region before it is unmapped."""
+
+    def _bind_views(self) -> None:
+        """Take the views back when an unmap was refused."""
 
     def __enter__(self) -> Self:
         return self

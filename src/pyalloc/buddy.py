@@ -85,6 +85,7 @@ from . import control as C
 from .allocator import Allocator, check_pointer, check_size, stats_record
 from .errors import DoubleFreeError, HeapCorruptionError, InvalidPointerError
 from .heap import DEFAULT_CAPACITY
+from .journal import MetadataStore
 from .layout import ALLOCATED, HEADER, PREV_ALLOCATED, TAG_SHIFT, decode, encode
 from .policies.base import PREV, LinkedLists
 from .regions import AnonymousRegion, Region
@@ -166,6 +167,7 @@ class BuddyHeap(Allocator):
         words[C.W_MAGIC] = BUDDY_MAGIC
         self.region = region
         self.words = words
+        self.meta = MetadataStore(words)
         self.buf = region.buf
         self.bytes = memoryview(region.buf)
         self.capacity = capacity
@@ -180,8 +182,21 @@ class BuddyHeap(Allocator):
         self._lists = _OrderLists(cast("Heap", self), W_LISTS)
         self._lock = threading.Lock()
         self._closed = False
+        self._locking = True
         if not lock:
             self._unlocked_entry_points()
+
+    def _release_views(self) -> None:
+        self._lists.release()
+        self.meta.release()
+        self.words = None
+
+    def _bind_views(self) -> None:
+        words = self.region.words
+        self.words = words
+        self.meta.words = words
+        self._lists.words = words
+        self._lists.meta = self.meta
 
     # -- headers -----------------------------------------------------------------
 

@@ -41,3 +41,12 @@ W_LINK_KEY: Final = 8
 W_LOCK: Final = 10
 W_RESERVED: Final = 11
 CONTROL_WORDS: Final = 24  # policy words start here
+
+# Compiled, the constants above are C variables (control.pxd); this gives
+# Python importers the same names and values. Interpreted, it changes nothing.
+globals().update(
+    MAGIC=MAGIC, FORMAT_VERSION=FORMAT_VERSION, W_MAGIC=W_MAGIC, W_FORMAT=W_FORMAT,
+    W_CAPACITY=W_CAPACITY, W_HEAP_START=W_HEAP_START, W_BRK=W_BRK, W_PEAK=W_PEAK,
+    W_HEADER_KEY=W_HEADER_KEY, W_TAG_SECRET=W_TAG_SECRET, W_LINK_KEY=W_LINK_KEY,
+    W_LOCK=W_LOCK, W_RESERVED=W_RESERVED, CONTROL_WORDS=CONTROL_WORDS,
+)  # fmt: skip

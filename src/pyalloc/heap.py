@@ -42,7 +42,9 @@ from typing import Any, ClassVar, Final
 
 from . import control as C
 from .allocator import Allocator, check_pointer, check_size, stats_record
+from .control import W_BRK, W_PEAK
 from .errors import DoubleFreeError, HeapCorruptionError, HeapError, InvalidPointerError
+from .journal import MetadataStore
 from .layout import (
     ALLOCATED,
     HEADER,
@@ -63,7 +65,7 @@ from .layout import (
 )
 from .policies import POLICIES, policy_by_id, policy_class
 from .policies.base import FreeIndex
-from .regions import AnonymousRegion, Region, Words
+from .regions import AnonymousRegion, Region
 
 DEFAULT_CAPACITY: Final = 256 << 20
 CACHE_LIMIT: Final = 16  # freed blocks kept per size in the cache ...
@@ -98,7 +100,8 @@ class Heap(Allocator):
 
     region: Region
     policy: FreeIndex
-    words: Words
+    words: Any
+    meta: MetadataStore
     realloc_slides_down: ClassVar[bool] = True  # see _slide_down
 
     def __init__(
@@ -161,13 +164,14 @@ class Heap(Allocator):
     def _bind(self, region: Region, lock: bool) -> None:
         """Load the Python-side caches of the control record.
 
-        Every metadata word is read and written through ``self.words``;
-        ``_metadata_words`` and ``_make_lock`` are the hooks a subclass
-        overrides to journal those writes or to lock across processes.
+        Every metadata word is read from ``self.words`` (the region's words)
+        and written through ``self.meta`` (the one store, which a shared heap
+        journals); ``_make_lock`` is the hook a subclass overrides to lock
+        across processes.
         """
         if region.size < C.CONTROL_WORDS * 8 or region.words[C.W_MAGIC] != C.MAGIC:
             raise HeapError("the region does not hold a pyalloc heap (bad magic number)")
-        words = self._metadata_words(region)
+        words = region.words
         fmt = words[C.W_FORMAT]
         if fmt & 0xFFFF != C.FORMAT_VERSION:
             raise HeapError(
@@ -176,6 +180,7 @@ class Heap(Allocator):
             )
         self.region = region
         self.words = words
+        self.meta = MetadataStore(words)
         self.buf = region.buf
         self.bytes = memoryview(region.buf)
         self.capacity = words[C.W_CAPACITY]
@@ -196,14 +201,24 @@ class Heap(Allocator):
         self._cache: list[list[int]] = [[] for _ in range(CACHE_MAX_BLOCK >> 4)]
         self._cached: set[int] = set()
         self._cache_used: set[int] = set()  # bins that may hold blocks
+        self._locking = True
         if not lock:
             self._unlocked_entry_points()
 
-    def _metadata_words(self, region: Region) -> Words:
-        return region.words
-
     def _make_lock(self) -> Any:
         return threading.Lock()
+
+    def _release_views(self) -> None:
+        self.policy.release()
+        self.meta.release()
+        self.words = None
+
+    def _bind_views(self) -> None:
+        words = self.region.words
+        self.words = words
+        self.meta.words = words
+        self.policy.words = words
+        self.policy.meta = self.meta
 
     # -- header words ----------------------------------------------------------
 
@@ -212,14 +227,13 @@ class Heap(Allocator):
         return decode(self.words[b >> 3], b, self.tag_secret, self.header_key)
 
     def _set_header(self, b: int, body: int) -> None:
-        self.words[b >> 3] = encode(body, b, self.tag_secret, self.header_key)
+        self.meta.store(b >> 3, encode(body, b, self.tag_secret, self.header_key))
 
     def _set_free(self, b: int, size: int) -> None:
         """Header and footer of a free block whose predecessor is allocated."""
         word = free_word(size, b, self.tag_secret, self.header_key)
-        words = self.words
-        words[b >> 3] = word
-        words[(b + size - 8) >> 3] = word
+        self.meta.store(b >> 3, word)
+        self.meta.store((b + size - 8) >> 3, word)
 
     def _set_prev_allocated(self, n: int, on: int) -> None:
         """Set (``on``) or clear the prev-allocated bit of the header at ``n``.
@@ -230,7 +244,7 @@ class Heap(Allocator):
         i = n >> 3
         word = self.words[i]
         if ((word ^ self.header_key) & PREV_ALLOCATED) != (PREV_ALLOCATED if on else 0):
-            self.words[i] = word ^ PREV_ALLOCATED
+            self.meta.store(i, word ^ PREV_ALLOCATED)
 
     def free_block_size(self, b: int) -> int:
         """Size of the free block at ``b``; HeapCorruptionError if it is not one."""
@@ -322,11 +336,10 @@ class Heap(Allocator):
         return pb
 
     def _set_brk(self, brk: int) -> None:
-        words = self.words
         self.brk = brk
-        words[C.W_BRK] = brk
-        if brk + HEADER > words[C.W_PEAK]:
-            words[C.W_PEAK] = brk + HEADER
+        self.meta.store(W_BRK, brk)
+        if brk + HEADER > self.words[W_PEAK]:
+            self.meta.store(W_PEAK, brk + HEADER)
 
     # -- malloc ----------------------------------------------------------------
 
@@ -518,7 +531,7 @@ class Heap(Allocator):
         self._set_free(start, TOP_PAD)
         self.policy.insert(start, TOP_PAD)
         self.brk = new_brk
-        self.words[C.W_BRK] = new_brk
+        self.meta.store(W_BRK, new_brk)
         self.region.release(new_brk + HEADER, old_brk + HEADER)
 
     # -- realloc ---------------------------------------------------------------

@@ -53,8 +53,7 @@ dead holder's stores before the next holder's reads.
 
 from __future__ import annotations
 
-import ctypes
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from .errors import HeapCorruptionError, HeapError
 from .regions import Words
@@ -62,7 +61,7 @@ from .regions import Words
 ENTRY_BYTES: Final = 16
 DEFAULT_SLOTS: Final = 1024  # entries; an operation writes a few dozen words at most
 
-__all__ = ["DEFAULT_SLOTS", "ENTRY_BYTES", "Journal", "JournalFullError"]
+__all__ = ["DEFAULT_SLOTS", "ENTRY_BYTES", "Journal", "JournalFullError", "MetadataStore"]
 
 
 class JournalFullError(HeapError):
@@ -121,35 +120,67 @@ class Journal:
         if self.raw[self.count_word]:
             self.raw[self.count_word] = 0
 
-    def journaled_words(self, buf: object, raw: Words | None = None) -> Words:
-        """The words of ``buf`` as an object whose stores are journaled.
 
-        Reads are plain ctypes array reads (the engine's hot paths read far
-        more often than they write); ``words[i] = v`` appends an entry first.
-        ``raw`` is where the journaled write's three steps go (the region's
-        words unless a caller interposes, as fault-injection tests do).
-        """
-        out = raw if raw is not None else self.raw
-        first = self.first
-        slots = self.slots
-        count_word = self.count_word
-        nwords = len(cast("memoryview", self.raw))
+class MetadataStore:
+    """Where the engine writes a metadata word: the one store of the engine.
 
-        def __setitem__(self: object, index: int, value: int) -> None:
-            n = out[count_word]
-            if n >= slots:
-                raise JournalFullError(
-                    f"an operation wrote more than {slots} metadata words; it is undone"
-                )
-            e = first + 2 * n
-            out[e] = index
-            out[e + 1] = out[index]
-            out[count_word] = n + 1
-            out[index] = value
+    Every header, footer, link, list head, bitmap word and the break is
+    written through ``store(index, value)``. Without a journal that is a
+    plain store into the region's words. With one attached (shared and
+    mapped heaps) it is the journaled write described above: entry, count,
+    then the word.
 
-        array_type: type = ctypes.c_uint64 * nwords
-        words_type: Any = type(
-            "JournaledWords", (array_type,), {"__slots__": (), "__setitem__": __setitem__}
-        )
-        words: Words = words_type.from_buffer(buf)
-        return words
+    ``stores`` counts the region stores of journaled writes, and when it
+    reaches ``fault_at`` the store raises ``fault`` instead: the crash tests
+    cut an operation before each of its stores this way.
+    """
+
+    def __init__(self, words: Any) -> None:
+        self.words = words
+        self.journal = 0  # word index of entry 0; 0 while stores are not journaled
+        self.slots = 0
+        self.count_word = 0
+        self.stores = 0
+        self.fault_at = -1
+        self.fault: Any = None
+
+    def attach(self, first: int, slots: int, count_word: int) -> None:
+        """Journal every store from now on, into ``slots`` entries from word ``first``."""
+        self.slots = slots
+        self.count_word = count_word
+        self.journal = first
+
+    def store(self, index: int, value: int) -> int:
+        if self.journal:
+            self._journaled(index, value)
+        else:
+            self.words[index] = value
+        return 0
+
+    def _journaled(self, index: int, value: int) -> None:
+        words = self.words
+        n = words[self.count_word]
+        if n >= self.slots:
+            raise JournalFullError(
+                f"an operation wrote more than {self.slots} metadata words; it is undone"
+            )
+        e = self.journal + 2 * n
+        self._raw(e, index)
+        self._raw(e + 1, words[index])
+        self._raw(self.count_word, n + 1)
+        self._raw(index, value)
+
+    def _raw(self, index: int, value: int) -> None:
+        if self.stores == self.fault_at:
+            raise self.fault(f"store {self.stores}")
+        self.stores += 1
+        self.words[index] = value
+
+    def arm(self, k: int, fault: Any) -> None:
+        """Make the ``k``-th journaled store from now raise ``fault`` (tests)."""
+        self.fault_at = self.stores + k
+        self.fault = fault
+
+    def release(self) -> None:
+        """Drop the view of the region, so that it can be unmapped."""
+        self.words = None

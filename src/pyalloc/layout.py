@@ -107,6 +107,17 @@ assert TAG_BITS == 20
 # when the remainder reaches MIN_BLOCK, so slack < MIN_BLOCK + ALIGNMENT + 8.
 assert MIN_BLOCK + ALIGNMENT + HEADER <= SLACK_MAX + 1
 
+# Compiled, the constants above are C variables (layout.pxd); this gives
+# Python importers the same names and values. Interpreted, it changes nothing.
+globals().update(
+    WORD=WORD, ALIGN_SHIFT=ALIGN_SHIFT, ALIGNMENT=ALIGNMENT, HEADER=HEADER,
+    MIN_BLOCK=MIN_BLOCK, ALLOCATED=ALLOCATED, PREV_ALLOCATED=PREV_ALLOCATED,
+    FLAGS_MASK=FLAGS_MASK, SIZE_BITS=SIZE_BITS, SIZE_MASK=SIZE_MASK, SLACK_SHIFT=SLACK_SHIFT,
+    SLACK_BITS=SLACK_BITS, SLACK_MAX=SLACK_MAX, TAG_SHIFT=TAG_SHIFT, TAG_BITS=TAG_BITS,
+    TAG_MASK=TAG_MASK, BODY_MASK=BODY_MASK, TAGGED_MASK=TAGGED_MASK, MAX_BLOCK=MAX_BLOCK,
+    LINK_SHIFT=LINK_SHIFT, OFFSET_SHIFT=OFFSET_SHIFT, WORD_MASK=WORD_MASK,
+)  # fmt: skip
+
 
 def block_size_for(size: int) -> int:
     """Block size serving a request of ``size`` payload bytes."""
@@ -149,11 +160,6 @@ def free_word(size: int, offset: int, secret: int, key: int) -> int:
 def allocated_body(size: int, asked: int, prev_bit: int) -> int:
     """Header body of an allocated block of ``size`` bytes serving ``asked``."""
     return size | ALLOCATED | prev_bit | (size - HEADER - asked) << SLACK_SHIFT
-
-
-def flip_prev_allocated(word: int) -> int:
-    """A stored header with its prev-allocated bit flipped (the bit is outside the tag)."""
-    return word ^ PREV_ALLOCATED
 
 
 def stored_size(word: int, key: int) -> int:

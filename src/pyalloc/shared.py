@@ -90,7 +90,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from types import TracebackType
-from typing import Any, Final, NoReturn, Self, cast
+from typing import Any, Final, NoReturn, Self
 
 from . import control as C
 from .allocator import check_size
@@ -99,7 +99,7 @@ from .heap import DEFAULT_CAPACITY, Heap
 from .journal import DEFAULT_SLOTS, ENTRY_BYTES, Journal
 from .layout import HEADER
 from .policies import policy_by_id, policy_class
-from .regions import FileRegion, Region, Words, _shm_path, list_shared, page_round_up
+from .regions import FileRegion, Words, _shm_path, list_shared, page_round_up
 
 __all__ = ["SharedHeap", "SharedNames", "describe_file", "describe_segment", "list_heaps"]
 
@@ -595,12 +595,15 @@ class SharedHeap(Heap):
             )
             heap._segment = region
             heap._bind(region, True)
+            heap.meta.attach(raw[W_JOURNAL] >> 3, raw[W_JOURNAL_SLOTS], W_JOURNAL_COUNT)
         except BaseException:
-            lock = heap.__dict__.get("_lock")
+            lock = getattr(heap, "_lock", None)
             if isinstance(lock, _SegmentLock):
                 lock.close()
             else:
                 os.close(fd)
+            if getattr(heap, "meta", None) is not None:
+                heap._release_views()
             heap.__dict__.clear()
             try:
                 region.close()
@@ -610,15 +613,12 @@ class SharedHeap(Heap):
         engine_bytes = heap.bytes
         heap.bytes = _PayloadBytes(memoryview(region.buf), heap._before_payload_store)  # type: ignore[assignment]
         engine_bytes.release()
-        heap._base_address = ctypes.addressof(cast(Any, heap.words))
+        heap._base_address = _address_of(region.buf)
         heap.names = SharedNames(heap)
         _open_heaps.add(heap)
         return heap
 
     # -- engine hooks --------------------------------------------------------------
-
-    def _metadata_words(self, region: Region) -> Words:
-        return self._journal.journaled_words(region.buf)
 
     def _make_lock(self) -> Any:
         return _SegmentLock(self._lock_fd, self)
@@ -644,7 +644,7 @@ class SharedHeap(Heap):
         segment.in_transaction = True
         try:
             self._free(draft)
-            self.words[W_NAMES_NEXT] = 0
+            self.meta.store(W_NAMES_NEXT, 0)
         except HeapError:
             self._undo()
             raw[W_NAMES_NEXT] = 0  # not a block: forget it rather than fail every lock
@@ -724,17 +724,17 @@ class SharedHeap(Heap):
         the swap commits leaves "names next" for recovery to free.
         """
         old = self._raw[W_NAMES]
-        words = self.words
+        store = self.meta.store
         if table:
             data = _encode_names(table)
             q = self._malloc(len(data))
-            words[W_NAMES_NEXT] = q
+            store(W_NAMES_NEXT, q)
             self._checkpoint()
             self.buf[q : q + len(data)] = data
-            words[W_NAMES] = q
-            words[W_NAMES_NEXT] = 0
+            store(W_NAMES, q)
+            store(W_NAMES_NEXT, 0)
         else:
-            words[W_NAMES] = 0
+            store(W_NAMES, 0)
         if old:
             self._free(old)
 
@@ -813,9 +813,7 @@ class SharedHeap(Heap):
         self._lock = _ClosedLock()
         lock.close()
         self.bytes.release()
-        # Drop every reference to the journaled words: they export the mapping.
-        self.__dict__.pop("words", None)
-        self.__dict__.pop("policy", None)
+        self._release_views()
         try:
             self.region.close()
         except BufferError:
@@ -912,6 +910,15 @@ class SharedNames(MutableMapping[str, int]):
 
 
 # -- helpers -----------------------------------------------------------------------
+
+
+def _address_of(buf: Any) -> int:
+    """The address of the first byte of a mapping, keeping no export of it."""
+    first = ctypes.c_char.from_buffer(buf)
+    try:
+        return ctypes.addressof(first)
+    finally:
+        del first
 
 
 def _reopen(fd: int) -> int:

@@ -12,6 +12,25 @@ blocks themselves: the next link at ``b + 8`` and the prev link at
 holding the first block's offset, 0 when empty. Unlinking validates both
 neighbours' links first (``next.prev == b`` and ``prev.next == b``), so a
 corrupted link is reported before anything is written.
+
+The protocol the engine calls (every method below raises HeapCorruptionError
+on metadata it cannot trust, before it writes)::
+
+    insert(b, size)      b is a free block (header and footer written or about
+                         to be); put it in the index
+    remove(b, size)      take the free block b out of the index
+    validate(b, size)    raise if remove(b, size) would follow a bad link
+    take(need)           remove and return (b, size) of a free block of at
+                         least need bytes, or None
+    find(need)           such a block without removing it, or 0
+    check(free_blocks)   the index holds exactly free_blocks (offset -> size)
+    blocks()             every block the index holds
+    words_needed(cap)    (class method) control words the index needs
+
+A policy reads the region's words directly and writes them only through the
+heap's ``MetadataStore`` (``self.meta.store``), so that a shared heap's
+journal sees every write. The break is read from the control record
+(``words[W_BRK]``), which is where the engine keeps it.
 """
 
 from __future__ import annotations
@@ -19,9 +38,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
+from ..control import W_BRK
 from ..errors import HeapCorruptionError
-from ..layout import ALLOCATED, SIZE_MASK, mangle
-from ..regions import Words
+from ..layout import ALLOCATED, SIZE_MASK, decode, mangle, stored_size
 
 if TYPE_CHECKING:
     from ..heap import Heap
@@ -39,7 +58,17 @@ class FreeIndex:
     def __init__(self, heap: Heap, base: int) -> None:
         self.heap = heap
         self.base = base  # first control word of this policy
-        self.words: Words = heap.words
+        self.meta = heap.meta
+        self.words = heap.words
+        self.heap_start = heap.heap_start
+        self.header_key = heap.header_key
+        self.tag_secret = heap.tag_secret
+        self.link_key = heap.link_key
+
+    def release(self) -> None:
+        """Drop the views of the region, so that it can be unmapped."""
+        self.words = None
+        self.meta = None
 
     @classmethod
     def words_needed(cls, capacity: int) -> int:
@@ -64,7 +93,7 @@ class FreeIndex:
         b = self.find(need)
         if not b:
             return None
-        size = self.heap.free_block_size(b)
+        size = self.free_size(b)
         self.remove(b, size)
         return b, size
 
@@ -80,13 +109,19 @@ class FreeIndex:
         """Every block the index holds, for diagnostics."""
         raise NotImplementedError
 
+    # -- what every policy reads --------------------------------------------------
+
+    def in_heap(self, b: int) -> bool:
+        """``b`` may be a block: inside the heap, at a block's alignment."""
+        return self.heap_start <= b < self.words[W_BRK] and b & 15 == 8
+
+    def free_size(self, b: int) -> int:
+        """Size of the free block at ``b``; HeapCorruptionError if it is not one."""
+        return self.heap.free_block_size(b)
+
 
 class LinkedLists(FreeIndex):
     """Helpers for policies made of doubly linked free lists."""
-
-    def __init__(self, heap: Heap, base: int) -> None:
-        super().__init__(heap, base)
-        self.link_key = heap.link_key
 
     def read_link(self, b: int, field: int) -> int:
         at = b + field
@@ -94,7 +129,7 @@ class LinkedLists(FreeIndex):
 
     def write_link(self, b: int, field: int, link: int) -> None:
         at = b + field
-        self.words[at >> 3] = mangle(link, at, self.link_key)
+        self.meta.store(at >> 3, mangle(link, at, self.link_key))
 
     def push(self, head: int, b: int) -> bool:
         """Put ``b`` first on the list at ``head``; True if the list was empty.
@@ -104,106 +139,124 @@ class LinkedLists(FreeIndex):
         or a corrupted head word would have ``b``'s link written into a live
         block's payload.
         """
-        words = self.words
-        key = self.link_key
-        first = words[head]
+        first = self.words[head]
         if first:
-            heap = self.heap
-            if not (heap.heap_start <= first < heap.brk and first & 15 == 8):
+            if not self.in_heap(first):
                 raise HeapCorruptionError(f"free-list head at control word {head} is invalid")
-            body = heap._header(first)
-            at = first + PREV
-            if body < 0 or body & ALLOCATED or mangle(words[at >> 3], at, key):
+            body = decode(self.words[first >> 3], first, self.tag_secret, self.header_key)
+            if body < 0 or body & ALLOCATED or self.read_link(first, PREV):
                 raise HeapCorruptionError(
                     f"free-list head at control word {head} is not a free block"
                 )
-            words[at >> 3] = mangle(b, at, key)
-        at = b + NEXT
-        words[at >> 3] = mangle(first, at, key)
-        at += 8
-        words[at >> 3] = mangle(0, at, key)  # prev = 0
-        words[head] = b
+            self.write_link(first, PREV, b)
+        self.write_link(b, NEXT, first)
+        self.write_link(b, PREV, 0)
+        self.meta.store(head, b)
         return not first
 
     def neighbours(self, head: int, b: int) -> tuple[int, int]:
         """``b``'s (prev, next) on the list at ``head``, checked both ways."""
-        words = self.words
-        key = self.link_key
-        at = b + NEXT
-        nxt = mangle(words[at >> 3], at, key)
-        at = b + PREV
-        prv = mangle(words[at >> 3], at, key)
-        heap = self.heap
-        lo = heap.heap_start
-        hi = heap.brk
+        nxt = self.read_link(b, NEXT)
+        prv = self.read_link(b, PREV)
         if nxt:
-            if not (lo <= nxt < hi and nxt & 15 == 8):
+            if not self.in_heap(nxt):
                 raise HeapCorruptionError(f"free block {b + 8}: next link {nxt:#x} is invalid")
-            at = nxt + PREV
-            if mangle(words[at >> 3], at, key) != b:
+            if self.read_link(nxt, PREV) != b:
                 raise HeapCorruptionError(f"free block {b + 8}: next block's prev link is broken")
         if prv:
-            if not (lo <= prv < hi and prv & 15 == 8):
+            if not self.in_heap(prv):
                 raise HeapCorruptionError(f"free block {b + 8}: prev link {prv:#x} is invalid")
-            at = prv + NEXT
-            if mangle(words[at >> 3], at, key) != b:
+            if self.read_link(prv, NEXT) != b:
                 raise HeapCorruptionError(f"free block {b + 8}: prev block's next link is broken")
-        elif words[head] != b:
+        elif self.words[head] != b:
             raise HeapCorruptionError(f"free block {b + 8} has no prev link but is not first")
         return prv, nxt
 
     def unlink(self, head: int, b: int) -> None:
         """Take ``b`` off the list at ``head``; links are checked first."""
         prv, nxt = self.neighbours(head, b)
-        words = self.words
-        key = self.link_key
         if prv:
-            at = prv + NEXT
-            words[at >> 3] = mangle(nxt, at, key)
+            self.write_link(prv, NEXT, nxt)
         else:
-            words[head] = nxt
+            self.meta.store(head, nxt)
         if nxt:
-            at = nxt + PREV
-            words[at >> 3] = mangle(prv, at, key)
+            self.write_link(nxt, PREV, prv)
 
     def pop_head(self, head: int, need: int, lowest: int, limit: int) -> tuple[int, int]:
         """Unlink the first block of the list at ``head`` and return (b, size).
 
         The block must be free, fit ``need`` and lie in the list's size range
         ``[lowest, limit)``; all is checked before the first write. This is
-        the hot path of ``take``: ``heap.free_block_size`` and ``unlink``
-        specialised to a list head. The caller marks the list empty in its
-        bitmaps when ``words[head]`` is 0 afterwards.
+        the hot path of ``take``: ``free_size`` and ``unlink`` specialised to
+        a list head. The caller marks the list empty in its bitmaps when
+        ``words[head]`` is 0 afterwards.
         """
-        words = self.words
-        heap = self.heap
-        b = words[head]
-        brk = heap.brk
-        lo = heap.heap_start
-        if not (lo <= b < brk and b & 15 == 8):
+        b = self.words[head]
+        if not self.in_heap(b):
             raise HeapCorruptionError(f"free-list head at control word {head} is invalid")
-        body = heap._header(b)
+        body = decode(self.words[b >> 3], b, self.tag_secret, self.header_key)
         if body < 0 or body & ALLOCATED:
             raise HeapCorruptionError(f"header of free block {b + 8} is corrupted")
         size = body & SIZE_MASK
         if size < need or not lowest <= size < limit:
             raise HeapCorruptionError(f"free block {b + 8} of {size} bytes is on the wrong list")
-        key = self.link_key
-        at = b + NEXT
-        nxt = mangle(words[at >> 3], at, key)
-        at += 8
-        if mangle(words[at >> 3], at, key):
+        nxt = self.read_link(b, NEXT)
+        if self.read_link(b, PREV):
             raise HeapCorruptionError(f"free block {b + 8} heads its list but has a prev link")
         if nxt:
-            at = nxt + PREV
-            if (
-                not (lo <= nxt < brk and nxt & 15 == 8)
-                or mangle(words[at >> 3], at, key) != b
-            ):
+            if not self.in_heap(nxt) or self.read_link(nxt, PREV) != b:
                 raise HeapCorruptionError(f"free block {b + 8}: next link is broken")
-            words[at >> 3] = mangle(0, at, key)  # its prev = 0
-        words[head] = nxt
+            self.write_link(nxt, PREV, 0)
+        self.meta.store(head, nxt)
         return b, size
+
+    def scan_first(self, b: int, stop: int, need: int, budget: int) -> int:
+        """First block of at least ``need`` bytes from ``b`` up to ``stop`` (0: the end).
+
+        At most ``budget`` steps: more is a cycle. ``steps_left`` keeps what
+        remains, for a search that goes on from elsewhere. Sizes are read
+        without their tag checked (``stored_size``): the block a search picks
+        is checked in full before it is used.
+        """
+        while b != stop:
+            if not self.in_heap(b):
+                if not b:
+                    raise HeapCorruptionError("the search's starting block is not on the list")
+                raise HeapCorruptionError(f"free-list link {b:#x} is outside the heap")
+            if stored_size(self.words[b >> 3], self.header_key) >= need:
+                self.steps_left = budget
+                return b
+            budget -= 1
+            if budget <= 0:
+                raise HeapCorruptionError("a free list has a cycle")
+            b = self.read_link(b, NEXT)
+        self.steps_left = budget
+        return 0
+
+    def scan_best(self, b: int, need: int, steps: int, whole: bool) -> int:
+        """The smallest block of at least ``need`` bytes among ``steps`` from ``b``, or 0.
+
+        With ``whole``, the list must end within ``steps`` (more is a cycle);
+        otherwise the search stops there. Sizes are read as in ``scan_first``.
+        """
+        best = 0
+        best_size = 0
+        while b:
+            if not self.in_heap(b):
+                raise HeapCorruptionError(f"free-list link {b:#x} is outside the heap")
+            size = stored_size(self.words[b >> 3], self.header_key)
+            if size >= need and (not best or size < best_size):
+                best = b
+                best_size = size
+                if size == need:
+                    break
+            steps -= 1
+            if steps <= 0:
+                if whole:
+                    raise HeapCorruptionError("a free list has a cycle")
+                break
+            b = self.read_link(b, NEXT)
+        return best
 
     def check_list(
         self,
@@ -236,14 +289,13 @@ class LinkedLists(FreeIndex):
 
     def walk(self, head: int, limit: int) -> list[int]:
         """The blocks on the list at ``head``; corruption and cycles raise."""
-        heap = self.heap
         found: list[int] = []
         prv = 0
         b = self.words[head]
         while b:
             if len(found) >= limit:
                 raise HeapCorruptionError(f"free list at control word {head} has a cycle")
-            heap.free_block_size(b)
+            self.free_size(b)
             if self.read_link(b, PREV) != prv:
                 raise HeapCorruptionError(f"free block {b + 8}: prev link disagrees with its list")
             found.append(b)

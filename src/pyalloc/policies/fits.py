@@ -38,8 +38,9 @@ from __future__ import annotations
 
 from typing import Final
 
+from ..control import W_BRK
 from ..errors import HeapCorruptionError
-from ..layout import MIN_BLOCK, mangle, stored_size
+from ..layout import MIN_BLOCK
 from .base import NEXT, LinkedLists
 
 HEAD: Final = 0  # control words, from base
@@ -64,33 +65,7 @@ class ExplicitList(LinkedLists):
 
     def walk_limit(self) -> int:
         """More steps than any list in this heap can have: a cycle's bound."""
-        heap = self.heap
-        return (heap.brk - heap.heap_start) // MIN_BLOCK + 1
-
-    def scan(self, b: int, stop: int, need: int, budget: int) -> tuple[int, int]:
-        """First block of at least ``need`` bytes from ``b`` up to ``stop`` (0: the tail).
-
-        Returns (the block or 0, steps left of ``budget``).
-        """
-        heap = self.heap
-        words = self.words
-        lo = heap.heap_start
-        hi = heap.brk
-        header_key = heap.header_key
-        link_key = self.link_key
-        while b != stop:
-            if not (lo <= b < hi and b & 15 == 8):
-                if not b:
-                    raise HeapCorruptionError("the next-fit rover is not on the free list")
-                raise HeapCorruptionError(f"free-list link {b:#x} is outside the heap")
-            if stored_size(words[b >> 3], header_key) >= need:  # layout.block_size, inlined
-                return b, budget
-            budget -= 1
-            if budget <= 0:
-                raise HeapCorruptionError("the free list has a cycle")
-            at = b + NEXT
-            b = mangle(words[at >> 3], at, link_key)
-        return 0, budget
+        return (self.words[W_BRK] - self.heap_start) // MIN_BLOCK + 1
 
     def check(self, free_blocks: dict[int, int]) -> None:
         # walk() refuses a prev link that disagrees with the walk, so no block
@@ -106,7 +81,7 @@ class FirstFit(ExplicitList):
     policy_id = 3
 
     def find(self, need: int) -> int:
-        return self.scan(self.words[self.base + HEAD], 0, need, self.walk_limit())[0]
+        return self.scan_first(self.words[self.base + HEAD], 0, need, self.walk_limit())
 
 
 class NextFit(ExplicitList):
@@ -123,20 +98,20 @@ class NextFit(ExplicitList):
         first = words[self.base + HEAD]
         budget = self.walk_limit()
         if not rover or rover == first:
-            return self.scan(first, 0, need, budget)[0]
-        b, budget = self.scan(rover, 0, need, budget)
+            return self.scan_first(first, 0, need, budget)
+        b = self.scan_first(rover, 0, need, budget)
         if b:
             return b
-        return self.scan(first, rover, need, budget)[0]
+        return self.scan_first(first, rover, need, self.steps_left)
 
     def take(self, need: int) -> tuple[int, int] | None:
         b = self.find(need)
         if not b:
             return None
-        size = self.heap.free_block_size(b)
+        size = self.free_size(b)
         after = self.read_link(b, NEXT)
         self.unlink(self.base + HEAD, b)  # checks both neighbours before writing
-        self.words[self.base + ROVER] = after
+        self.meta.store(self.base + ROVER, after)
         return b, size
 
     def remove(self, b: int, size: int) -> None:
@@ -146,7 +121,7 @@ class NextFit(ExplicitList):
             return
         after = self.read_link(b, NEXT)
         self.unlink(self.base + HEAD, b)
-        self.words[rover] = after
+        self.meta.store(rover, after)
 
     def check(self, free_blocks: dict[int, int]) -> None:
         super().check(free_blocks)
@@ -160,27 +135,4 @@ class BestFit(ExplicitList):
     policy_id = 5
 
     def find(self, need: int) -> int:
-        heap = self.heap
-        words = self.words
-        lo = heap.heap_start
-        hi = heap.brk
-        header_key = heap.header_key
-        link_key = self.link_key
-        budget = self.walk_limit()
-        best = 0
-        best_size = 0
-        b = words[self.base + HEAD]
-        while b:
-            if not (lo <= b < hi and b & 15 == 8):
-                raise HeapCorruptionError(f"free-list link {b:#x} is outside the heap")
-            size = stored_size(words[b >> 3], header_key)
-            if size >= need and (not best or size < best_size):
-                best, best_size = b, size
-                if size == need:
-                    break
-            budget -= 1
-            if budget <= 0:
-                raise HeapCorruptionError("the free list has a cycle")
-            at = b + NEXT
-            b = mangle(words[at >> 3], at, link_key)
-        return best
+        return self.scan_best(self.words[self.base + HEAD], need, self.walk_limit(), True)

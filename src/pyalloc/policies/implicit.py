@@ -28,8 +28,9 @@ add to the engine's own walk.
 
 from __future__ import annotations
 
+from ..control import W_BRK
 from ..errors import HeapCorruptionError
-from ..layout import ALLOCATED, MIN_BLOCK, SIZE_MASK
+from ..layout import ALLOCATED, MIN_BLOCK, SIZE_MASK, decode
 from .base import FreeIndex
 
 
@@ -57,20 +58,19 @@ class Implicit(FreeIndex):
         b = self.find(need)
         if not b:
             return None
-        return b, self.heap.free_block_size(b)
+        return b, self.free_size(b)
 
     def find(self, need: int) -> int:
-        return self.first_free(self.heap.heap_start, need)
+        return self.first_free(self.heap_start, need)
 
     def first_free(self, b: int, need: int) -> int:
         """The first free block of at least ``need`` bytes at or after block ``b``, or 0.
 
         Every header on the way is checked: this walk is the whole cost of malloc.
         """
-        heap = self.heap
-        brk = heap.brk
+        brk = self.words[W_BRK]
         while b < brk:
-            body = heap._header(b)
+            body = decode(self.words[b >> 3], b, self.tag_secret, self.header_key)
             if body < 0:
                 raise HeapCorruptionError(f"header of block {b + 8} is corrupted")
             size = body & SIZE_MASK
@@ -87,8 +87,8 @@ class Implicit(FreeIndex):
 
     def blocks(self) -> list[int]:
         out: list[int] = []
-        b = self.first_free(self.heap.heap_start, 0)
+        b = self.first_free(self.heap_start, 0)
         while b:
             out.append(b)
-            b = self.first_free(b + self.heap.free_block_size(b), 0)
+            b = self.first_free(b + self.free_size(b), 0)
         return out

@@ -27,8 +27,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from ..errors import HeapCorruptionError
-from ..layout import mangle, stored_size
-from .base import NEXT, LinkedLists
+from ..layout import WORD_MASK
+from .base import LinkedLists
 
 if TYPE_CHECKING:
     from ..heap import Heap
@@ -103,21 +103,25 @@ class Segregated(LinkedLists):
             c = i << 6
         return c + (above & -above).bit_length() - 1
 
+    def class_of(self, size: int) -> int:
+        return CLASS_OF[size >> 4] if size < TABLE_LIMIT else size_class(size)
+
     def insert(self, b: int, size: int) -> None:
-        c = CLASS_OF[size >> 4] if size < TABLE_LIMIT else size_class(size)
+        c = self.class_of(size)
         if self.push(self.base + c, b):
-            self.words[self.bitmap_base + (c >> 6)] |= 1 << (c & 63)
+            at = self.bitmap_base + (c >> 6)
+            self.meta.store(at, self.words[at] | 1 << (c & 63))
 
     def validate(self, b: int, size: int) -> None:
-        c = CLASS_OF[size >> 4] if size < TABLE_LIMIT else size_class(size)
+        c = self.class_of(size)
         self.neighbours(self.base + c, b)
 
     def remove(self, b: int, size: int) -> None:
-        c = CLASS_OF[size >> 4] if size < TABLE_LIMIT else size_class(size)
+        c = self.class_of(size)
         head = self.base + c
         self.unlink(head, b)
         if not self.words[head]:
-            self.words[self.bitmap_base + (c >> 6)] &= ~(1 << (c & 63)) & 0xFFFFFFFFFFFFFFFF
+            self._mark_empty(c)
 
     def take(self, need: int) -> tuple[int, int] | None:
         words = self.words
@@ -126,11 +130,11 @@ class Segregated(LinkedLists):
             if words[self.base + c]:  # an exact fit
                 return self._pop(c, need)
         else:
-            c = CLASS_OF[need >> 4] if need < TABLE_LIMIT else size_class(need)
+            c = self.class_of(need)
             if words[self.base + c]:
                 b = self.find(need, c)
                 if b:
-                    size = self.heap.free_block_size(b)
+                    size = self.free_size(b)
                     self.remove(b, size)
                     return b, size
         c = self._first_class_from(c + 1)
@@ -143,38 +147,17 @@ class Segregated(LinkedLists):
         head = self.base + c
         found = self.pop_head(head, need, self.floors[c], self.floors[c + 1])
         if not self.words[head]:
-            self.words[self.bitmap_base + (c >> 6)] &= ~(1 << (c & 63)) & 0xFFFFFFFFFFFFFFFF
+            self._mark_empty(c)
         return found
 
-    def find(self, need: int, c: int = -1) -> int:
-        """Best fit among the first BEST_FIT_SCAN blocks of need's own class ``c``.
+    def _mark_empty(self, c: int) -> None:
+        at = self.bitmap_base + (c >> 6)
+        self.meta.store(at, self.words[at] & ~(1 << (c & 63)) & WORD_MASK)
 
-        The scan reads sizes without checking tags (a cheap range check keeps
-        it inside the heap); the block it picks is checked in full by
-        ``take`` before it is used.
-        """
-        heap = self.heap
-        words = self.words
-        lo = heap.heap_start
-        hi = heap.brk
-        header_key = heap.header_key
-        link_key = self.link_key
-        best = 0
-        best_size = 0
-        b = words[self.base + (size_class(need) if c < 0 else c)]
-        for _ in range(BEST_FIT_SCAN):
-            if not (lo <= b < hi and b & 15 == 8):
-                if b:
-                    raise HeapCorruptionError(f"free-list link {b:#x} is outside the heap")
-                break
-            size = stored_size(words[b >> 3], header_key)
-            if size >= need and (not best or size < best_size):
-                best, best_size = b, size
-                if size == need:
-                    break
-            at = b + NEXT
-            b = mangle(words[at >> 3], at, link_key)
-        return best
+    def find(self, need: int, c: int = -1) -> int:
+        """Best fit among the first BEST_FIT_SCAN blocks of need's own class ``c``."""
+        head = self.base + (size_class(need) if c < 0 else c)
+        return self.scan_best(self.words[head], need, BEST_FIT_SCAN, False)
 
     def check(self, free_blocks: dict[int, int]) -> None:
         bitmap = self._bitmap()

@@ -48,9 +48,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+from ..control import W_BRK
 from ..errors import HeapCorruptionError
-from ..layout import ALIGN_SHIFT, MAX_BLOCK, MIN_BLOCK, mangle, stored_size
-from .base import NEXT, LinkedLists
+from ..layout import ALIGN_SHIFT, MAX_BLOCK, MIN_BLOCK, WORD_MASK
+from .base import LinkedLists
 
 if TYPE_CHECKING:
     from ..heap import Heap
@@ -60,7 +61,6 @@ SL_COUNT: Final = 1 << SL_SHIFT  # second-level lists per first level
 SL_MASK: Final = SL_COUNT - 1
 FL_SHIFT: Final = SL_SHIFT + ALIGN_SHIFT  # log2 of the first size with fl >= 1
 SMALL_BLOCK: Final = 1 << FL_SHIFT  # sizes below: one exact list each
-M64: Final = (1 << 64) - 1
 
 assert SMALL_BLOCK >> ALIGN_SHIFT == SL_COUNT  # fl 0 is exactly one row of exact lists
 assert SL_COUNT <= 64  # an sl_bitmap is one word
@@ -132,8 +132,8 @@ class TLSF(LinkedLists):
         if self.push(self.base + i, b):
             fl = i >> SL_SHIFT
             words = self.words
-            words[self.sl_base + fl] |= 1 << (i & SL_MASK)
-            words[self.fl_word] |= 1 << fl
+            self.meta.store(self.sl_base + fl, words[self.sl_base + fl] | 1 << (i & SL_MASK))
+            self.meta.store(self.fl_word, words[self.fl_word] | 1 << fl)
 
     def validate(self, b: int, size: int) -> None:
         self.neighbours(self.base + list_index(size), b)
@@ -149,10 +149,10 @@ class TLSF(LinkedLists):
         words = self.words
         fl = i >> SL_SHIFT
         at = self.sl_base + fl
-        bits = words[at] & ~(1 << (i & SL_MASK)) & M64
-        words[at] = bits
+        bits = words[at] & ~(1 << (i & SL_MASK)) & WORD_MASK
+        self.meta.store(at, bits)
         if not bits:
-            words[self.fl_word] &= ~(1 << fl) & M64
+            self.meta.store(self.fl_word, words[self.fl_word] & ~(1 << fl) & WORD_MASK)
 
     def take(self, need: int) -> tuple[int, int] | None:
         if need < SMALL_BLOCK:
@@ -171,7 +171,7 @@ class TLSF(LinkedLists):
         b = self._scan(own, need)
         if not b:
             return None
-        size = self.heap.free_block_size(b)
+        size = self.free_size(b)
         self.remove(b, size)
         return b, size
 
@@ -184,29 +184,9 @@ class TLSF(LinkedLists):
         return found
 
     def _scan(self, i: int, need: int) -> int:
-        """First block of at least ``need`` bytes on list ``i``, or 0.
-
-        Sizes are read without tag checks; take() checks the block it uses.
-        """
-        heap = self.heap
-        words = self.words
-        lo = heap.heap_start
-        hi = heap.brk
-        header_key = heap.header_key
-        link_key = self.link_key
-        budget = (hi - lo) // MIN_BLOCK + 1
-        b = words[self.base + i]
-        while b:
-            if not (lo <= b < hi and b & 15 == 8):
-                raise HeapCorruptionError(f"free-list link {b:#x} is outside the heap")
-            if stored_size(words[b >> 3], header_key) >= need:  # layout.block_size, inlined
-                return b
-            budget -= 1
-            if budget <= 0:
-                raise HeapCorruptionError(f"free list {i} has a cycle")
-            at = b + NEXT
-            b = mangle(words[at >> 3], at, link_key)
-        return 0
+        """First block of at least ``need`` bytes on list ``i``, or 0."""
+        budget = (self.words[W_BRK] - self.heap_start) // MIN_BLOCK + 1
+        return self.scan_first(self.words[self.base + i], 0, need, budget)
 
     def find(self, need: int) -> int:
         i = self._first_from(search_index(need))

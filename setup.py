@@ -1,0 +1,81 @@
+"""Build the compiled engine: Cython compiles the engine's own ``.py`` files.
+
+The engine modules (``ENGINE_MODULES`` in ``src/pyalloc/_engine.py``) are
+plain Python; the ``.pxd`` file beside each gives Cython the C types. When
+Cython or a C compiler is missing, or ``PYALLOC_PURE_PYTHON=1`` is set, no
+extension is built and the same files run interpreted. A failed compile is a
+warning, not a failed install: the package works either way, and
+``pyalloc.COMPILED`` says which engine runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "src", "pyalloc"))
+from _engine import ENGINE_MODULES, source_digest  # noqa: E402
+
+sys.path.pop(0)
+
+DIRECTIVES = {
+    "language_level": 3,
+    "infer_types": True,  # locals take the C type of what is assigned to them
+    "boundscheck": False,  # every index into the region is range-checked by the engine
+    "wraparound": False,
+    "cdivision": True,
+    "embedsignature": True,
+}
+
+
+def extensions() -> list:
+    if os.environ.get("PYALLOC_PURE_PYTHON", "") not in ("", "0"):
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        print("pyalloc: Cython is not installed; the engine will run interpreted", file=sys.stderr)
+        return []
+    from setuptools import Extension
+
+    modules = [
+        Extension(
+            name,
+            [os.path.join("src", *name.split(".")) + ".py"],
+            extra_compile_args=["-O2", "-Wno-unused-function", "-Wno-unreachable-code"],
+        )
+        for name in ENGINE_MODULES
+    ]
+    return cythonize(modules, compiler_directives=DIRECTIVES, quiet=True)
+
+
+class OptionalBuildExt(build_ext):
+    """Build the extensions if a compiler can; otherwise leave the engine interpreted.
+
+    Also writes ``_engine_build.json`` beside them: the digest of each
+    module's source at the time of the build, which the import compares so
+    that an extension older than its ``.py`` is never used.
+    """
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as e:  # no compiler, or a compile error: run interpreted
+            print(f"pyalloc: the engine was not compiled ({e}); it will run interpreted",
+                  file=sys.stderr)
+            return
+        self._write_digests()
+
+    def _write_digests(self) -> None:
+        import json
+
+        digests = {name: source_digest(os.path.join("src", *name.split("."))) for name in ENGINE_MODULES}
+        directory = os.path.join("src" if self.inplace else self.build_lib, "pyalloc")
+        with open(os.path.join(directory, "_engine_build.json"), "w") as f:
+            json.dump(digests, f, indent=1, sort_keys=True)
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

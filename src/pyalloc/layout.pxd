@@ -1,0 +1,27 @@
+# C types of layout.py for the compiled engine: the block format's constants
+# and accessors. Every engine module cimports them from here.
+
+cimport cython
+
+ctypedef unsigned long long u64
+ctypedef long long i64
+
+cdef i64 WORD, ALIGN_SHIFT, ALIGNMENT, HEADER, MIN_BLOCK, ALLOCATED, PREV_ALLOCATED
+cdef i64 FLAGS_MASK, SIZE_BITS, SIZE_MASK, SLACK_SHIFT, SLACK_BITS, SLACK_MAX, TAG_SHIFT
+cdef i64 TAG_BITS, TAG_MASK, BODY_MASK, TAGGED_MASK, MAX_BLOCK, LINK_SHIFT, OFFSET_SHIFT
+cdef u64 WORD_MASK
+
+cpdef i64 block_size_for(i64 size) noexcept
+@cython.locals(mixed=u64)
+cpdef u64 tag_of(u64 body, u64 offset, u64 secret) noexcept
+cpdef u64 encode(u64 body, u64 offset, u64 secret, u64 key) noexcept
+@cython.locals(plain=u64, body=u64)
+cpdef i64 decode(u64 word, u64 offset, u64 secret, u64 key) noexcept
+cpdef u64 free_word(i64 size, u64 offset, u64 secret, u64 key) noexcept
+cpdef u64 allocated_body(i64 size, i64 asked, i64 prev_bit) noexcept
+cpdef i64 stored_size(u64 word, u64 key) noexcept
+cpdef i64 block_size(i64 body) noexcept
+cpdef bint is_allocated(i64 body) noexcept
+cpdef bint prev_is_allocated(i64 body) noexcept
+cpdef i64 slack_of(i64 body) noexcept
+cpdef u64 mangle(u64 link, u64 field_offset, u64 key) noexcept
