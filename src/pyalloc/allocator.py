@@ -20,7 +20,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Any, Final, Self
 
-from .errors import HeapError
+from .errors import HeapError, InvalidPointerError
 from .regions import Region
 
 
@@ -117,13 +117,33 @@ class Allocator:
         raise NotImplementedError
 
     def _realloc(self, p: int, size: int) -> int:
-        if p.__class__ is not int:
-            p = check_pointer(p)
-        if size.__class__ is not int or size < 0:
-            size = check_size(size)
+        if p.__class__ is not int or not 0 <= p < 1 << 62:
+            p = self._pointer(p)
+        if size.__class__ is not int or not 0 <= size < 1 << 62:
+            size = self._request(size)
         if not p:
             return self._malloc(size)
         return self._resize(p, size)
+
+    # -- arguments ---------------------------------------------------------------
+    # The primitives take C integers when compiled: a value is checked here,
+    # on the slow path, when it is not an int of a size that converts.
+
+    def _request(self, size: object) -> int:
+        """``size`` as a request; TypeError, ValueError, or MemoryError past the capacity."""
+        size = check_size(size)
+        if size > self.capacity:
+            raise MemoryError(
+                f"cannot allocate {size} bytes: the heap's capacity is {self.capacity}"
+            )
+        return size
+
+    def _pointer(self, p: object) -> int:
+        """``p`` as a pointer; TypeError, or InvalidPointerError for one out of range."""
+        p = check_pointer(p)
+        if not 0 <= p < 1 << 62:
+            raise InvalidPointerError(f"pointer {p} is not in this heap or not aligned")
+        return p
 
     def _resize(self, p: int, size: int) -> int:
         """realloc of a non-NULL pointer; ``size == 0`` frees and returns 0."""
@@ -145,6 +165,8 @@ class Allocator:
         MemoryError when the heap cannot grow enough. ``malloc(0)`` returns a
         unique pointer to a minimum block.
         """
+        if size.__class__ is not int or not 0 <= size < 1 << 62:
+            size = self._request(size)
         if not self._locking:
             return self._malloc(size)
         lock = self._lock
@@ -156,6 +178,8 @@ class Allocator:
 
     def free(self, p: int) -> None:
         """Free the block at ``p``; ``free(0)`` does nothing."""
+        if p.__class__ is not int or not 0 <= p < 1 << 62:
+            p = self._pointer(p)
         if not self._locking:
             self._free(p)
             return
@@ -205,13 +229,13 @@ class Allocator:
 
     def usable_size(self, p: int) -> int:
         """Bytes usable at the live block ``p`` (at least the size asked)."""
-        p = check_pointer(p)
+        p = self._pointer(p)
         with self._lock:
             return self._usable(p)
 
     def view(self, p: int) -> memoryview:
         """A writable, zero-copy view of the usable bytes of the live block ``p``."""
-        p = check_pointer(p)
+        p = self._pointer(p)
         with self._lock:
             usable = self._usable(p)
         return self.bytes[p : p + usable]

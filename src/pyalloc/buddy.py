@@ -82,7 +82,7 @@ import threading
 from typing import TYPE_CHECKING, Final, cast
 
 from . import control as C
-from .allocator import Allocator, check_pointer, check_size, stats_record
+from .allocator import Allocator, check_size, stats_record
 from .errors import DoubleFreeError, HeapCorruptionError, InvalidPointerError
 from .heap import DEFAULT_CAPACITY
 from .journal import MetadataStore
@@ -297,8 +297,6 @@ class BuddyHeap(Allocator):
     # -- malloc --------------------------------------------------------------------
 
     def _malloc(self, size: int) -> int:
-        if size.__class__ is not int or size < 0:
-            size = check_size(size)
         k = order_for(size)
         if k > self.max_order:
             raise MemoryError(
@@ -352,8 +350,6 @@ class BuddyHeap(Allocator):
     # -- free ----------------------------------------------------------------------
 
     def _free(self, p: int) -> None:
-        if p.__class__ is not int:
-            p = check_pointer(p)
         if not p:
             return
         body = self._live_header(p)

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
 from . import control as C
-from .allocator import Allocator, check_pointer, check_size, stats_record
+from .allocator import Allocator, check_size, stats_record
 from .control import W_BRK, W_PEAK
 from .errors import DoubleFreeError, HeapCorruptionError, HeapError, InvalidPointerError
 from .journal import MetadataStore
@@ -344,8 +344,6 @@ class Heap(Allocator):
     # -- malloc ----------------------------------------------------------------
 
     def _malloc(self, size: int) -> int:
-        if size.__class__ is not int or size < 0:
-            size = check_size(size)
         need = block_size_for(size)
         if need > self.capacity:
             raise MemoryError(
@@ -468,8 +466,6 @@ class Heap(Allocator):
     # -- free ------------------------------------------------------------------
 
     def _free(self, p: int) -> None:
-        if p.__class__ is not int:
-            p = check_pointer(p)
         if not p:
             return
         body = self._live_header(p)

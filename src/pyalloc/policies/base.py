@@ -36,7 +36,7 @@ journal sees every write. The break is read from the control record
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from ..control import W_BRK
 from ..errors import HeapCorruptionError
@@ -45,8 +45,9 @@ from ..layout import ALLOCATED, SIZE_MASK, decode, mangle, stored_size
 if TYPE_CHECKING:
     from ..heap import Heap
 
-NEXT: int = 8  # link offsets inside a free block
-PREV: int = 16
+NEXT: Final = 8  # link offsets inside a free block
+PREV: Final = 16
+globals().update(NEXT=NEXT, PREV=PREV)  # for Python importers of the compiled module
 
 
 class FreeIndex:
@@ -54,6 +55,8 @@ class FreeIndex:
 
     name: ClassVar[str]
     policy_id: ClassVar[int]
+    words: Any  # the region's 8-byte words
+    meta: Any  # the heap's MetadataStore
 
     def __init__(self, heap: Heap, base: int) -> None:
         self.heap = heap

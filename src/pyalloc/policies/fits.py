@@ -45,6 +45,7 @@ from .base import NEXT, LinkedLists
 
 HEAD: Final = 0  # control words, from base
 ROVER: Final = 1
+globals().update(HEAD=HEAD, ROVER=ROVER)  # for Python importers of the compiled module
 
 
 class ExplicitList(LinkedLists):

@@ -132,7 +132,7 @@ class Segregated(LinkedLists):
         else:
             c = self.class_of(need)
             if words[self.base + c]:
-                b = self.find(need, c)
+                b = self.best_in_class(need, c)
                 if b:
                     size = self.free_size(b)
                     self.remove(b, size)
@@ -154,10 +154,12 @@ class Segregated(LinkedLists):
         at = self.bitmap_base + (c >> 6)
         self.meta.store(at, self.words[at] & ~(1 << (c & 63)) & WORD_MASK)
 
-    def find(self, need: int, c: int = -1) -> int:
-        """Best fit among the first BEST_FIT_SCAN blocks of need's own class ``c``."""
-        head = self.base + (size_class(need) if c < 0 else c)
-        return self.scan_best(self.words[head], need, BEST_FIT_SCAN, False)
+    def find(self, need: int) -> int:
+        return self.best_in_class(need, self.class_of(need))
+
+    def best_in_class(self, need: int, c: int) -> int:
+        """Best fit among the first BEST_FIT_SCAN blocks of class ``c``."""
+        return self.scan_best(self.words[self.base + c], need, BEST_FIT_SCAN, False)
 
     def check(self, free_blocks: dict[int, int]) -> None:
         bitmap = self._bitmap()
@@ -176,3 +178,11 @@ class Segregated(LinkedLists):
         for c in range(self.classes):
             out.extend(self.walk(self.base + c, 1 << 40))
         return out
+
+
+# Compiled, the constants above are C variables (segregated.pxd); this gives
+# Python importers the same names and values. Interpreted, it changes nothing.
+globals().update(
+    EXACT_SHIFT=EXACT_SHIFT, EXACT_CLASSES=EXACT_CLASSES, SUB_SHIFT=SUB_SHIFT, SUB_MASK=SUB_MASK,
+    BEST_FIT_SCAN=BEST_FIT_SCAN, TABLE_LIMIT=TABLE_LIMIT, CLASS_OF=CLASS_OF,
+)  # fmt: skip

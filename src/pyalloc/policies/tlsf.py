@@ -225,3 +225,11 @@ class TLSF(LinkedLists):
         for i in range(self.lists):
             out.extend(self.walk(self.base + i, 1 << 40))
         return out
+
+
+# Compiled, the constants above are C variables (tlsf.pxd); this gives Python
+# importers the same names and values. Interpreted, it changes nothing.
+globals().update(
+    SL_SHIFT=SL_SHIFT, SL_COUNT=SL_COUNT, SL_MASK=SL_MASK, FL_SHIFT=FL_SHIFT,
+    SMALL_BLOCK=SMALL_BLOCK, FL_MAX=FL_MAX,
+)  # fmt: skip

@@ -1,0 +1,25 @@
+# C types of segregated.py for the compiled engine.
+cimport cython
+from pyalloc.layout cimport WORD_MASK, i64, u64
+from pyalloc.policies.base cimport LinkedLists
+
+cdef i64 EXACT_SHIFT, EXACT_CLASSES, SUB_SHIFT, SUB_MASK, BEST_FIT_SCAN, TABLE_LIMIT
+cdef bytes CLASS_OF
+
+cdef class Segregated(LinkedLists):
+    cdef public i64 classes, bitmap_base, bitmap_words
+    cdef public list floors
+
+    @cython.locals(i=i64, above=u64)
+    cpdef i64 _first_class_from(self, i64 c) except? -2
+    cpdef i64 class_of(self, i64 size) except -1
+    cpdef insert(self, i64 b, i64 size)
+    cpdef validate(self, i64 b, i64 size)
+    cpdef remove(self, i64 b, i64 size)
+    @cython.locals(c=i64, b=i64, size=i64)
+    cpdef take(self, i64 need)
+    cpdef tuple _pop(self, i64 c, i64 need)
+    @cython.locals(at=i64)
+    cpdef _mark_empty(self, i64 c)
+    cpdef i64 find(self, i64 need) except -1
+    cpdef i64 best_in_class(self, i64 need, i64 c) except -1
