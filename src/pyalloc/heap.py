@@ -78,6 +78,13 @@ TOP_PAD: Final = 1 << 16  # ... down to this many bytes
 
 assert TOP_PAD >= MIN_BLOCK and TRIM_THRESHOLD > TOP_PAD
 assert SMALL_CHUNK >= SMALL_BLOCK_MAX + MIN_BLOCK
+# Compiled, the constants above are C variables (heap.pxd); this gives Python
+# importers the same names and values. Interpreted, it changes nothing.
+globals().update(
+    DEFAULT_CAPACITY=DEFAULT_CAPACITY, CACHE_LIMIT=CACHE_LIMIT, CACHE_MAX_BLOCK=CACHE_MAX_BLOCK,
+    FLUSH_BEFORE_SPLIT=FLUSH_BEFORE_SPLIT, SMALL_BLOCK_MAX=SMALL_BLOCK_MAX, SMALL_CHUNK=SMALL_CHUNK,
+    TRIM_THRESHOLD=TRIM_THRESHOLD, TOP_PAD=TOP_PAD,
+)  # fmt: skip
 
 __all__ = ["DEFAULT_CAPACITY", "POLICIES", "Heap"]
 

@@ -76,9 +76,20 @@ from __future__ import annotations
 
 from typing import Final
 
+ONE: Final = 1  # a 64-bit unsigned one, compiled: see bit()
+
+
+def bit(n: int) -> int:
+    """The word with only bit ``n`` set, ``0 <= n < 64``.
+
+    Compiled, ``1 << n`` would shift a 32-bit C int; ``ONE`` is a 64-bit word.
+    """
+    return ONE << n
+
+
 WORD: Final = 8
 ALIGN_SHIFT: Final = 4
-ALIGNMENT: Final = 1 << ALIGN_SHIFT  # payload alignment, and block size granule
+ALIGNMENT: Final = bit(ALIGN_SHIFT)  # payload alignment, and block size granule
 HEADER: Final = WORD
 MIN_BLOCK: Final = 4 * WORD  # header, two links and a footer when free
 
@@ -87,14 +98,14 @@ PREV_ALLOCATED: Final = 2
 FLAGS_MASK: Final = ALIGNMENT - 1
 
 SIZE_BITS: Final = 38  # blocks up to 256 GiB
-SIZE_MASK: Final = ((1 << SIZE_BITS) - 1) & ~FLAGS_MASK
+SIZE_MASK: Final = ((bit(SIZE_BITS)) - 1) & ~FLAGS_MASK
 SLACK_SHIFT: Final = SIZE_BITS
 SLACK_BITS: Final = 6
-SLACK_MAX: Final = (1 << SLACK_BITS) - 1
+SLACK_MAX: Final = (bit(SLACK_BITS)) - 1
 TAG_SHIFT: Final = SLACK_SHIFT + SLACK_BITS
 TAG_BITS: Final = 64 - TAG_SHIFT
-TAG_MASK: Final = (1 << TAG_BITS) - 1
-BODY_MASK: Final = (1 << TAG_SHIFT) - 1  # flags, size and slack
+TAG_MASK: Final = (bit(TAG_BITS)) - 1
+BODY_MASK: Final = (bit(TAG_SHIFT)) - 1  # flags, size and slack
 TAGGED_MASK: Final = BODY_MASK & ~PREV_ALLOCATED  # what the tag covers
 MAX_BLOCK: Final = SIZE_MASK
 LINK_SHIFT: Final = 20
@@ -110,7 +121,7 @@ assert MIN_BLOCK + ALIGNMENT + HEADER <= SLACK_MAX + 1
 # Compiled, the constants above are C variables (layout.pxd); this gives
 # Python importers the same names and values. Interpreted, it changes nothing.
 globals().update(
-    WORD=WORD, ALIGN_SHIFT=ALIGN_SHIFT, ALIGNMENT=ALIGNMENT, HEADER=HEADER,
+    ONE=ONE, WORD=WORD, ALIGN_SHIFT=ALIGN_SHIFT, ALIGNMENT=ALIGNMENT, HEADER=HEADER,
     MIN_BLOCK=MIN_BLOCK, ALLOCATED=ALLOCATED, PREV_ALLOCATED=PREV_ALLOCATED,
     FLAGS_MASK=FLAGS_MASK, SIZE_BITS=SIZE_BITS, SIZE_MASK=SIZE_MASK, SLACK_SHIFT=SLACK_SHIFT,
     SLACK_BITS=SLACK_BITS, SLACK_MAX=SLACK_MAX, TAG_SHIFT=TAG_SHIFT, TAG_BITS=TAG_BITS,
