@@ -38,6 +38,7 @@ ENGINE_MODULES: Final = (
     "pyalloc.layout",
     "pyalloc.control",
     "pyalloc.journal",
+    "pyalloc.lock",
     "pyalloc.policies.base",
     "pyalloc.policies.segregated",
     "pyalloc.policies.tlsf",

@@ -1,9 +1,11 @@
 # C types of allocator.py for the compiled engine: the shell every heap shares.
 cimport cython
 from pyalloc.layout cimport i64, u64
+from pyalloc.lock cimport HeapLock
 
 cdef class Allocator:
-    cdef public object region, bytes, _lock
+    cdef public object region, bytes
+    cdef public HeapLock _lock
     cdef public i64 capacity
     cdef public bint _closed, _locking
 

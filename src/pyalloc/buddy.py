@@ -78,7 +78,6 @@ capacity raises MemoryError, even when the capacity holds that many bytes.
 from __future__ import annotations
 
 import secrets
-import threading
 from typing import TYPE_CHECKING, Final, cast
 
 from . import control as C
@@ -87,6 +86,7 @@ from .errors import DoubleFreeError, HeapCorruptionError, InvalidPointerError
 from .heap import DEFAULT_CAPACITY
 from .journal import MetadataStore
 from .layout import ALLOCATED, HEADER, PREV_ALLOCATED, TAG_SHIFT, bit, decode, encode
+from .lock import HeapLock
 from .policies.base import PREV, LinkedLists
 from .regions import AnonymousRegion, Region
 
@@ -180,7 +180,7 @@ class BuddyHeap(Allocator):
         # The largest block that fits: its offset 0 is aligned to any order.
         self.max_order = min((capacity - BASE - HEADER).bit_length() - 1, MAX_ORDER)
         self._lists = _OrderLists(cast("Heap", self), W_LISTS)
-        self._lock = threading.Lock()
+        self._lock = HeapLock()
         self._closed = False
         self._locking = True
         if not lock:

@@ -38,7 +38,9 @@ Header word (64 bits), before encoding::
 
     bit 0        allocated
     bit 1        previous block allocated
-    bits 2-3     zero
+    bit 2        cached: allocated, but held in a private heap's cache of
+                 freed blocks (``heap.py``), so a free of it is a double free
+    bit 3        zero
     bits 4-37    block size in bytes (a multiple of 16: bits 0-3 are free)
     bits 38-43   slack: usable size minus the size asked (allocated blocks)
     bits 44-63   tag: a keyed hash of bits 0-43 (but bit 1) and of the offset
@@ -95,6 +97,7 @@ MIN_BLOCK: Final = 4 * WORD  # header, two links and a footer when free
 
 ALLOCATED: Final = 1
 PREV_ALLOCATED: Final = 2
+CACHED: Final = 4
 FLAGS_MASK: Final = ALIGNMENT - 1
 
 SIZE_BITS: Final = 38  # blocks up to 256 GiB
@@ -122,7 +125,7 @@ assert MIN_BLOCK + ALIGNMENT + HEADER <= SLACK_MAX + 1
 # Python importers the same names and values. Interpreted, it changes nothing.
 globals().update(
     ONE=ONE, WORD=WORD, ALIGN_SHIFT=ALIGN_SHIFT, ALIGNMENT=ALIGNMENT, HEADER=HEADER,
-    MIN_BLOCK=MIN_BLOCK, ALLOCATED=ALLOCATED, PREV_ALLOCATED=PREV_ALLOCATED,
+    MIN_BLOCK=MIN_BLOCK, ALLOCATED=ALLOCATED, PREV_ALLOCATED=PREV_ALLOCATED, CACHED=CACHED,
     FLAGS_MASK=FLAGS_MASK, SIZE_BITS=SIZE_BITS, SIZE_MASK=SIZE_MASK, SLACK_SHIFT=SLACK_SHIFT,
     SLACK_BITS=SLACK_BITS, SLACK_MAX=SLACK_MAX, TAG_SHIFT=TAG_SHIFT, TAG_BITS=TAG_BITS,
     TAG_MASK=TAG_MASK, BODY_MASK=BODY_MASK, TAGGED_MASK=TAGGED_MASK, MAX_BLOCK=MAX_BLOCK,
