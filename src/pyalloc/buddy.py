@@ -381,6 +381,7 @@ class BuddyHeap(Allocator):
             merged.append((buddy, j))
             o &= ~(bit(j))
             j += 1
+        self._lists.check_head(W_LISTS + j)  # the list the merged block goes on
         for buddy, order in merged:
             self._unlink(order, buddy)
         start = base + o
@@ -408,6 +409,8 @@ class BuddyHeap(Allocator):
         if want <= k:
             # Shrink: keep the lower part; each upper half becomes a free block
             # whose buddy (the part kept) is allocated, so nothing merges.
+            for j in range(want, k):
+                self._lists.check_head(W_LISTS + j)
             self._set_header(b, ALLOCATED | want << ORDER_SHIFT | size << ASKED_SHIFT)
             for j in range(k - 1, want - 1, -1):
                 half = b + (bit(j))

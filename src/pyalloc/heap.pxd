@@ -54,8 +54,8 @@ cdef class Heap(Allocator):
     cpdef _free(self, i64 p)
     @cython.locals(i=i64, n=i64)
     cdef int _keep(self, i64 p, i64 body) except -1
-    @cython.locals(size=i64, n=i64, nbody=i64, start=i64, total=i64, pb=i64, nsize=i64)
-    cpdef _release(self, i64 b, i64 body)
+    @cython.locals(size=i64, n=i64, nbody=i64, start=i64, total=i64, pb=i64, nsize=i64, trim=bint)
+    cpdef _release(self, i64 b, i64 body, bint dry_run=*)
     cpdef _trim(self, i64 start, i64 total)
     cpdef i64 _usable(self, i64 p) except -1
     @cython.locals(body=i64, b=i64, have=i64, need=i64, prev_bit=i64, q=i64, usable=i64)

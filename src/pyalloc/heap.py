@@ -425,6 +425,7 @@ class Heap(Allocator):
             self._set_prev_allocated(b + have, 1)
             self._set_header(b, allocated_body(have, size, PREV_ALLOCATED))
             return b + HEADER
+        self.policy.validate_insert(rest)
         if need <= SMALL_BLOCK_MAX:
             a = b + rest
             self.policy.insert(b, rest)
@@ -464,12 +465,14 @@ class Heap(Allocator):
                 f"cannot allocate {size} bytes: the heap would exceed its capacity"
                 f" of {self.capacity}"
             )
+        rest = new_brk - need - b
+        if rest:
+            self.policy.validate_insert(rest)
         if top:
             self.policy.remove(top, brk - top)
         # New epilogue first: the block below it is never left without one.
         self._set_header(new_brk, ALLOCATED | PREV_ALLOCATED)
         prev_bit = PREV_ALLOCATED
-        rest = new_brk - need - b
         if rest:
             self._set_free(b, rest)
             self.policy.insert(b, rest)
@@ -501,11 +504,13 @@ class Heap(Allocator):
         self._cache_counts[i] = n + 1
         self._cached += 1
 
-    def _release(self, b: int, body: int) -> None:
+    def _release(self, b: int, body: int, dry_run: bool = False) -> None:
         """Turn the allocated block ``b`` into free space, coalescing both ways.
 
         mark, merge with the predecessor, merge with the successor, insert:
         every header, footer and link is checked before the first write.
+        With ``dry_run``, only the checks: for a caller that must know the
+        release will succeed before it writes (``_shrink``).
         """
         size = body & SIZE_MASK
         n = b + size
@@ -523,6 +528,14 @@ class Heap(Allocator):
             total += nsize
             if pb:
                 self.policy.validate(n, nsize)
+        trim = start + total == self.brk and total >= TRIM_THRESHOLD
+        self.policy.validate_insert(TOP_PAD if trim else total)
+        if dry_run:
+            if pb:
+                self.policy.validate(pb, b - pb)
+            if nsize:
+                self.policy.validate(n, nsize)
+            return
         # Checked (the first remove checks its own links); now write.
         policy = self.policy
         if pb:
@@ -533,7 +546,7 @@ class Heap(Allocator):
             policy.remove(n, nsize)
         else:
             self._set_prev_allocated(n, 0)
-        if start + total == self.brk and total >= TRIM_THRESHOLD:
+        if trim:
             self._trim(start, total)
             return
         self._set_free(start, total)
@@ -600,6 +613,8 @@ class Heap(Allocator):
                 abody = self._header(end)
                 if abody < 0 or abody & PREV_ALLOCATED:
                     raise HeapCorruptionError(f"header of block {end + 8} is corrupted")
+        if rest >= MIN_BLOCK:
+            self.policy.validate_insert(rest)
         # Checked; now write.
         self.policy.remove(pb, b - pb)
         if nsize:
@@ -625,13 +640,11 @@ class Heap(Allocator):
             return
         # Split off the tail as an allocated block and free it: that coalesces it.
         r = b + need
-        n = r + rest
-        nbody = self._next_header(n)
-        if not nbody & ALLOCATED:
-            self.policy.validate(n, self._free_neighbour(n, nbody))
+        tail = rest | ALLOCATED | PREV_ALLOCATED
+        self._release(r, tail, True)
         self._set_header(b, allocated_body(need, size, prev_bit))
-        self._set_header(r, rest | ALLOCATED | PREV_ALLOCATED)
-        self._release(r, rest | ALLOCATED | PREV_ALLOCATED)
+        self._set_header(r, tail)
+        self._release(r, tail)
 
     def _grow_in_place(self, b: int, prev_bit: int, have: int, need: int, size: int) -> bool:
         n = b + have
@@ -657,6 +670,8 @@ class Heap(Allocator):
             abody = 0 if rest >= MIN_BLOCK else self._header(after)
             if abody < 0:
                 raise HeapCorruptionError(f"header of block {after + 8} is corrupted")
+            if rest >= MIN_BLOCK:
+                self.policy.validate_insert(rest)
             self.policy.remove(n, nsize)
             if rest >= MIN_BLOCK:
                 self._set_header(b, allocated_body(need, size, prev_bit))

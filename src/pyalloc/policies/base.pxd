@@ -15,16 +15,22 @@ cdef class FreeIndex:
 
     cpdef insert(self, i64 b, i64 size)
     cpdef validate(self, i64 b, i64 size)
+    cpdef validate_insert(self, i64 size)
     cpdef remove(self, i64 b, i64 size)
     cpdef take(self, i64 need)
     cpdef i64 find(self, i64 need) except -1
-    cpdef bint in_heap(self, i64 b) noexcept
+    cpdef bint in_heap(self, u64 b) noexcept
     cpdef i64 free_size(self, i64 b) except -1
 
 cdef class LinkedLists(FreeIndex):
-    cpdef u64 read_link(self, i64 b, i64 field) noexcept
+    cpdef u64 read_link(self, u64 b, i64 field) noexcept
     cpdef write_link(self, i64 b, i64 field, u64 link)
+    @cython.locals(first=i64)
+    cpdef i64 check_head(self, i64 head) except -1
+    @cython.locals(body=i64)
+    cpdef int check_free(self, u64 b) except -1
     cpdef bint push(self, i64 head, i64 b) except -1
+    @cython.locals(nxt=i64, prv=i64)
     cpdef tuple neighbours(self, i64 head, i64 b)
     cpdef unlink(self, i64 head, i64 b)
     @cython.locals(b=i64, body=i64, size=i64, nxt=i64)

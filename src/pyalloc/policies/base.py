@@ -20,6 +20,9 @@ on metadata it cannot trust, before it writes)::
                          to be); put it in the index
     remove(b, size)      take the free block b out of the index
     validate(b, size)    raise if remove(b, size) would follow a bad link
+    validate_insert(size)
+                         raise if insert of a block of size would; the engine
+                         calls both before an operation's first write
     take(need)           remove and return (b, size) of a free block of at
                          least need bytes, or None
     find(need)           such a block without removing it, or 0
@@ -85,6 +88,11 @@ class FreeIndex:
     def remove(self, b: int, size: int) -> None:
         raise NotImplementedError
 
+    def validate_insert(self, size: int) -> None:
+        """Raise HeapCorruptionError if ``insert`` of a block of ``size`` would
+        follow bad metadata: the engine calls it before an operation's first
+        write, so that a refused operation changes nothing."""
+
     def take(self, need: int) -> tuple[int, int] | None:
         """Find a free block of at least ``need`` bytes, remove it, return (b, size).
 
@@ -132,23 +140,36 @@ class LinkedLists(FreeIndex):
         at = b + field
         self.meta.store(at >> 3, mangle(link, at, self.link_key))
 
-    def push(self, head: int, b: int) -> bool:
-        """Put ``b`` first on the list at ``head``; True if the list was empty.
+    def check_head(self, head: int) -> int:
+        """The first block of the list at ``head`` (0 if empty), checked as one.
 
-        The old head is checked before anything is written: it must be a free
-        block (range, alignment, tag, allocated bit) that has no predecessor,
-        or a corrupted head word would have ``b``'s link written into a live
-        block's payload.
+        It must be a free block (range, alignment, tag, allocated bit) with no
+        predecessor: a corrupted head word would otherwise have the next push
+        write a link into a live block's payload.
         """
         first = self.words[head]
         if first:
             if not self.in_heap(first):
                 raise HeapCorruptionError(f"free-list head at control word {head} is invalid")
-            body = decode(self.words[first >> 3], first, self.tag_secret, self.header_key)
-            if body < 0 or body & ALLOCATED or self.read_link(first, PREV):
-                raise HeapCorruptionError(
-                    f"free-list head at control word {head} is not a free block"
-                )
+            if self.read_link(first, PREV):
+                raise HeapCorruptionError(f"free-list head at control word {head} has a prev link")
+            self.check_free(first)
+        return first
+
+    def check_free(self, b: int) -> int:
+        """HeapCorruptionError unless the header at ``b`` (in the heap) is a free block's."""
+        body = decode(self.words[b >> 3], b, self.tag_secret, self.header_key)
+        if body < 0 or body & ALLOCATED:
+            raise HeapCorruptionError(f"free-list block {b + 8} is not a free block")
+        return 0
+
+    def push(self, head: int, b: int) -> bool:
+        """Put ``b`` first on the list at ``head``; True if the list was empty.
+
+        The old head is checked (``check_head``) before anything is written.
+        """
+        first = self.check_head(head)
+        if first:
             self.write_link(first, PREV, b)
         self.write_link(b, NEXT, first)
         self.write_link(b, PREV, 0)
@@ -156,7 +177,11 @@ class LinkedLists(FreeIndex):
         return not first
 
     def neighbours(self, head: int, b: int) -> tuple[int, int]:
-        """``b``'s (prev, next) on the list at ``head``, checked both ways."""
+        """``b``'s (prev, next) on the list at ``head``, checked both ways.
+
+        When ``b`` is first, its successor will head the list: it is checked
+        as ``check_head`` would, so that the next push can trust it.
+        """
         nxt = self.read_link(b, NEXT)
         prv = self.read_link(b, PREV)
         if nxt:
@@ -164,6 +189,8 @@ class LinkedLists(FreeIndex):
                 raise HeapCorruptionError(f"free block {b + 8}: next link {nxt:#x} is invalid")
             if self.read_link(nxt, PREV) != b:
                 raise HeapCorruptionError(f"free block {b + 8}: next block's prev link is broken")
+            if not prv:
+                self.check_free(nxt)
         if prv:
             if not self.in_heap(prv):
                 raise HeapCorruptionError(f"free block {b + 8}: prev link {prv:#x} is invalid")
@@ -207,6 +234,7 @@ class LinkedLists(FreeIndex):
         if nxt:
             if not self.in_heap(nxt) or self.read_link(nxt, PREV) != b:
                 raise HeapCorruptionError(f"free block {b + 8}: next link is broken")
+            self.check_free(nxt)  # the list's next head
             self.write_link(nxt, PREV, 0)
         self.meta.store(head, nxt)
         return b, size
@@ -296,6 +324,8 @@ class LinkedLists(FreeIndex):
         while b:
             if len(found) >= limit:
                 raise HeapCorruptionError(f"free list at control word {head} has a cycle")
+            if not self.in_heap(b):
+                raise HeapCorruptionError(f"free-list link {b:#x} is outside the heap")
             self.free_size(b)
             if self.read_link(b, PREV) != prv:
                 raise HeapCorruptionError(f"free block {b + 8}: prev link disagrees with its list")

@@ -58,6 +58,9 @@ class ExplicitList(LinkedLists):
     def insert(self, b: int, size: int) -> None:
         self.push(self.base + HEAD, b)
 
+    def validate_insert(self, size: int) -> None:
+        self.check_head(self.base + HEAD)
+
     def validate(self, b: int, size: int) -> None:
         self.neighbours(self.base + HEAD, b)
 

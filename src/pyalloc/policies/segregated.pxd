@@ -15,6 +15,7 @@ cdef class Segregated(LinkedLists):
     cpdef i64 class_of(self, i64 size) except -1
     cpdef insert(self, i64 b, i64 size)
     cpdef validate(self, i64 b, i64 size)
+    cpdef validate_insert(self, i64 size)
     cpdef remove(self, i64 b, i64 size)
     @cython.locals(c=i64, b=i64, size=i64)
     cpdef take(self, i64 need)

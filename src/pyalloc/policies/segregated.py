@@ -112,6 +112,9 @@ class Segregated(LinkedLists):
             at = self.bitmap_base + (c >> 6)
             self.meta.store(at, self.words[at] | bit(c & 63))
 
+    def validate_insert(self, size: int) -> None:
+        self.check_head(self.base + self.class_of(size))
+
     def validate(self, b: int, size: int) -> None:
         c = self.class_of(size)
         self.neighbours(self.base + c, b)

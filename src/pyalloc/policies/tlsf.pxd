@@ -14,6 +14,7 @@ cdef class TLSF(LinkedLists):
     @cython.locals(i=i64, fl=i64)
     cpdef insert(self, i64 b, i64 size)
     cpdef validate(self, i64 b, i64 size)
+    cpdef validate_insert(self, i64 size)
     cpdef remove(self, i64 b, i64 size)
     @cython.locals(fl=i64, at=i64, bits=u64)
     cpdef _mark_empty(self, i64 i)

@@ -135,6 +135,9 @@ class TLSF(LinkedLists):
             self.meta.store(self.sl_base + fl, words[self.sl_base + fl] | bit(i & SL_MASK))
             self.meta.store(self.fl_word, words[self.fl_word] | bit(fl))
 
+    def validate_insert(self, size: int) -> None:
+        self.check_head(self.base + list_index(size))
+
     def validate(self, b: int, size: int) -> None:
         self.neighbours(self.base + list_index(size), b)
 
