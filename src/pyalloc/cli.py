@@ -880,8 +880,14 @@ def add_viz(subcommands: Subcommands) -> None:
         metavar="NAME",
         help="draw a live shared heap (or a heap file: a path with a '/') instead of a trace",
     )
-    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the picture: .png, "
-                   ".svg, .pdf ...; with --animate .gif, or .mp4 where ffmpeg is installed")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="the picture: .png, "
+        ".svg, .pdf ...; with --animate .gif, or .mp4 where ffmpeg is installed",
+    )
     moment = p.add_mutually_exclusive_group()
     moment.add_argument(
         "--at",
@@ -944,9 +950,7 @@ def add_top(subcommands: Subcommands) -> None:
         help="time between refreshes (default 1)",
     )
     p.add_argument("--once", action="store_true", help="print one view and exit")
-    p.add_argument(
-        "--rows", type=_positive, default=16, metavar="N", help="map rows (default 16)"
-    )
+    p.add_argument("--rows", type=_positive, default=16, metavar="N", help="map rows (default 16)")
     p.set_defaults(run=_lab_command("top_command"))
 
 

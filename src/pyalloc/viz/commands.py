@@ -47,9 +47,7 @@ def _need(module: str) -> None:
     try:
         __import__(module)
     except ImportError:
-        raise VizError(
-            f"this command needs {module}: pip install 'pyalloc[lab]'"
-        ) from None
+        raise VizError(f"this command needs {module}: pip install 'pyalloc[lab]'") from None
 
 
 def viz_command(args: argparse.Namespace) -> int:
@@ -201,7 +199,9 @@ def _draw_maps(
     return 0
 
 
-def _draw_animation(args: argparse.Namespace, trace: Trace, name: str, options: PictureOptions) -> int:
+def _draw_animation(
+    args: argparse.Namespace, trace: Trace, name: str, options: PictureOptions
+) -> int:
     from .render import Frame, draw_animation
 
     timeline = record_timeline(trace, name, capacity=args.capacity, cache=args.cache)

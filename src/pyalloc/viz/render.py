@@ -46,7 +46,8 @@ from .snapshot import (
 )
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure, FigureImage
+    from matplotlib.figure import Figure
+    from matplotlib.image import FigureImage
     from matplotlib.lines import Line2D
     from matplotlib.text import Text
 
@@ -323,15 +324,16 @@ class _Picture:
             colour = LINE_COLOURS[i % len(LINE_COLOURS)]
             style = LINE_STYLES[i % len(LINE_STYLES)]
             util = f"utilization {timeline.util:.1%}"
-            if timeline.footprint is not None:
+            if timeline.footprint is not None and timeline.peak_footprint_op is not None:
                 axes.plot(
                     timeline.sample_ops,
                     timeline.footprint,
                     color=colour,
                     linestyle=style,
                     linewidth=1.4,
-                    label=f"{timeline.allocator} footprint (peak {human_bytes(timeline.peak_footprint)}"
-                    f" at op {timeline.peak_footprint_op:,}; {util})",
+                    label=f"{timeline.allocator} footprint (peak "
+                    f"{human_bytes(timeline.peak_footprint)} at op "
+                    f"{timeline.peak_footprint_op:,}; {util})",
                 )
                 axes.plot(
                     [timeline.peak_footprint_op],

@@ -18,7 +18,9 @@ cell        ``bytes_per_cell`` consecutive bytes: one pixel square of a map, or
             one character of the terminal view
 
 A cell shows the state that holds most of its bytes; a tie goes to the state
-listed first in ``STATES``.  Invariants of a snapshot::
+listed first in ``TIE_ORDER`` (payload, free, overhead, outside), so that a
+lone small block or hole, and the heap's last bytes, are not lost to a
+neighbour of equal share.  Invariants of a snapshot::
 
     spans sorted by start, disjoint, each inside [0, footprint)
     payload bytes + free bytes + overhead bytes == footprint
@@ -43,6 +45,7 @@ PAYLOAD: Final = 1
 OVERHEAD: Final = 2
 FREE: Final = 3
 STATES: Final = (OUTSIDE, PAYLOAD, OVERHEAD, FREE)
+TIE_ORDER: Final = (PAYLOAD, FREE, OVERHEAD, OUTSIDE)
 
 STATE_NAMES: Final = {
     OUTSIDE: "beyond the footprint",
@@ -62,7 +65,7 @@ STATE_COLOURS: Final[dict[int, tuple[int, int, int]]] = {
 # One character a cell in the terminal view: readable without colour too.
 STATE_CHARS: Final = {OUTSIDE: " ", PAYLOAD: "#", OVERHEAD: "+", FREE: "."}
 
-assert set(STATE_NAMES) == set(STATE_COLOURS) == set(STATE_CHARS) == set(STATES)
+assert set(STATE_NAMES) == set(STATE_COLOURS) == set(STATE_CHARS) == set(STATES) == set(TIE_ORDER)
 assert STATES == tuple(range(len(STATES)))  # states index the palette's rows
 
 
@@ -194,7 +197,9 @@ def cell_states(snapshot: Snapshot, bytes_per_cell: int, cells: int) -> npt.NDAr
         counts[state] = _coverage([s for s in snapshot.spans if s[2] == state], edges)
     counts[OVERHEAD] = inside - counts[PAYLOAD] - counts[FREE]
     counts[OUTSIDE] = bytes_per_cell - inside
-    return np.argmax(counts, axis=0).astype(np.uint8)
+    order = np.array(TIE_ORDER, dtype=np.uint8)
+    states: npt.NDArray[np.uint8] = order[np.argmax(counts[order], axis=0)]
+    return states
 
 
 @dataclass(frozen=True)
