@@ -143,20 +143,31 @@ def churn_trace(ops: int = 600, seed: int = 7) -> Trace:
 def test_the_peak_op_is_the_first_op_at_the_peak_footprint() -> None:
     trace = churn_trace()
     footprints = []
+    payloads = []
     with Replayer(trace, "best-fit") as replayer:
         footprints.append(replayer.footprint()[0])
+        payloads.append(0)
         while replayer.done < len(trace.ops):
             replayer.step()
             footprints.append(replayer.footprint()[0])
+            payloads.append(replayer.payload)
     peak = max(footprints)
     # few readings, so that the peak lies between two of them and is searched for
     timeline = record_timeline(trace, "best-fit", samples=7)
-    assert timeline.sample_ops == sample_ops(len(trace.ops), 7)
-    assert len(timeline.sample_ops) == 8
+    readings = sample_ops(len(trace.ops), 7)
+    assert len(readings) == 8
     assert timeline.peak_footprint == peak
     assert timeline.peak_footprint_op == footprints.index(peak)
-    assert timeline.peak_footprint_op not in timeline.sample_ops
+    assert timeline.peak_footprint_op not in readings  # so it was searched for
+    # both peaks are readings of their own, in order, each with the right values
+    peak_ops = {timeline.peak_footprint_op, timeline.peak_payload_op}
+    assert timeline.sample_ops == sorted({*readings, *peak_ops})
     assert timeline.footprint == [footprints[op] for op in timeline.sample_ops]
+    assert timeline.payload == [payloads[op] for op in timeline.sample_ops]
+    assert (timeline.peak_payload, timeline.peak_payload_op) == (
+        max(payloads),
+        payloads.index(max(payloads)),
+    )
 
 
 def test_payload_follows_the_trace() -> None:

@@ -213,7 +213,7 @@ def _draw_animation(
             replayer.advance_to(op)
             frames.append(Frame(op, replayer.snapshot()))
     title = [
-        f"{trace.name}: the heap over time, pyalloc {name}",
+        f"{trace.name}, pyalloc {name}",
         f"utilization {timeline.util:.1%} = peak live payload / peak footprint; "
         f"{len(frames)} frames",
     ]

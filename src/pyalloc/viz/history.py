@@ -11,7 +11,11 @@ two readings the heap may have grown and shrunk again; ``peak_heap_bytes``
 still shows it, since the heap keeps its running maximum.  The op where the
 footprint first reaches its peak is found in two passes: the first finds the
 two readings it lies between, the second replays up to the earlier one and
-reads the footprint after every op until it reaches the peak.  A replay is
+reads the footprint after every op until it reaches the peak.  The second
+pass also reads the footprint where the live payload peaks (the payload is
+known after every op; it costs nothing to follow).  Both moments become
+readings of their own, so that each line passes through its peak and the
+two lines are read at the same ops: between readings neither is drawn.  A replay is
 deterministic (the placement depends on the ops alone, not on the heap's
 secrets), so the second pass meets the same peak; if it does not, that is
 reported as an error rather than drawn.
@@ -24,6 +28,7 @@ reported as an error rather than drawn.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -206,7 +211,12 @@ def record_timeline(
     capacity: int | None = None,
     cache: bool = False,
 ) -> Timeline:
-    """The timeline of ``trace`` on a pyalloc heap of ``policy``, peak op included."""
+    """The timeline of ``trace`` on a pyalloc heap of ``policy``, peak op included.
+
+    The readings are ``sample_ops(len(trace), samples)`` plus the op where the
+    footprint first peaks and the op where the live payload first peaks, so
+    that both lines pass through their peaks.
+    """
     timeline = Timeline(trace.name, policy, len(trace.ops), footprint=[])
     assert timeline.footprint is not None
     peaks: list[int] = []
@@ -221,18 +231,14 @@ def record_timeline(
             peaks.append(peak)
     timeline.peak_footprint = peaks[-1]
     k = next(i for i, peak in enumerate(peaks) if peak == peaks[-1])
-    if k == 0:
+    search = None if k == 0 else (timeline.sample_ops[k - 1], timeline.sample_ops[k])
+    if search is None:
         timeline.peak_footprint_op = 0
-    else:
-        timeline.peak_footprint_op = _find_peak(
-            trace,
-            policy,
-            timeline.sample_ops[k - 1],
-            timeline.sample_ops[k],
-            peaks[-1],
-            capacity=capacity,
-            cache=cache,
-        )
+    wanted = timeline.peak_payload_op
+    if wanted in timeline.sample_ops:
+        wanted = -1
+    if search is not None or wanted >= 0:
+        _second_pass(trace, policy, timeline, search, wanted, capacity=capacity, cache=cache)
     return timeline
 
 
@@ -242,27 +248,51 @@ def _watch_payload(replayer: Replayer, timeline: Timeline) -> None:
         timeline.peak_payload_op = replayer.done
 
 
-def _find_peak(
+def _second_pass(
     trace: Trace,
     policy: str,
-    after: int,
-    upto: int,
-    peak: int,
+    timeline: Timeline,
+    search: tuple[int, int] | None,
+    wanted: int,
     *,
     capacity: int | None,
     cache: bool,
-) -> int:
-    """The first op in ``(after, upto]`` after which the footprint is ``peak``."""
+) -> None:
+    """Replay again to add two readings: after op ``wanted`` (unless -1), and after
+    the first op in ``search = (after, upto]`` at which the footprint is its peak."""
+    assert timeline.footprint is not None
+    peak = timeline.peak_footprint
+    found: dict[int, tuple[int, int]] = {}  # op -> (payload, footprint)
+    start = min(wanted if wanted >= 0 else len(trace.ops), search[0] if search else wanted)
+    last = max(wanted, search[1] if search else -1)
     with Replayer(trace, policy, capacity=capacity, cache=cache) as replayer:
-        replayer.advance_to(after)
-        while replayer.done < upto:
+        replayer.advance_to(start)
+        while True:
+            op = replayer.done
+            searching = search is not None and timeline.peak_footprint_op is None
+            in_search = searching and search is not None and search[0] < op <= search[1]
+            if op == wanted or in_search:
+                heap_bytes = replayer.footprint()[0]
+                if op == wanted:
+                    found[op] = (replayer.payload, heap_bytes)
+                if in_search and heap_bytes == peak:
+                    timeline.peak_footprint_op = op
+                    found[op] = (replayer.payload, heap_bytes)
+            if op >= last:
+                break
             replayer.step()
-            if replayer.footprint()[0] == peak:
-                return replayer.done
-    raise VizError(
-        f"{trace.name}: the second replay on {policy} did not reach the peak footprint "
-        f"of {peak} bytes by op {upto}"
-    )
+    if search is not None and timeline.peak_footprint_op is None:
+        raise VizError(
+            f"{trace.name}: the second replay on {policy} did not reach the peak footprint "
+            f"of {peak} bytes by op {search[1]}"
+        )
+    for op, (payload, heap_bytes) in sorted(found.items()):
+        if op in timeline.sample_ops:
+            continue
+        at = bisect_left(timeline.sample_ops, op)
+        timeline.sample_ops.insert(at, op)
+        timeline.payload.insert(at, payload)
+        timeline.footprint.insert(at, heap_bytes)
 
 
 def replayer_at(

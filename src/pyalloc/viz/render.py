@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -55,7 +55,7 @@ DPI: Final = 100
 MARGIN_LEFT: Final = 84  # room for the address labels left of a map
 MARGIN_RIGHT: Final = 24
 TITLE_HEIGHT: Final = 58
-LEGEND_HEIGHT: Final = 30
+LEGEND_HEIGHT: Final = 42  # the states' legend and, under it, the scale; only with a map
 LABEL_HEIGHT: Final = 22  # a map's label line
 MAP_GAP: Final = 12
 NOTE_HEIGHT: Final = 8  # below the label of an allocator drawn without a map
@@ -86,6 +86,7 @@ class PictureOptions:
     max_rows: int = 100
     bytes_per_cell: int = 0
     timeline_height: int = 220
+    ratio_line: bool = True  # live payload / footprint over time, when one allocator is drawn
 
     def columns(self) -> int:
         columns = (self.width - MARGIN_LEFT - MARGIN_RIGHT) // max(self.cell, 1)
@@ -188,13 +189,18 @@ class _Picture:
                 "choose a larger scale or more rows"
             )
         map_height = self.scale.rows * options.cell
-        height = TITLE_HEIGHT + LEGEND_HEIGHT
+        legend_height = LEGEND_HEIGHT if shown else 0
+        self.ratio = (
+            options.ratio_line and len(timelines) == 1 and timelines[0].footprint is not None
+        )
+        height = TITLE_HEIGHT + legend_height
         for panel in panels:
             height += LABEL_HEIGHT + (map_height if panel.snapshot is not None else NOTE_HEIGHT)
             height += MAP_GAP
         if timelines:
             height += TIMELINE_TOP + options.timeline_height + TIMELINE_BOTTOM
-            height += LEGEND_ROW * -(-_legend_entries(timelines, map_op) // self._legend_columns())
+            entries = 1 + len(timelines) + (map_op is not None) + self.ratio
+            height += LEGEND_ROW * -(-entries // self._legend_columns())
         self.width, self.height = options.width, height
         self.figure: Figure = Figure(figsize=(self.width / DPI, height / DPI), dpi=DPI)
         self.figure.patch.set_facecolor("white")
@@ -207,14 +213,15 @@ class _Picture:
                     line,
                     ha="center",
                     va="center",
-                    fontsize=12 if i == 0 else 9,
+                    fontsize=self.title_size(line, 12 if i == 0 else 9),
                     fontweight="bold" if i == 0 else "normal",
                 )
             )
-        self._legend(TITLE_HEIGHT + LEGEND_HEIGHT // 2)
+        if shown:
+            self._legend(TITLE_HEIGHT)
         self.placements: list[MapPlacement | None] = []
         self.images: list[FigureImage] = []
-        top = TITLE_HEIGHT + LEGEND_HEIGHT
+        top = TITLE_HEIGHT + legend_height
         for panel in panels:
             self.figure.text(
                 self._x(MARGIN_LEFT),
@@ -244,6 +251,10 @@ class _Picture:
         if timelines:
             self._timeline(timelines, top + TIMELINE_TOP, map_op)
 
+    def title_size(self, text: str, largest: float) -> float:
+        """A font size at which ``text`` fits the width (a character is about 0.85 em)."""
+        return min(largest, (self.width - 20) / (0.85 * max(len(text), 1)))
+
     def _legend_columns(self) -> int:
         return 2 if self.options.width >= 800 else 1
 
@@ -253,7 +264,7 @@ class _Picture:
     def _y(self, from_top: float) -> float:
         return 1.0 - from_top / self.height
 
-    def _legend(self, middle: int) -> None:
+    def _legend(self, top: int) -> None:
         from matplotlib.patches import Patch
 
         handles = [
@@ -263,7 +274,7 @@ class _Picture:
         self.figure.legend(
             handles=handles,
             loc="center left",
-            bbox_to_anchor=(self._x(MARGIN_LEFT - 8), self._y(middle)),
+            bbox_to_anchor=(self._x(MARGIN_LEFT - 8), self._y(top + 10)),
             ncol=len(handles),
             frameon=False,
             fontsize=8,
@@ -273,12 +284,12 @@ class _Picture:
         scale = self.scale
         cell = self.options.cell
         self.figure.text(
-            self._x(self.width - MARGIN_RIGHT),
-            self._y(middle),
-            f"1 cell ({cell}x{cell} px) = {human_bytes(scale.bytes_per_cell)}, "
+            self._x(MARGIN_LEFT),
+            self._y(top + 29),
+            f"scale: 1 cell ({cell}x{cell} px) = {human_bytes(scale.bytes_per_cell)}, "
             f"1 px = {_per_pixel(scale.bytes_per_cell, cell)}, "
-            f"1 row = {human_bytes(scale.row_bytes)}",
-            ha="right",
+            f"1 row = {human_bytes(scale.row_bytes)}; a cell has the colour of most of its bytes",
+            ha="left",
             va="center",
             fontsize=8,
         )
@@ -365,7 +376,7 @@ class _Picture:
         axes.tick_params(labelsize=7)
         axes.grid(True, color="#dddddd", linewidth=0.5)
         handles, labels = axes.get_legend_handles_labels()
-        if len(timelines) == 1 and first.footprint is not None:
+        if self.ratio and first.footprint is not None:
             ratio = [
                 100.0 * p / f if f else 0.0
                 for p, f in zip(first.payload, first.footprint, strict=True)
@@ -398,12 +409,6 @@ class _Picture:
 
     def set_map(self, index: int, grid: npt.NDArray[np.uint8]) -> None:
         self.images[index].set_data(grid_pixels(grid, self.options.cell))
-
-
-def _legend_entries(timelines: Sequence[Timeline], map_op: int | None) -> int:
-    """Lines in the timeline's legend: payload, each footprint, the map's moment, the ratio."""
-    ratio = len(timelines) == 1 and timelines[0].footprint is not None
-    return 1 + len(timelines) + (map_op is not None) + ratio
 
 
 def _per_pixel(bytes_per_cell: int, cell: int) -> str:
@@ -480,7 +485,8 @@ def draw_animation(
 ) -> MapPlacement:
     """Write the map over time to a .gif (or .mp4 with ffmpeg), one frame per snapshot.
 
-    All frames share one scale, that of the largest footprint among them.
+    All frames share one scale, that of the peak footprint, so that every
+    moment fits and a cell means the same bytes in each frame.
     """
     from matplotlib import animation
 
@@ -491,10 +497,17 @@ def draw_animation(
     if len(frames) > MAX_FRAMES:
         raise VizError(f"{len(frames)} frames: an animation has at most {MAX_FRAMES}")
     options = options or PictureOptions()
-    footprint = max(frame.snapshot.footprint for frame in frames)
+    options = replace(options, ratio_line=False)
+    footprint = max(timeline.peak_footprint, *(frame.snapshot.footprint for frame in frames))
     first = frames[0]
+    heading = title[0]
+
+    def moment(op: int) -> str:
+        return f"{heading}: after op {op:,} of {timeline.ops:,}"
+
+    # sized for the longest heading, that of the last op
     picture = _Picture(
-        title,
+        [moment(timeline.ops), *title[1:]],
         [Panel(label, first.snapshot)],
         [timeline],
         options,
@@ -506,7 +519,6 @@ def draw_animation(
     writer: Any = (
         animation.PillowWriter(fps=fps) if fmt == "gif" else animation.FFMpegWriter(fps=fps)
     )
-    heading = picture.title[0].get_text()
 
     def write(temporary: str) -> None:
         with writer.saving(picture.figure, temporary, dpi=DPI):
@@ -514,7 +526,7 @@ def draw_animation(
                 picture.set_map(0, cell_grid(frame.snapshot, picture.scale))
                 if picture.cursor is not None:
                     picture.cursor.set_xdata([frame.op, frame.op])
-                picture.title[0].set_text(f"{heading}, after op {frame.op:,} of {timeline.ops:,}")
+                picture.title[0].set_text(moment(frame.op))
                 writer.grab_frame(facecolor="white")
 
     _write_atomically(path, write)
