@@ -21,7 +21,12 @@ from pyalloc import Heap, SharedHeap  # noqa: E402
 from pyalloc.cli import main  # noqa: E402
 from pyalloc.trace.rep import Op, Trace, write_trace  # noqa: E402
 from pyalloc.trace.replay import default_capacity  # noqa: E402
-from pyalloc.viz.history import Replayer, record_timeline, sample_ops  # noqa: E402
+from pyalloc.viz.history import (  # noqa: E402
+    Replayer,
+    payload_timeline,
+    record_timeline,
+    sample_ops,
+)
 from pyalloc.viz.render import (  # noqa: E402
     MapPlacement,
     Panel,
@@ -461,3 +466,35 @@ def test_top_once(shared: SharedHeap, capsys: pytest.CaptureFixture[str]) -> Non
     assert any("#" in line for line in map_lines)
     status, _, err = run(capsys, "top", f"pyalloc-test-{uuid.uuid4().hex}", "--once")
     assert status == 1 and err.count("\n") == 1
+
+
+def test_a_system_allocator_gets_the_timeline_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pyalloc.trace.system import system_available
+
+    reason = system_available("glibc")
+    if reason is not None:
+        pytest.skip(reason)
+    write_trace(churn_trace(), tmp_path / "c.rep")
+    mapped = tmp_path / "map.png"
+    alone = tmp_path / "glibc.png"
+    assert run(capsys, "viz", str(tmp_path / "c.rep"), "-o", str(mapped))[0] == 0
+    status, _, err = run(
+        capsys, "viz", str(tmp_path / "c.rep"), "--allocator", "glibc", "-o", str(alone)
+    )
+    assert status == 0, err
+
+    # no map: nothing in the free colour (no line uses it), and shorter than with a map
+    def colours(path: Path) -> set[tuple[int, ...]]:
+        return {tuple(int(c) for c in px) for row in read_png(path) for px in row}
+
+    assert STATE_COLOURS[FREE] in colours(mapped)
+    assert STATE_COLOURS[FREE] not in colours(alone)
+    assert image_size(alone)[1] < image_size(mapped)[1]
+    # the payload's peak is a reading, so that its line reaches the marker
+    timeline = payload_timeline(churn_trace(), "glibc")
+    assert timeline.footprint is None
+    assert timeline.payload[timeline.sample_ops.index(timeline.peak_payload_op)] == (
+        timeline.peak_payload
+    )

@@ -321,6 +321,10 @@ def payload_timeline(trace: Trace, allocator: str, samples: int = SAMPLES) -> Ti
             replayer.advance_to(op, each=lambda: _watch_payload(replayer, timeline))
             timeline.sample_ops.append(op)
             timeline.payload.append(replayer.payload)
+    if timeline.peak_payload_op not in timeline.sample_ops:
+        at = bisect_left(timeline.sample_ops, timeline.peak_payload_op)
+        timeline.sample_ops.insert(at, timeline.peak_payload_op)
+        timeline.payload.insert(at, timeline.peak_payload)
     return timeline
 
 

@@ -368,7 +368,8 @@ class _Picture:
                 map_op, color="#555555", linewidth=0.9, linestyle=":", label="the map's moment"
             )
         axes.set_xlim(0, max(first.ops, 1))
-        axes.set_ylim(bottom=0)
+        highest = max(first.peak_payload, *(t.peak_footprint for t in timelines))
+        axes.set_ylim(0, max(highest, 1) * 1.08)  # room above the peaks' markers
         axes.set_xlabel("ops replayed", fontsize=8)
         axes.set_ylabel("bytes", fontsize=8)
         axes.yaxis.set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v)))
