@@ -24,6 +24,7 @@ sys.path.pop(0)
 DIRECTIVES = {
     "language_level": 3,
     "infer_types": True,  # locals take the C type of what is assigned to them
+    "annotation_typing": False,  # the .pxd files give the C types; annotations are for mypy
     "boundscheck": False,  # every index into the region is range-checked by the engine
     "wraparound": False,
     "cdivision": True,

@@ -70,7 +70,6 @@ def cache(request: pytest.FixtureRequest) -> bool:
 @pytest.fixture
 def make_heap(policy: str, cache: bool) -> Iterator[HeapFactory]:
     """Build heaps of the current policy; every heap is closed at teardown."""
-    pytest.importorskip("pyalloc.heap")
     if policy == "buddy" and cache:
         pytest.skip("the buddy system has no cache of freed blocks")
     made: list[Any] = []

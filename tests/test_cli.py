@@ -17,8 +17,6 @@ from pyalloc.trace.bench import JSON_KEYS, ROW_KEYS
 from pyalloc.trace.generate import generate
 from pyalloc.trace.rep import Trace, read_trace, write_trace
 
-pytest.importorskip("pyalloc.heap")
-
 
 def write(path: Path, trace: Trace) -> Path:
     write_trace(trace, path)

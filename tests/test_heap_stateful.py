@@ -12,13 +12,10 @@ from __future__ import annotations
 import random
 import re
 
-import pytest
 from heap_model import ALIGNMENT, LiveBlocks, build_heap, heap_policies, read
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-
-heap_module = pytest.importorskip("pyalloc.heap")
 
 CAPACITY = 4 << 20
 

@@ -119,3 +119,31 @@ def test_heap_without_lock_works_in_one_thread(make_heap: Any) -> None:
     q = heap.realloc(p, 10_000)
     live.add(q, 10_000, rng)
     live.assert_all()
+
+
+def test_a_waiting_thread_lets_the_holder_run_python() -> None:
+    # The holder runs Python under the lock while another thread waits for
+    # it: a waiter that kept the GIL would deadlock here (the join times out).
+    from pyalloc import Heap
+
+    heap = Heap(1 << 20)
+    entered = threading.Event()
+    done: list[int] = []
+
+    def waiter() -> None:
+        entered.wait()
+        done.append(heap.malloc(64))
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    with heap._lock:
+        entered.set()
+        total = 0
+        for i in range(200_000):  # Python work, with switch points, inside the lock
+            total += i
+        assert not done  # the waiter is blocked on the lock
+    t.join(timeout=30)
+    assert not t.is_alive() and len(done) == 1 and total > 0
+    heap.free(done[0])
+    heap.check()
+    heap.close()

@@ -587,7 +587,7 @@ def test_flush_writes_the_dirty_pages_to_the_file(heap: MappedHeap, tmp_path: Pa
     assert _dirty_kib(address) == 0
     assert Path(heap.path).read_bytes()[p : p + 200_000] == pattern(5, 200_000)
     heap.close()
-    with pytest.raises(ValueError, match="closed"):
+    with pytest.raises(HeapError, match="the heap is closed"):
         heap.flush()
 
 

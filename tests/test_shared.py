@@ -312,7 +312,7 @@ def test_close_detaches_and_the_context_manager_closes(names: Callable[[], str])
     name = names()
     with SharedHeap.create(name, CAPACITY) as h:
         p = h.malloc(10)
-    with pytest.raises(ValueError, match="closed"):
+    with pytest.raises(HeapError, match="the heap is closed"):
         h.malloc(10)
     h.close()  # twice is fine
     assert "closed" in repr(h)

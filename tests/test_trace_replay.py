@@ -17,8 +17,6 @@ from pyalloc.trace.replay import (
     replay,
 )
 
-heap_module = pytest.importorskip("pyalloc.heap")
-
 CAPACITY = 1 << 16
 
 

@@ -38,6 +38,7 @@ ENGINE_MODULES: Final = (
     "pyalloc.layout",
     "pyalloc.control",
     "pyalloc.journal",
+    "pyalloc.lock",
     "pyalloc.policies.base",
     "pyalloc.policies.segregated",
     "pyalloc.policies.tlsf",
@@ -82,6 +83,11 @@ def choose(package_dir: str) -> tuple[bool, str]:
     """(compiled, why) for the package installed at ``package_dir``."""
     if os.environ.get(PURE_ENV, "") not in ("", "0"):
         return False, f"{PURE_ENV} is set"
+    return built(package_dir, warn=True)
+
+
+def built(package_dir: str, warn: bool = False) -> tuple[bool, str]:
+    """(True, "compiled") if every engine module has an extension built from its sources."""
     stems = {name: _stem(package_dir, name) for name in ENGINE_MODULES}
     if not all(_extension_of(stem) for stem in stems.values()):
         return False, "the engine was not compiled"
@@ -91,13 +97,14 @@ def choose(package_dir: str) -> tuple[bool, str]:
     except (OSError, ValueError):
         built = {}
     stale = [name for name, stem in stems.items() if built.get(name) != source_digest(stem)]
-    if stale:
+    if stale and warn:
         warnings.warn(
             f"the compiled engine is older than {stale[0]}'s source; running interpreted "
             "(rebuild with ./dev build, or pip install -e .)",
             StaleEngineWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
+    if stale:
         return False, "the compiled engine is older than its sources"
     return True, "compiled"
 

@@ -8,7 +8,7 @@ A heap class (``Heap``, ``BuddyHeap``, ``SharedHeap``) provides
 (``_resize`` is realloc once ``p`` is known to be an int other than 0.)
 
 plus ``region``, ``bytes`` (a memoryview of the region), ``capacity``,
-``_lock`` (anything with ``acquire``/``release`` and ``with``) and
+``_lock`` (a ``lock.HeapLock``, or a subclass of it) and
 ``_closed``. ``Allocator`` turns those into the public ``malloc``, ``free``,
 ``realloc`` (each holding the lock), ``calloc``, ``usable_size``, ``view``,
 ``close`` and the context-manager protocol, so that their behaviour and
@@ -20,7 +20,8 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Any, Final, Self
 
-from .errors import HeapError, InvalidPointerError
+from .errors import InvalidPointerError
+from .lock import CLOSED, HeapLock
 from .regions import Region
 
 
@@ -80,32 +81,13 @@ def zero_fill(view: Any, p: int, n: int) -> None:
         p += step
 
 
-class _ClosedLock:
-    """The lock of a closed heap: every use says so."""
-
-    def acquire(self) -> bool:
-        raise HeapError("the heap is closed")
-
-    def release(self) -> None:
-        pass
-
-    def __enter__(self) -> bool:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-CLOSED: Final = _ClosedLock()
-
-
 class Allocator:
     """The public API of a heap, built on the primitives its subclass provides."""
 
     region: Region
     bytes: memoryview
     capacity: int
-    _lock: Any
+    _lock: HeapLock
     _closed: bool
 
     # -- the primitives, called with the lock held -----------------------------
@@ -117,9 +99,9 @@ class Allocator:
         raise NotImplementedError
 
     def _realloc(self, p: int, size: int) -> int:
-        if p.__class__ is not int or not 0 <= p < 1 << 62:
+        if type(p) is not int or not 0 <= p < 1 << 62:
             p = self._pointer(p)
-        if size.__class__ is not int or not 0 <= size < 1 << 62:
+        if type(size) is not int or not 0 <= size < 1 << 62:
             size = self._request(size)
         if not p:
             return self._malloc(size)
@@ -165,7 +147,7 @@ class Allocator:
         MemoryError when the heap cannot grow enough. ``malloc(0)`` returns a
         unique pointer to a minimum block.
         """
-        if size.__class__ is not int or not 0 <= size < 1 << 62:
+        if type(size) is not int or not 0 <= size < 1 << 62:
             size = self._request(size)
         if not self._locking:
             return self._malloc(size)
@@ -178,7 +160,7 @@ class Allocator:
 
     def free(self, p: int) -> None:
         """Free the block at ``p``; ``free(0)`` does nothing."""
-        if p.__class__ is not int or not 0 <= p < 1 << 62:
+        if type(p) is not int or not 0 <= p < 1 << 62:
             p = self._pointer(p)
         if not self._locking:
             self._free(p)

@@ -78,7 +78,6 @@ capacity raises MemoryError, even when the capacity holds that many bytes.
 from __future__ import annotations
 
 import secrets
-import threading
 from typing import TYPE_CHECKING, Final, cast
 
 from . import control as C
@@ -86,7 +85,8 @@ from .allocator import Allocator, check_size, stats_record
 from .errors import DoubleFreeError, HeapCorruptionError, InvalidPointerError
 from .heap import DEFAULT_CAPACITY
 from .journal import MetadataStore
-from .layout import ALLOCATED, HEADER, PREV_ALLOCATED, TAG_SHIFT, decode, encode
+from .layout import ALLOCATED, HEADER, PREV_ALLOCATED, TAG_SHIFT, bit, decode, encode
+from .lock import HeapLock
 from .policies.base import PREV, LinkedLists
 from .regions import AnonymousRegion, Region
 
@@ -99,11 +99,11 @@ BUDDY_FORMAT: Final = 1
 MIN_ORDER: Final = 5  # 32 bytes: a header and two links
 ORDER_SHIFT: Final = 2
 ORDER_BITS: Final = 6
-ORDER_MASK: Final = (1 << ORDER_BITS) - 1
+ORDER_MASK: Final = (bit(ORDER_BITS)) - 1
 ASKED_SHIFT: Final = ORDER_SHIFT + ORDER_BITS
 ASKED_BITS: Final = TAG_SHIFT - ASKED_SHIFT
 MAX_ORDER: Final = ASKED_BITS  # a block of 2**MAX_ORDER bytes can record any request it serves
-MAX_CAPACITY: Final = 1 << MAX_ORDER
+MAX_CAPACITY: Final = bit(MAX_ORDER)
 RESERVED: Final = PREV_ALLOCATED  # must be clear in every buddy header
 EPILOGUE: Final = ALLOCATED  # the header body at brk: allocated, order 0
 
@@ -112,7 +112,7 @@ W_BITMAP: Final = W_LISTS + MAX_ORDER + 1
 CONTROL_END: Final = (W_BITMAP + 1) * 8
 BASE: Final = ((CONTROL_END + HEADER + 15) & ~15) - HEADER  # first block header
 
-assert (1 << MIN_ORDER) >= 4 * 8 and ASKED_BITS == 36
+assert (bit(MIN_ORDER)) >= 4 * 8 and ASKED_BITS == 36
 assert MAX_ORDER <= ORDER_MASK and MAX_ORDER < 64  # orders fit the field and the bitmap
 assert BASE % 16 == 8 and BASE >= CONTROL_END
 
@@ -148,7 +148,7 @@ class BuddyHeap(Allocator):
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY, *, lock: bool = True) -> None:
         capacity = check_size(capacity, "capacity")
-        if capacity < BASE + (1 << MIN_ORDER) + HEADER:
+        if capacity < BASE + (bit(MIN_ORDER)) + HEADER:
             raise ValueError(f"capacity {capacity} is too small for a heap (minimum {BASE + 40})")
         if capacity > MAX_CAPACITY:
             raise ValueError(f"capacity {capacity} exceeds the largest buddy heap ({MAX_CAPACITY})")
@@ -180,7 +180,7 @@ class BuddyHeap(Allocator):
         # The largest block that fits: its offset 0 is aligned to any order.
         self.max_order = min((capacity - BASE - HEADER).bit_length() - 1, MAX_ORDER)
         self._lists = _OrderLists(cast("Heap", self), W_LISTS)
-        self._lock = threading.Lock()
+        self._lock = HeapLock()
         self._closed = False
         self._locking = True
         if not lock:
@@ -220,9 +220,9 @@ class BuddyHeap(Allocator):
         if body & ALLOCATED:
             raise HeapCorruptionError(f"free list holds block {b + 8}, which is allocated")
         k = body >> ORDER_SHIFT & ORDER_MASK
-        if not MIN_ORDER <= k <= self.max_order or (b - self.heap_start) & ((1 << k) - 1):
+        if not MIN_ORDER <= k <= self.max_order or (b - self.heap_start) & ((bit(k)) - 1):
             raise HeapCorruptionError(f"free block {b + 8} holds an impossible order {k}")
-        return 1 << k
+        return bit(k)
 
     def _live_header(self, p: int) -> int:
         """Validate ``p`` as a live block's payload; return its header body."""
@@ -240,9 +240,9 @@ class BuddyHeap(Allocator):
         k = body >> ORDER_SHIFT & ORDER_MASK
         if (
             not MIN_ORDER <= k <= self.max_order
-            or (b - base) & ((1 << k) - 1)
-            or b + (1 << k) > self.brk
-            or body >> ASKED_SHIFT > (1 << k) - HEADER
+            or (b - base) & ((bit(k)) - 1)
+            or b + (bit(k)) > self.brk
+            or body >> ASKED_SHIFT > (bit(k)) - HEADER
         ):
             raise HeapCorruptionError(f"header of block {p} holds an impossible order or size")
         return body
@@ -262,11 +262,11 @@ class BuddyHeap(Allocator):
             k = body >> ORDER_SHIFT & ORDER_MASK
             if k < MIN_ORDER:
                 raise HeapCorruptionError(f"header of block {b + 8} holds an impossible order")
-            if b < target < b + (1 << k):
+            if b < target < b + (bit(k)):
                 raise InvalidPointerError(
                     f"pointer {p} lies inside block {b + 8}, not at its start"
                 )
-            b += 1 << k
+            b += bit(k)
         raise InvalidPointerError(f"pointer {p} is not a block of this heap")
 
     # -- free lists ----------------------------------------------------------------
@@ -274,13 +274,13 @@ class BuddyHeap(Allocator):
     def _push(self, k: int, b: int) -> None:
         """Put the free block ``b`` (header already written) on list ``k``."""
         self._lists.push(W_LISTS + k, b)
-        self.words[W_BITMAP] |= 1 << k
+        self.words[W_BITMAP] |= bit(k)
 
     def _unlink(self, k: int, b: int) -> None:
         """Take ``b`` off list ``k``; its neighbours' links are checked first."""
         self._lists.unlink(W_LISTS + k, b)
         if not self.words[W_LISTS + k]:
-            self.words[W_BITMAP] &= ~(1 << k)
+            self.words[W_BITMAP] &= ~(bit(k))
 
     def _check_epilogue(self) -> None:
         if self._header(self.brk) != EPILOGUE:
@@ -301,7 +301,7 @@ class BuddyHeap(Allocator):
         if k > self.max_order:
             raise MemoryError(
                 f"cannot allocate {size} bytes: the largest block of this heap has "
-                f"{1 << self.max_order} bytes"
+                f"{bit(self.max_order)} bytes"
             )
         available = self.words[W_BITMAP] >> k
         if available:
@@ -309,7 +309,7 @@ class BuddyHeap(Allocator):
             b = self._take(j)
             while j > k:  # split: keep the lower half, list the upper one
                 j -= 1
-                half = b + (1 << j)
+                half = b + (bit(j))
                 self._set_header(half, j << ORDER_SHIFT)
                 self._push(j, half)
         else:
@@ -320,7 +320,7 @@ class BuddyHeap(Allocator):
     def _take(self, k: int) -> int:
         """Unlink the first block of list ``k``, checked in full."""
         b = self.words[W_LISTS + k]
-        if self.free_block_size(b) != 1 << k:
+        if self.free_block_size(b) != bit(k):
             raise HeapCorruptionError(f"free block {b + 8} is on the list of order {k}")
         if self._lists.read_link(b, PREV):
             raise HeapCorruptionError(f"free block {b + 8} heads its list but has a prev link")
@@ -331,8 +331,8 @@ class BuddyHeap(Allocator):
         """Extend the arena with a block of order ``k``; return its offset."""
         base = self.heap_start
         top = self.brk - base
-        start = (top + (1 << k) - 1) & -(1 << k)
-        if base + start + (1 << k) + HEADER > self.capacity:
+        start = (top + (bit(k)) - 1) & -(bit(k))
+        if base + start + (bit(k)) + HEADER > self.capacity:
             raise MemoryError(
                 f"cannot allocate {size} bytes: the heap would exceed its capacity"
                 f" of {self.capacity}"
@@ -340,11 +340,11 @@ class BuddyHeap(Allocator):
         self._check_epilogue()
         while top < start:  # cover the gap with aligned free blocks
             j = (top & -top).bit_length() - 1
-            self._set_brk(base + top + (1 << j))
+            self._set_brk(base + top + (bit(j)))
             self._set_header(base + top, ALLOCATED | j << ORDER_SHIFT)
             self._release(base + top, j)
-            top += 1 << j
-        self._set_brk(base + start + (1 << k))
+            top += bit(j)
+        self._set_brk(base + start + (bit(k)))
         return base + start
 
     # -- free ----------------------------------------------------------------------
@@ -366,8 +366,8 @@ class BuddyHeap(Allocator):
         merged: list[tuple[int, int]] = []  # (buddy, order) absorbed, lowest order first
         j = k
         while j < self.max_order:
-            bo = o ^ (1 << j)
-            if bo + (1 << j) > top:
+            bo = o ^ (bit(j))
+            if bo + (bit(j)) > top:
                 break  # the buddy does not exist (yet)
             buddy = base + bo
             body = self._header(buddy)
@@ -379,7 +379,7 @@ class BuddyHeap(Allocator):
                 raise HeapCorruptionError(f"free block {buddy + 8} records a request")
             self._lists.neighbours(W_LISTS + j, buddy)
             merged.append((buddy, j))
-            o &= ~(1 << j)
+            o &= ~(bit(j))
             j += 1
         for buddy, order in merged:
             self._unlink(order, buddy)
@@ -395,7 +395,7 @@ class BuddyHeap(Allocator):
 
     def _usable(self, p: int) -> int:
         """Usable bytes of the live block ``p``: its power of two less the header."""
-        return (1 << (self._live_header(p) >> ORDER_SHIFT & ORDER_MASK)) - HEADER
+        return (bit(self._live_header(p) >> ORDER_SHIFT & ORDER_MASK)) - HEADER
 
     def _resize(self, p: int, size: int) -> int:
         body = self._live_header(p)
@@ -410,14 +410,14 @@ class BuddyHeap(Allocator):
             # whose buddy (the part kept) is allocated, so nothing merges.
             self._set_header(b, ALLOCATED | want << ORDER_SHIFT | size << ASKED_SHIFT)
             for j in range(k - 1, want - 1, -1):
-                half = b + (1 << j)
+                half = b + (bit(j))
                 self._set_header(half, j << ORDER_SHIFT)
                 self._push(j, half)
             return p
         if want <= self.max_order and self._grow_in_place(b, k, want, size):
             return p
         q = self._malloc(size)
-        usable = (1 << k) - HEADER
+        usable = (bit(k)) - HEADER
         self.bytes[q : q + usable] = self.bytes[p : p + usable]
         self._release(b, k)
         return q
@@ -426,15 +426,15 @@ class BuddyHeap(Allocator):
         """Absorb the right-hand buddies of orders k..want-1, if all are free (or unmade)."""
         base = self.heap_start
         o = b - base
-        if o & ((1 << want) - 1):
+        if o & ((bit(want)) - 1):
             return False  # b would not be the lower half of the block it grows into
         top = self.brk - base
         absorbed: list[tuple[int, int]] = []
         extend = False
         for j in range(k, want):
-            r = o + (1 << j)
+            r = o + (bit(j))
             if r == top:
-                if base + o + (1 << want) + HEADER > self.capacity:
+                if base + o + (bit(want)) + HEADER > self.capacity:
                     return False
                 self._check_epilogue()
                 extend = True
@@ -449,7 +449,7 @@ class BuddyHeap(Allocator):
         for buddy, order in absorbed:
             self._unlink(order, buddy)
         if extend:
-            self._set_brk(base + o + (1 << want))
+            self._set_brk(base + o + (bit(want)))
         self._set_header(b, ALLOCATED | want << ORDER_SHIFT | size << ASKED_SHIFT)
         return True
 
@@ -476,13 +476,13 @@ class BuddyHeap(Allocator):
             if body < 0:
                 raise HeapCorruptionError(f"header of block {b + 8} is corrupted")
             k = body >> ORDER_SHIFT & ORDER_MASK
-            if not MIN_ORDER <= k <= self.max_order or (b - base) & ((1 << k) - 1):
+            if not MIN_ORDER <= k <= self.max_order or (b - base) & ((bit(k)) - 1):
                 raise HeapCorruptionError(f"block {b + 8} holds an impossible order {k}")
-            if b + (1 << k) > brk:
+            if b + (bit(k)) > brk:
                 raise HeapCorruptionError(f"block {b + 8} runs past the end of the arena")
             asked = body >> ASKED_SHIFT
             if body & ALLOCATED:
-                if asked > (1 << k) - HEADER:
+                if asked > (bit(k)) - HEADER:
                     raise HeapCorruptionError(f"block {b + 8} records more bytes than it holds")
                 live_blocks += 1
                 live_bytes += asked
@@ -490,14 +490,14 @@ class BuddyHeap(Allocator):
                 if asked:
                     raise HeapCorruptionError(f"free block {b + 8} records a request")
                 free[b] = k
-            b += 1 << k
+            b += bit(k)
         top = brk - base
         for b, k in free.items():
-            bo = (b - base) ^ (1 << k)
-            if bo + (1 << k) <= top and free.get(base + bo) == k:
+            bo = (b - base) ^ (bit(k))
+            if bo + (bit(k)) <= top and free.get(base + bo) == k:
                 raise HeapCorruptionError(f"free buddies {b + 8} and {base + bo + 8} not merged")
         bitmap = words[W_BITMAP]
-        if bitmap >> (self.max_order + 1) or bitmap & ((1 << MIN_ORDER) - 1):
+        if bitmap >> (self.max_order + 1) or bitmap & ((bit(MIN_ORDER)) - 1):
             raise HeapCorruptionError("the order bitmap has bits outside the heap's orders")
         seen = 0
         for k in range(self.max_order + 1):
@@ -525,7 +525,7 @@ class BuddyHeap(Allocator):
             free, live_blocks, live_bytes = self._walk()
             brk = self.brk
             peak = self.words[C.W_PEAK]
-        sizes = [1 << k for k in free.values()]
+        sizes = [bit(k) for k in free.values()]
         return stats_record(self.capacity, brk + HEADER, peak, live_bytes, live_blocks, sizes)
 
     def blocks(self) -> list[tuple[int, int, bool]]:
@@ -538,8 +538,8 @@ class BuddyHeap(Allocator):
                 k = body >> ORDER_SHIFT & ORDER_MASK
                 if body < 0 or k < MIN_ORDER:
                     raise HeapCorruptionError(f"header of block {b + 8} is corrupted")
-                out.append((b + HEADER, 1 << k, bool(body & ALLOCATED)))
-                b += 1 << k
+                out.append((b + HEADER, bit(k), bool(body & ALLOCATED)))
+                b += bit(k)
         return out
 
     def __repr__(self) -> str:

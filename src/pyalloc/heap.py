@@ -36,7 +36,7 @@ Edge cases, each tested:
 from __future__ import annotations
 
 import secrets
-import threading
+from array import array
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
@@ -47,6 +47,7 @@ from .errors import DoubleFreeError, HeapCorruptionError, HeapError, InvalidPoin
 from .journal import MetadataStore
 from .layout import (
     ALLOCATED,
+    CACHED,
     HEADER,
     MAX_BLOCK,
     MIN_BLOCK,
@@ -63,6 +64,7 @@ from .layout import (
     prev_is_allocated,
     slack_of,
 )
+from .lock import HeapLock
 from .policies import POLICIES, policy_by_id, policy_class
 from .policies.base import FreeIndex
 from .regions import AnonymousRegion, Region
@@ -70,6 +72,7 @@ from .regions import AnonymousRegion, Region
 DEFAULT_CAPACITY: Final = 256 << 20
 CACHE_LIMIT: Final = 16  # freed blocks kept per size in the cache ...
 CACHE_MAX_BLOCK: Final = 1 << 10  # ... for block sizes below this
+CACHE_BINS: Final = CACHE_MAX_BLOCK >> 4  # one bin per block size
 FLUSH_BEFORE_SPLIT: Final = 1 << 13  # the cache is flushed before a split leaving this much
 SMALL_BLOCK_MAX: Final = 128  # blocks this size or smaller are cut from the high end ...
 SMALL_CHUNK: Final = 1 << 10  # ... and the heap grows at least this much for one
@@ -78,6 +81,14 @@ TOP_PAD: Final = 1 << 16  # ... down to this many bytes
 
 assert TOP_PAD >= MIN_BLOCK and TRIM_THRESHOLD > TOP_PAD
 assert SMALL_CHUNK >= SMALL_BLOCK_MAX + MIN_BLOCK
+# Compiled, the constants above are C variables (heap.pxd); this gives Python
+# importers the same names and values. Interpreted, it changes nothing.
+globals().update(
+    DEFAULT_CAPACITY=DEFAULT_CAPACITY, CACHE_LIMIT=CACHE_LIMIT, CACHE_MAX_BLOCK=CACHE_MAX_BLOCK,
+    CACHE_BINS=CACHE_BINS,
+    FLUSH_BEFORE_SPLIT=FLUSH_BEFORE_SPLIT, SMALL_BLOCK_MAX=SMALL_BLOCK_MAX, SMALL_CHUNK=SMALL_CHUNK,
+    TRIM_THRESHOLD=TRIM_THRESHOLD, TOP_PAD=TOP_PAD,
+)  # fmt: skip
 
 __all__ = ["DEFAULT_CAPACITY", "POLICIES", "Heap"]
 
@@ -198,15 +209,15 @@ class Heap(Allocator):
         # Off unless the constructor turns it on: a heap other processes share
         # must not keep free blocks out of their sight.
         self._cache_limit = 0
-        self._cache: list[list[int]] = [[] for _ in range(CACHE_MAX_BLOCK >> 4)]
-        self._cached: set[int] = set()
-        self._cache_used: set[int] = set()  # bins that may hold blocks
+        self._cache = array("q", bytes(8 * CACHE_BINS * CACHE_LIMIT))  # bin i: slots i*LIMIT...
+        self._cache_counts = array("q", bytes(8 * CACHE_BINS))  # blocks in each bin
+        self._cached = 0  # blocks in all bins
         self._locking = True
         if not lock:
             self._unlocked_entry_points()
 
-    def _make_lock(self) -> Any:
-        return threading.Lock()
+    def _make_lock(self) -> HeapLock:
+        return HeapLock()
 
     def _release_views(self) -> None:
         self.policy.release()
@@ -267,7 +278,7 @@ class Heap(Allocator):
         body = self._header(b)
         if body < 0:
             self._explain_bad_header(p)
-        if not body & ALLOCATED or p in self._cached:
+        if not body & ALLOCATED or body & CACHED:
             raise DoubleFreeError(f"block {p} is already free")
         if b + (body & SIZE_MASK) > self.brk or body & SIZE_MASK < MIN_BLOCK:
             raise HeapCorruptionError(f"header of block {p} holds an impossible size")
@@ -349,7 +360,7 @@ class Heap(Allocator):
             raise MemoryError(
                 f"cannot allocate {size} bytes: the heap's capacity is {self.capacity}"
             )
-        if need < CACHE_MAX_BLOCK and self._cache[need >> 4]:
+        if need < CACHE_MAX_BLOCK and self._cache_counts[need >> 4]:
             return self._take_cached(need, size)
         found = self.policy.take(need)
         if found is None:
@@ -360,14 +371,24 @@ class Heap(Allocator):
         return self._split(b, have, need, size)
 
     def _take_cached(self, need: int, size: int) -> int:
-        """Hand a cached block of ``need`` bytes out again: its header is still allocated."""
-        p = self._cache[need >> 4].pop()
-        self._cached.discard(p)
+        """Hand a cached block of ``need`` bytes out again."""
+        p = self._uncache(need >> 4)
         b = p - HEADER
-        body = self._header(b)
-        if body < 0 or body & (SIZE_MASK | ALLOCATED) != need | ALLOCATED:
+        self._set_header(b, allocated_body(need, size, self._header(b) & PREV_ALLOCATED))
+        return p
+
+    def _uncache(self, i: int) -> int:
+        """Take the last block of cache bin ``i``; its header is checked as a cached block's."""
+        n = self._cache_counts[i] - 1
+        p = self._cache[i * CACHE_LIMIT + n]
+        self._cache_counts[i] = n
+        self._cached -= 1
+        b = p - HEADER
+        body = -1
+        if self.heap_start <= b < self.brk:
+            body = self._header(b)
+        if body < 0 or body & (SIZE_MASK | ALLOCATED | CACHED) != i << 4 | ALLOCATED | CACHED:
             raise HeapCorruptionError(f"header of cached free block {p} is corrupted")
-        self._set_header(b, allocated_body(need, size, body & PREV_ALLOCATED))
         return p
 
     def _malloc_slow(self, need: int, size: int) -> int:
@@ -418,15 +439,10 @@ class Heap(Allocator):
 
     def _flush_cache(self) -> None:
         """Free every cached block for real, coalescing it with its neighbours."""
-        cached = self._cached
-        cache = self._cache
-        for i in sorted(self._cache_used):
-            bin_ = cache[i]
-            while bin_:
-                p = bin_.pop()
-                cached.discard(p)
-                self._release(p - HEADER, self._live_header(p))
-        self._cache_used.clear()
+        for i in range(CACHE_BINS):
+            while self._cache_counts[i]:
+                b = self._uncache(i) - HEADER
+                self._release(b, self._header(b) & ~CACHED)
 
     def _extend(self, need: int, size: int) -> int:
         """Serve ``need`` bytes by moving the break; return the block's offset.
@@ -470,16 +486,20 @@ class Heap(Allocator):
             return
         body = self._live_header(p)
         size = body & SIZE_MASK
-        if size < CACHE_MAX_BLOCK:
-            cached = self._cache[size >> 4]
-            if len(cached) < self._cache_limit:
-                # Kept as it is, header still allocated, for the next request
-                # of this size (as glibc's tcache does); flushed before growth.
-                cached.append(p)
-                self._cached.add(p)
-                self._cache_used.add(size >> 4)
-                return
+        if size < CACHE_MAX_BLOCK and self._cache_counts[size >> 4] < self._cache_limit:
+            self._keep(p, body)
+            return
         self._release(p - HEADER, body)
+
+    def _keep(self, p: int, body: int) -> None:
+        """Put the freed block ``p`` in the cache: still allocated to its
+        neighbours (as glibc's tcache keeps blocks), marked CACHED in its header."""
+        i = (body & SIZE_MASK) >> 4
+        n = self._cache_counts[i]
+        self._set_header(p - HEADER, body | CACHED)
+        self._cache[i * CACHE_LIMIT + n] = p
+        self._cache_counts[i] = n + 1
+        self._cached += 1
 
     def _release(self, b: int, body: int) -> None:
         """Turn the allocated block ``b`` into free space, coalescing both ways.
@@ -668,7 +688,6 @@ class Heap(Allocator):
             raise HeapCorruptionError("the heap's control record is corrupted")
         census = _Census()
         free_blocks = census.free_blocks
-        cached = self._cached
         prev_allocated = True
         b = heap_start
         while b < brk:
@@ -684,7 +703,7 @@ class Heap(Allocator):
                 slack = slack_of(body)
                 if slack > size - HEADER:
                     raise HeapCorruptionError(f"block {b + 8} holds an impossible slack")
-                if b + HEADER in cached:
+                if body & CACHED:
                     census.cached_blocks[b + HEADER] = size
                 else:
                     census.live_blocks += 1
@@ -705,13 +724,14 @@ class Heap(Allocator):
         if words[C.W_PEAK] < brk + HEADER or words[C.W_PEAK] > self.capacity:
             raise HeapCorruptionError("the heap's peak footprint is inconsistent")
         self.policy.check(free_blocks)
-        in_bins = 0
-        for i, bin_ in enumerate(self._cache):
-            for p in bin_:
-                if census.cached_blocks.get(p) != i << 4:
+        in_bins = set()
+        for i in range(CACHE_BINS):
+            for j in range(self._cache_counts[i]):
+                p = self._cache[i * CACHE_LIMIT + j]
+                if census.cached_blocks.get(p) != i << 4 or p in in_bins:
                     raise HeapCorruptionError(f"cached block {p} is not a block of {i << 4} bytes")
-            in_bins += len(bin_)
-        if not in_bins == len(cached) == len(census.cached_blocks):
+                in_bins.add(p)
+        if not len(in_bins) == self._cached == len(census.cached_blocks):
             raise HeapCorruptionError("the cache of freed blocks is inconsistent")
         return census
 

@@ -6,10 +6,12 @@ cimport cython
 ctypedef unsigned long long u64
 ctypedef long long i64
 
-cdef i64 WORD, ALIGN_SHIFT, ALIGNMENT, HEADER, MIN_BLOCK, ALLOCATED, PREV_ALLOCATED
+cdef i64 WORD, ALIGN_SHIFT, ALIGNMENT, HEADER, MIN_BLOCK, ALLOCATED, PREV_ALLOCATED, CACHED
 cdef i64 FLAGS_MASK, SIZE_BITS, SIZE_MASK, SLACK_SHIFT, SLACK_BITS, SLACK_MAX, TAG_SHIFT
 cdef i64 TAG_BITS, TAG_MASK, BODY_MASK, TAGGED_MASK, MAX_BLOCK, LINK_SHIFT, OFFSET_SHIFT
-cdef u64 WORD_MASK
+cdef u64 WORD_MASK, ONE
+
+cpdef u64 bit(i64 n) noexcept
 
 cpdef i64 block_size_for(i64 size) noexcept
 @cython.locals(mixed=u64)

@@ -38,7 +38,9 @@ Header word (64 bits), before encoding::
 
     bit 0        allocated
     bit 1        previous block allocated
-    bits 2-3     zero
+    bit 2        cached: allocated, but held in a private heap's cache of
+                 freed blocks (``heap.py``), so a free of it is a double free
+    bit 3        zero
     bits 4-37    block size in bytes (a multiple of 16: bits 0-3 are free)
     bits 38-43   slack: usable size minus the size asked (allocated blocks)
     bits 44-63   tag: a keyed hash of bits 0-43 (but bit 1) and of the offset
@@ -76,25 +78,37 @@ from __future__ import annotations
 
 from typing import Final
 
+ONE: Final = 1  # a 64-bit unsigned one, compiled: see bit()
+
+
+def bit(n: int) -> int:
+    """The word with only bit ``n`` set, ``0 <= n < 64``.
+
+    Compiled, ``1 << n`` would shift a 32-bit C int; ``ONE`` is a 64-bit word.
+    """
+    return ONE << n
+
+
 WORD: Final = 8
 ALIGN_SHIFT: Final = 4
-ALIGNMENT: Final = 1 << ALIGN_SHIFT  # payload alignment, and block size granule
+ALIGNMENT: Final = bit(ALIGN_SHIFT)  # payload alignment, and block size granule
 HEADER: Final = WORD
 MIN_BLOCK: Final = 4 * WORD  # header, two links and a footer when free
 
 ALLOCATED: Final = 1
 PREV_ALLOCATED: Final = 2
+CACHED: Final = 4
 FLAGS_MASK: Final = ALIGNMENT - 1
 
 SIZE_BITS: Final = 38  # blocks up to 256 GiB
-SIZE_MASK: Final = ((1 << SIZE_BITS) - 1) & ~FLAGS_MASK
+SIZE_MASK: Final = ((bit(SIZE_BITS)) - 1) & ~FLAGS_MASK
 SLACK_SHIFT: Final = SIZE_BITS
 SLACK_BITS: Final = 6
-SLACK_MAX: Final = (1 << SLACK_BITS) - 1
+SLACK_MAX: Final = (bit(SLACK_BITS)) - 1
 TAG_SHIFT: Final = SLACK_SHIFT + SLACK_BITS
 TAG_BITS: Final = 64 - TAG_SHIFT
-TAG_MASK: Final = (1 << TAG_BITS) - 1
-BODY_MASK: Final = (1 << TAG_SHIFT) - 1  # flags, size and slack
+TAG_MASK: Final = (bit(TAG_BITS)) - 1
+BODY_MASK: Final = (bit(TAG_SHIFT)) - 1  # flags, size and slack
 TAGGED_MASK: Final = BODY_MASK & ~PREV_ALLOCATED  # what the tag covers
 MAX_BLOCK: Final = SIZE_MASK
 LINK_SHIFT: Final = 20
@@ -110,8 +124,8 @@ assert MIN_BLOCK + ALIGNMENT + HEADER <= SLACK_MAX + 1
 # Compiled, the constants above are C variables (layout.pxd); this gives
 # Python importers the same names and values. Interpreted, it changes nothing.
 globals().update(
-    WORD=WORD, ALIGN_SHIFT=ALIGN_SHIFT, ALIGNMENT=ALIGNMENT, HEADER=HEADER,
-    MIN_BLOCK=MIN_BLOCK, ALLOCATED=ALLOCATED, PREV_ALLOCATED=PREV_ALLOCATED,
+    ONE=ONE, WORD=WORD, ALIGN_SHIFT=ALIGN_SHIFT, ALIGNMENT=ALIGNMENT, HEADER=HEADER,
+    MIN_BLOCK=MIN_BLOCK, ALLOCATED=ALLOCATED, PREV_ALLOCATED=PREV_ALLOCATED, CACHED=CACHED,
     FLAGS_MASK=FLAGS_MASK, SIZE_BITS=SIZE_BITS, SIZE_MASK=SIZE_MASK, SLACK_SHIFT=SLACK_SHIFT,
     SLACK_BITS=SLACK_BITS, SLACK_MAX=SLACK_MAX, TAG_SHIFT=TAG_SHIFT, TAG_BITS=TAG_BITS,
     TAG_MASK=TAG_MASK, BODY_MASK=BODY_MASK, TAGGED_MASK=TAGGED_MASK, MAX_BLOCK=MAX_BLOCK,

@@ -90,7 +90,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from types import TracebackType
-from typing import Any, Final, NoReturn, Self
+from typing import Any, Final, Self
 
 from . import control as C
 from .allocator import check_size
@@ -98,6 +98,7 @@ from .errors import HeapCorruptionError, HeapError, InvalidPointerError
 from .heap import DEFAULT_CAPACITY, Heap
 from .journal import DEFAULT_SLOTS, ENTRY_BYTES, Journal
 from .layout import HEADER
+from .lock import ClosedLock, HeapLock
 from .policies import policy_by_id, policy_class
 from .regions import FileRegion, Words, _shm_path, list_shared, page_round_up
 
@@ -260,7 +261,7 @@ def list_heaps() -> list[dict[str, Any]]:
 # -- the lock ----------------------------------------------------------------------
 
 
-class _SegmentLock:
+class _SegmentLock(HeapLock):
     """``flock`` on the segment's file for processes, a thread lock for threads.
 
     ``acquire``/``release`` and ``with`` both work. ``release`` tells a
@@ -270,7 +271,6 @@ class _SegmentLock:
     """
 
     __slots__ = (
-        "__weakref__",
         "_closer",
         "_entry_exc",
         "_fd",
@@ -387,19 +387,10 @@ _LOCK_EX: Final = fcntl.LOCK_EX
 _LOCK_UN: Final = fcntl.LOCK_UN
 
 
-class _ClosedLock:
+class _ClosedLock(ClosedLock):
+    """The lock of a detached shared heap: every use says the heap is closed."""
+
     owner = 0
-
-    def acquire(self) -> NoReturn:
-        raise ValueError("the shared heap is closed")
-
-    __enter__ = acquire
-
-    def release(self) -> None:
-        pass
-
-    def __exit__(self, *exc: object) -> None:
-        pass
 
 
 class _PayloadBytes:

@@ -36,7 +36,7 @@ journal sees every write. The break is read from the control record
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
 from ..control import W_BRK
 from ..errors import HeapCorruptionError
@@ -53,10 +53,8 @@ globals().update(NEXT=NEXT, PREV=PREV)  # for Python importers of the compiled m
 class FreeIndex:
     """A policy: the index of a heap's free blocks."""
 
-    name: ClassVar[str]
-    policy_id: ClassVar[int]
-    words: Any  # the region's 8-byte words
-    meta: Any  # the heap's MetadataStore
+    name: ClassVar[str] = ""  # set by each policy
+    policy_id: ClassVar[int] = -1  # stored in a heap's format word; unique
 
     def __init__(self, heap: Heap, base: int) -> None:
         self.heap = heap
@@ -70,8 +68,8 @@ class FreeIndex:
 
     def release(self) -> None:
         """Drop the views of the region, so that it can be unmapped."""
-        self.words = None
-        self.meta = None
+        self.words = None  # type: ignore[assignment]
+        self.meta = None  # type: ignore[assignment]
 
     @classmethod
     def words_needed(cls, capacity: int) -> int:

@@ -1,6 +1,6 @@
 # C types of segregated.py for the compiled engine.
 cimport cython
-from pyalloc.layout cimport WORD_MASK, i64, u64
+from pyalloc.layout cimport WORD_MASK, bit, i64, u64
 from pyalloc.policies.base cimport LinkedLists
 
 cdef i64 EXACT_SHIFT, EXACT_CLASSES, SUB_SHIFT, SUB_MASK, BEST_FIT_SCAN, TABLE_LIMIT

@@ -27,19 +27,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from ..errors import HeapCorruptionError
-from ..layout import WORD_MASK
+from ..layout import WORD_MASK, bit
 from .base import LinkedLists
 
 if TYPE_CHECKING:
     from ..heap import Heap
 
 EXACT_SHIFT: Final = 9
-EXACT_CLASSES: Final = (1 << EXACT_SHIFT) >> 4  # 32 classes of 16 bytes
+EXACT_CLASSES: Final = (bit(EXACT_SHIFT)) >> 4  # 32 classes of 16 bytes
 SUB_SHIFT: Final = 2  # 4 classes per power of two above
-SUB_MASK: Final = (1 << SUB_SHIFT) - 1
+SUB_MASK: Final = (bit(SUB_SHIFT)) - 1
 BEST_FIT_SCAN: Final = 32  # blocks examined in the request's own class
 
-assert EXACT_CLASSES << 4 == 1 << EXACT_SHIFT
+assert EXACT_CLASSES << 4 == bit(EXACT_SHIFT)
 
 
 def class_floor(c: int) -> int:
@@ -47,11 +47,11 @@ def class_floor(c: int) -> int:
     if c < EXACT_CLASSES:
         return c << 4
     f = EXACT_SHIFT + ((c - EXACT_CLASSES) >> SUB_SHIFT)
-    return (1 << f) + ((c - EXACT_CLASSES) & SUB_MASK) * (1 << (f - SUB_SHIFT))
+    return (bit(f)) + ((c - EXACT_CLASSES) & SUB_MASK) * (bit(f - SUB_SHIFT))
 
 
 def size_class(size: int) -> int:
-    if size < 1 << EXACT_SHIFT:
+    if size < bit(EXACT_SHIFT):
         return size >> 4
     f = size.bit_length() - 1
     return EXACT_CLASSES + ((f - EXACT_SHIFT) << SUB_SHIFT) + ((size >> (f - SUB_SHIFT)) & SUB_MASK)
@@ -85,7 +85,7 @@ class Segregated(LinkedLists):
         base = self.bitmap_base
         bits = 0
         for i in range(self.bitmap_words):
-            bits |= words[base + i] << (i << 6)
+            bits |= int(words[base + i]) << (i << 6)  # a Python int: wider than a word
         return bits
 
     def _first_class_from(self, c: int) -> int:
@@ -110,7 +110,7 @@ class Segregated(LinkedLists):
         c = self.class_of(size)
         if self.push(self.base + c, b):
             at = self.bitmap_base + (c >> 6)
-            self.meta.store(at, self.words[at] | 1 << (c & 63))
+            self.meta.store(at, self.words[at] | bit(c & 63))
 
     def validate(self, b: int, size: int) -> None:
         c = self.class_of(size)
@@ -125,7 +125,7 @@ class Segregated(LinkedLists):
 
     def take(self, need: int) -> tuple[int, int] | None:
         words = self.words
-        if need < 1 << EXACT_SHIFT:
+        if need < bit(EXACT_SHIFT):
             c = need >> 4
             if words[self.base + c]:  # an exact fit
                 return self._pop(c, need)
@@ -152,7 +152,7 @@ class Segregated(LinkedLists):
 
     def _mark_empty(self, c: int) -> None:
         at = self.bitmap_base + (c >> 6)
-        self.meta.store(at, self.words[at] & ~(1 << (c & 63)) & WORD_MASK)
+        self.meta.store(at, self.words[at] & ~(bit(c & 63)) & WORD_MASK)
 
     def find(self, need: int) -> int:
         return self.best_in_class(need, self.class_of(need))

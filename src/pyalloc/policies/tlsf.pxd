@@ -1,6 +1,6 @@
 # C types of tlsf.py for the compiled engine.
 cimport cython
-from pyalloc.layout cimport ALIGN_SHIFT, MAX_BLOCK, MIN_BLOCK, WORD_MASK, i64, u64
+from pyalloc.layout cimport ALIGN_SHIFT, MAX_BLOCK, MIN_BLOCK, WORD_MASK, bit, i64, u64
 from pyalloc.control cimport W_BRK
 from pyalloc.policies.base cimport LinkedLists
 

@@ -50,17 +50,17 @@ from typing import TYPE_CHECKING, Final
 
 from ..control import W_BRK
 from ..errors import HeapCorruptionError
-from ..layout import ALIGN_SHIFT, MAX_BLOCK, MIN_BLOCK, WORD_MASK
+from ..layout import ALIGN_SHIFT, MAX_BLOCK, MIN_BLOCK, WORD_MASK, bit
 from .base import LinkedLists
 
 if TYPE_CHECKING:
     from ..heap import Heap
 
 SL_SHIFT: Final = 4
-SL_COUNT: Final = 1 << SL_SHIFT  # second-level lists per first level
+SL_COUNT: Final = bit(SL_SHIFT)  # second-level lists per first level
 SL_MASK: Final = SL_COUNT - 1
 FL_SHIFT: Final = SL_SHIFT + ALIGN_SHIFT  # log2 of the first size with fl >= 1
-SMALL_BLOCK: Final = 1 << FL_SHIFT  # sizes below: one exact list each
+SMALL_BLOCK: Final = bit(FL_SHIFT)  # sizes below: one exact list each
 
 assert SMALL_BLOCK >> ALIGN_SHIFT == SL_COUNT  # fl 0 is exactly one row of exact lists
 assert SL_COUNT <= 64  # an sl_bitmap is one word
@@ -78,7 +78,7 @@ def search_index(need: int) -> int:
     """The first list whose every block has at least ``need`` bytes."""
     if need < SMALL_BLOCK:
         return need >> ALIGN_SHIFT
-    return list_index(need + (1 << (need.bit_length() - 1 - SL_SHIFT)) - 1)
+    return list_index(need + (bit(need.bit_length() - 1 - SL_SHIFT)) - 1)
 
 
 def list_floor(i: int) -> int:
@@ -87,7 +87,7 @@ def list_floor(i: int) -> int:
     if not fl:
         return sl << ALIGN_SHIFT
     f = fl + FL_SHIFT - 1
-    return (1 << f) | (sl << (f - SL_SHIFT))
+    return (bit(f)) | (sl << (f - SL_SHIFT))
 
 
 FL_MAX: Final = list_index(MAX_BLOCK) >> SL_SHIFT
@@ -132,8 +132,8 @@ class TLSF(LinkedLists):
         if self.push(self.base + i, b):
             fl = i >> SL_SHIFT
             words = self.words
-            self.meta.store(self.sl_base + fl, words[self.sl_base + fl] | 1 << (i & SL_MASK))
-            self.meta.store(self.fl_word, words[self.fl_word] | 1 << fl)
+            self.meta.store(self.sl_base + fl, words[self.sl_base + fl] | bit(i & SL_MASK))
+            self.meta.store(self.fl_word, words[self.fl_word] | bit(fl))
 
     def validate(self, b: int, size: int) -> None:
         self.neighbours(self.base + list_index(size), b)
@@ -149,10 +149,10 @@ class TLSF(LinkedLists):
         words = self.words
         fl = i >> SL_SHIFT
         at = self.sl_base + fl
-        bits = words[at] & ~(1 << (i & SL_MASK)) & WORD_MASK
+        bits = words[at] & ~(bit(i & SL_MASK)) & WORD_MASK
         self.meta.store(at, bits)
         if not bits:
-            self.meta.store(self.fl_word, words[self.fl_word] & ~(1 << fl) & WORD_MASK)
+            self.meta.store(self.fl_word, words[self.fl_word] & ~(bit(fl)) & WORD_MASK)
 
     def take(self, need: int) -> tuple[int, int] | None:
         if need < SMALL_BLOCK:

@@ -1,0 +1,15 @@
+# C types of buddy.py for the compiled engine.
+cimport cython
+from pyalloc.allocator cimport Allocator
+from pyalloc.journal cimport MetadataStore
+from pyalloc.layout cimport ALLOCATED, HEADER, PREV_ALLOCATED, TAG_SHIFT, decode, encode, bit, i64, u64
+from pyalloc.policies.base cimport LinkedLists
+
+cdef class _OrderLists(LinkedLists):
+    pass
+
+cdef class BuddyHeap(Allocator):
+    cdef public object words, buf, _lists
+    cdef public MetadataStore meta
+    cdef public i64 heap_start, brk, max_order
+    cdef public u64 header_key, tag_secret, link_key
