@@ -39,6 +39,7 @@ from pyalloc.viz.snapshot import (  # noqa: E402
     OVERHEAD,
     PAYLOAD,
     STATE_COLOURS,
+    Snapshot,
     cell_states,
     choose_scale,
     snapshot_from_blocks,
@@ -85,10 +86,10 @@ def expected_states(heap: Heap, requests: dict[int, int], freed: dict[int, int])
 
 def test_cells_of_a_hand_made_layout() -> None:
     # block 1: [16, 64), payload 24..44; block 2 free [64, 128); block 3 [128, 160),
-    # no request known so its usable bytes count; the epilogue up to 176.
+    # seen from outside, so its usable bytes count; the epilogue up to 176.
     blocks = [(24, 48, True), (72, 64, False), (136, 32, True)]
-    snapshot = snapshot_from_blocks(blocks, 176, {24: 20})
-    assert snapshot.spans == ((24, 44, PAYLOAD), (64, 128, FREE), (136, 160, PAYLOAD))
+    snapshot = snapshot_from_blocks(blocks, 176, {24: 20, 136: 24})
+    assert snapshot == Snapshot(176, ((24, 44, PAYLOAD), (64, 128, FREE), (136, 160, PAYLOAD)))
     assert snapshot.bytes_in(PAYLOAD) == 20 + 24
     assert snapshot.bytes_in(FREE) == 64
     assert snapshot.bytes_in(OVERHEAD) == 176 - 44 - 64
@@ -98,6 +99,19 @@ def test_cells_of_a_hand_made_layout() -> None:
     assert cells == [o, o, o, p, p, p, o, o] + [f] * 8 + [o, p, p, p, o, o, x, x]
     # at 32 bytes a cell, the majority decides; in a tie the heap's bytes win
     assert cell_states(snapshot, 32, 7).tolist() == [o, o, f, f, p, o, x]
+
+
+def test_requests_tell_payload_from_padding_and_cached_blocks() -> None:
+    blocks = [(24, 48, True), (72, 64, False), (136, 32, True)]
+    # without requests, a live block's usable bytes are its payload
+    assert snapshot_from_blocks(blocks, 176).spans == (
+        (24, 64, PAYLOAD),
+        (64, 128, FREE),
+        (136, 160, PAYLOAD),
+    )
+    # with them, an allocated block nobody asked for is in the cache of freed blocks
+    # (drawn free, and joined with its free neighbour)
+    assert snapshot_from_blocks(blocks, 176, {24: 20}).spans == ((24, 44, PAYLOAD), (64, 160, FREE))
 
 
 def test_free_buddies_side_by_side_merge() -> None:

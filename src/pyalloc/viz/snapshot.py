@@ -108,19 +108,21 @@ def snapshot_from_blocks(
     """A snapshot from ``Heap.blocks()``: (payload offset, block size, allocated).
 
     A block starts HEADER bytes before its payload offset.  ``requests`` maps
-    a live block's payload offset to the bytes asked for it; a block it does
-    not list (or every block, without it) counts its usable bytes, the block
-    less its header, as payload.  ``footprint`` is the heap's size in bytes;
+    each live block's payload offset to the bytes asked for it; an allocated
+    block it does not list is one the heap holds in its cache of freed
+    blocks, free to its caller, and is drawn free.  Without ``requests`` (a
+    heap seen from outside) a live block's usable bytes, the block less its
+    header, count as payload.  ``footprint`` is the heap's size in bytes;
     without blocks nothing but overhead is inside it.
     """
     spans: list[tuple[int, int, int]] = []
     for p, size, allocated in blocks:
         start = p - HEADER
         end = start + size
-        if not allocated:
+        if not allocated or (requests is not None and p not in requests):
             spans.append((start, end, FREE))
             continue
-        n = size - HEADER if requests is None else requests.get(p, size - HEADER)
+        n = size - HEADER if requests is None else requests[p]
         if n > 0:
             spans.append((p, min(p + n, end), PAYLOAD))
     return Snapshot(footprint, tuple(_clip(_merge(spans), footprint)))
