@@ -121,6 +121,10 @@ def _viz(args: argparse.Namespace) -> int:
     return _draw_maps(args, trace, names, options)
 
 
+def _cache(args: argparse.Namespace) -> str:
+    return " with its cache of freed blocks" if args.cache else ""
+
+
 def _system_timeline(trace: Trace, name: str) -> Timeline:
     system, reason = load_system()
     if system is None:
@@ -176,7 +180,7 @@ def _draw_maps(
                 if args.at is None
                 else f"after op {args.at:,} of {ops:,}"
             )
-            first = f"{trace.name}: heap map {moment}, pyalloc {names[0]}"
+            first = f"{trace.name}: heap map {moment}, pyalloc {names[0]}{_cache(args)}"
         else:
             first = f"{trace.name}: live payload and peak footprint over {ops:,} ops, {names[0]}"
         measure = "resident pages" if not timeline.layout_visible else "bytes taken from the heap"
@@ -213,7 +217,7 @@ def _draw_animation(
             replayer.advance_to(op)
             frames.append(Frame(op, replayer.snapshot()))
     title = [
-        f"{trace.name}, pyalloc {name}",
+        f"{trace.name}, pyalloc {name}{_cache(args)}",
         f"utilization {timeline.util:.1%} = peak live payload / peak footprint; "
         f"{len(frames)} frames",
     ]
