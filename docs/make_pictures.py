@@ -62,8 +62,9 @@ def save_top(name: str, path: Path) -> None:
     from pyalloc.viz.live import run_top
 
     print(f"pyalloc top {name} --once  (as {path.name})")
-    console = Console(record=True, width=100, force_terminal=True, file=open(os.devnull, "w"))
-    run_top(name, once=True, rows=12, console=console)
+    with open(os.devnull, "w") as sink:
+        console = Console(record=True, width=100, force_terminal=True, file=sink)
+        run_top(name, once=True, rows=12, console=console)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".svg")
     os.close(fd)
     try:
