@@ -2,14 +2,14 @@
 
 Heap tests take the ``make_heap`` fixture, which is parametrized over every
 allocator ``pyalloc.allocators.ALL_POLICIES`` names: the engine's policies
-(``pyalloc.heap.POLICIES``) and the buddy system; a test that uses it is
-skipped while the engine module cannot be imported.
+(``pyalloc.heap.POLICIES``) and the buddy system.
 
 Two markers narrow a test to the allocators it applies to:
 ``engine_format`` (it reads or forges the engine's block format: footers,
-prev-allocated bits, where a block is placed) skips the buddy system, and
-``free_list_links`` (it corrupts free-list links) skips policies that have
-none. The buddy system has no cache of freed blocks: it runs once, uncached.
+prev-allocated bits, where a block is placed) leaves the buddy system out, and
+``free_list_links`` (it corrupts free-list links) leaves out policies that
+have none. The buddy system has no cache of freed blocks: it runs once,
+uncached. Such combinations are not generated at all (no skips).
 """
 
 from __future__ import annotations
@@ -50,28 +50,47 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-@pytest.fixture(params=HEAP_POLICIES)
-def policy(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    if name == "buddy" and request.node.get_closest_marker("engine_format"):
-        pytest.skip("the buddy system has its own block format")
-    if request.node.get_closest_marker("free_list_links") and not has_free_list_links(name):
-        pytest.skip(f"{name} keeps no free-list links")
-    return name
+def applies(policy: str, node: Any) -> bool:
+    """Whether a test marked as ``node`` is can run on ``policy`` at all."""
+    if policy == "buddy" and node.get_closest_marker("engine_format"):
+        return False  # the buddy system has its own block format
+    if node.get_closest_marker("free_list_links") and not has_free_list_links(policy):
+        return False
+    return True
 
 
-@pytest.fixture(params=[True, False], ids=["cache", "nocache"])
-def cache(request: pytest.FixtureRequest) -> bool:
-    """Heaps are tested with and without the cache of freed small blocks."""
-    enabled: bool = request.param
-    return enabled
+def parametrizes(metafunc: pytest.Metafunc, name: str) -> bool:
+    """Whether the test parametrizes ``name`` itself."""
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        if isinstance(names, str):
+            names = [n.strip() for n in names.split(",")]
+        if name in names:
+            return True
+    return False
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``policy`` (and ``cache``) over the combinations that exist.
+
+    A combination that cannot exist (the buddy system with a cache, a test of
+    free-list links on a policy without them) is not generated, rather than
+    generated and skipped.
+    """
+    if "policy" not in metafunc.fixturenames or parametrizes(metafunc, "policy"):
+        return
+    policies = [p for p in HEAP_POLICIES if applies(p, metafunc.definition)]
+    if "cache" in metafunc.fixturenames:
+        combos = [(p, c) for p in policies for c in (True, False) if not (p == "buddy" and c)]
+        ids = [f"{p}-{'cache' if c else 'nocache'}" for p, c in combos]
+        metafunc.parametrize(("policy", "cache"), combos, ids=ids)
+    else:
+        metafunc.parametrize("policy", policies)
 
 
 @pytest.fixture
 def make_heap(policy: str, cache: bool) -> Iterator[HeapFactory]:
     """Build heaps of the current policy; every heap is closed at teardown."""
-    if policy == "buddy" and cache:
-        pytest.skip("the buddy system has no cache of freed blocks")
     made: list[Any] = []
 
     def make(capacity: int = DEFAULT_CAPACITY, **options: Any) -> Any:

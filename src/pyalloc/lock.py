@@ -1,7 +1,8 @@
 """The per-heap lock of a private heap, taken in C when the engine is compiled.
 
-Compiled, ``HeapLock`` is a ``PyThread`` lock, and an uncontended
-acquire/release pair is two C calls. Interpreted, it wraps a
+Compiled, ``HeapLock`` is a ``pthread`` mutex inside the object, and an
+uncontended acquire/release pair is two C calls and no system call (the
+``PyThread`` lock reads the clock even when asked not to wait). Interpreted, it wraps a
 ``threading.Lock``. Either way the lock never blocks while holding the GIL:
 compiled, ``acquire`` first tries without waiting and only then waits with
 the GIL released, as ``threading.Lock`` does. A thread that waited holding
@@ -31,31 +32,32 @@ from .errors import HeapError
 class HeapLock:
     """A non-reentrant lock: ``acquire``/``release`` or ``with``."""
 
-    def __init__(self) -> None:
+    # The names used only when compiled come from lock.pxd.
+
+    def __cinit__(self) -> None:
         if cython.compiled:
-            self._handle = PyThread_allocate_lock()  # type: ignore[name-defined]  # noqa: F821
-            if not self._handle:
-                raise MemoryError("cannot allocate a lock")
-        else:
+            pthread_mutex_init(cython.address(self._mutex), cython.NULL)  # type: ignore[name-defined]  # noqa: F821
+
+    def __init__(self) -> None:
+        if not cython.compiled:
             self._lock = threading.Lock()
 
     def __dealloc__(self) -> None:
         if cython.compiled:
-            if self._handle:
-                PyThread_free_lock(self._handle)  # type: ignore[name-defined]  # noqa: F821
+            pthread_mutex_destroy(cython.address(self._mutex))  # type: ignore[name-defined]  # noqa: F821
 
     def acquire(self) -> bool:
         if cython.compiled:
-            if not PyThread_acquire_lock(self._handle, NOWAIT_LOCK):  # type: ignore[name-defined]  # noqa: F821
+            if pthread_mutex_trylock(cython.address(self._mutex)):  # type: ignore[name-defined]  # noqa: F821
                 with cython.nogil:
-                    PyThread_acquire_lock(self._handle, WAIT_LOCK)  # type: ignore[name-defined]  # noqa: F821
+                    pthread_mutex_lock(cython.address(self._mutex))  # type: ignore[name-defined]  # noqa: F821
         else:
             self._lock.acquire()
         return True
 
     def release(self) -> None:
         if cython.compiled:
-            PyThread_release_lock(self._handle)  # type: ignore[name-defined]  # noqa: F821
+            pthread_mutex_unlock(cython.address(self._mutex))  # type: ignore[name-defined]  # noqa: F821
         else:
             self._lock.release()
 
