@@ -363,8 +363,11 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         (["--policy", "nope"], 2, "unknown allocator 'nope'"),
         (["--compare", "segregated,nope"], 2, "unknown allocator 'nope'"),
         (["--width", "100"], 1, "--width"),
+        (["--allocator", "glibc", "--at", "3"], 2, "--at draws a map"),
+        (["--allocator", "glibc", "--animate"], 2, "--animate draws a map"),
     ]:
-        code, _, err = run(capsys, "viz", trace, *argv, "-o", out)
+        output = out.replace(".png", ".gif") if "--animate" in argv else out
+        code, _, err = run(capsys, "viz", trace, *argv, "-o", output)
         assert (code, err.count("\n")) == (status, 1) and words in err, err
     code, _, err = run(capsys, "viz", trace, "-o", str(tmp_path / "o.bmp"))
     assert code == 1 and ".png" in err
@@ -512,3 +515,31 @@ def test_a_system_allocator_gets_the_timeline_alone(
     assert timeline.payload[timeline.sample_ops.index(timeline.peak_payload_op)] == (
         timeline.peak_payload
     )
+
+
+def test_top_refreshes_until_interrupted(shared: SharedHeap) -> None:
+    import io
+
+    from rich.console import Console
+
+    from pyalloc.viz.live import run_top
+
+    screen = io.StringIO()
+    console = Console(file=screen, width=90, force_terminal=True, color_system=None)
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        # between two refreshes another user of the heap names a new block
+        sleeps.append(seconds)
+        if len(sleeps) == 1:
+            shared.names["arrived-later"] = shared.malloc(5000)
+        else:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_top(shared.name, interval=0.25, console=console, sleep=sleep)
+    assert sleeps == [0.25, 0.25]
+    text = screen.getvalue()
+    assert text.count("pyalloc top:") >= 2
+    assert "arrived-later" not in text.split("pyalloc top:")[1]
+    assert "arrived-later" in text.split("pyalloc top:")[-1]

@@ -107,8 +107,9 @@ def _viz(args: argparse.Namespace) -> int:
         raise UsageError(
             f"unknown allocator {', '.join(map(repr, unknown))}; choose from: {', '.join(known)}"
         )
-    if args.animate and names[0] in SYSTEM_ALLOCATORS:
-        raise UsageError(f"{names[0]}'s layout is not visible to pyalloc: nothing to animate")
+    if all(name in SYSTEM_ALLOCATORS for name in names) and (args.animate or args.at is not None):
+        option = "--animate" if args.animate else "--at"
+        raise UsageError(f"{option} draws a map, and the layout of {names[0]} is not visible")
 
     source = load_source(Path(args.trace))
     if source.trace is None:
