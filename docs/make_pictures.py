@@ -5,7 +5,8 @@
 
 Needs the ``lab`` extra.  Every input is in the package or generated with a
 fixed seed, so the pictures come out the same on any machine (the ``top``
-view and the shared heap's map carry the time they were taken).  Takes
+view and the shared heap's map carry the time they were taken).  The shared
+heap is created as ``pictures-demo`` and removed at the end.  Takes
 under a minute.
 """
 
@@ -16,7 +17,6 @@ import os
 import random
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 
 from pyalloc import SharedHeap
@@ -26,6 +26,7 @@ from pyalloc.trace.rep import write_trace
 from pyalloc.workloads import bundled_traces
 
 HERE = Path(__file__).resolve().parent
+DEMO_HEAP = "pictures-demo"  # the shared heap drawn by viz --shm and top, removed after
 
 
 def run(*argv: str) -> None:
@@ -112,7 +113,13 @@ def main() -> None:
             str(out / "viz-animate.gif"),
         )
 
-    heap = SharedHeap.create(f"jobs-{uuid.uuid4().hex[:4]}", 16 << 20)
+    try:
+        heap = SharedHeap.create(DEMO_HEAP, 16 << 20)
+    except FileExistsError:
+        raise SystemExit(
+            f"make_pictures: a shared heap {DEMO_HEAP!r} exists; remove it with "
+            f"`pyalloc shm rm {DEMO_HEAP}` if it is a leftover"
+        ) from None
     try:
         fill(heap, seed=1)
         run("viz", "--shm", heap.name, "-o", str(out / "viz-shm.png"))
