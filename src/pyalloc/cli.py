@@ -23,6 +23,12 @@ The allocator lab::
     pyalloc gen KIND --ops N --seed S -o FILE[.gz]
     pyalloc record -o FILE.rep -- COMMAND ARGS...
 
+Pictures (the ``lab`` extra)::
+
+    pyalloc viz TRACE [--policy NAME | --allocator NAME | --compare A,B] -o heap.png
+    pyalloc viz TRACE --animate -o heap.gif      pyalloc viz --shm NAME -o map.png
+    pyalloc top NAME                             a live terminal view of a shared heap
+
 Tables are drawn with rich when it is installed and the output is a
 terminal, as plain aligned text otherwise; progress bars go to stderr, and
 only when it is a terminal.
@@ -818,12 +824,144 @@ def add_record(subcommands: Subcommands) -> None:
 
 # -- the command ------------------------------------------------------------------------
 
+# -- pyalloc viz, pyalloc top -----------------------------------------------------------
+
+
+def _lab_command(name: str) -> Callable[[argparse.Namespace], int]:
+    """The function of ``pyalloc.viz.commands`` called ``name``, imported when it runs.
+
+    The pictures need numpy, matplotlib and rich (the ``lab`` extra); the
+    other commands never load them.
+    """
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            commands = importlib.import_module("pyalloc.viz.commands")
+        except ImportError as e:
+            return _fail(f"{args.command} needs the lab extra (pip install 'pyalloc[lab]'): {e}")
+        status: int = getattr(commands, name)(args)
+        return status
+
+    return run
+
+
+def add_viz(subcommands: Subcommands) -> None:
+    p = subcommands.add_parser(
+        "viz",
+        help="draw the heap: a map of its bytes and a timeline of a trace, or a live heap",
+        description=(
+            "Replay TRACE and draw the heap at the moment of its peak footprint: its "
+            "address space in rows of cells, each coloured by what most of its bytes "
+            "are (payload, headers and padding, free), and under it the live payload "
+            "and the footprint over the ops with the peak marked. System allocators, "
+            "whose layout pyalloc cannot see, get the timeline alone with the peak "
+            "footprint measured as resident pages. With --shm, the map of a shared "
+            "heap or heap file in use, read under its lock."
+        ),
+    )
+    p.add_argument("trace", nargs="?", metavar="TRACE", help=".rep or .rep.gz file")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--policy", default="segregated", metavar="NAME", help="pyalloc policy (default segregated)"
+    )
+    which.add_argument(
+        "--allocator",
+        metavar="NAME",
+        help=f"a system allocator instead ({', '.join(SYSTEM_ALLOCATORS)}): the timeline alone",
+    )
+    which.add_argument(
+        "--compare",
+        metavar="A,B,...",
+        help="several policies or allocators: maps one above another at one scale, "
+        "timelines on one axis",
+    )
+    which.add_argument(
+        "--shm",
+        metavar="NAME",
+        help="draw a live shared heap (or a heap file: a path with a '/') instead of a trace",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="the picture: .png, "
+        ".svg, .pdf ...; with --animate .gif, or .mp4 where ffmpeg is installed",
+    )
+    moment = p.add_mutually_exclusive_group()
+    moment.add_argument(
+        "--at",
+        type=_non_negative,
+        metavar="OP",
+        help="draw the map after op OP (0: before the first) instead of at the peak",
+    )
+    moment.add_argument(
+        "--animate", action="store_true", help="the map over time, one frame every ops/FRAMES ops"
+    )
+    p.add_argument(
+        "--frames", type=_positive, default=60, metavar="N", help="frames of --animate (default 60)"
+    )
+    p.add_argument(
+        "--width", type=_positive, default=1000, metavar="PX", help="image width (default 1000)"
+    )
+    p.add_argument(
+        "--cell", type=_positive, default=2, metavar="PX", help="a cell's side (default 2 pixels)"
+    )
+    p.add_argument(
+        "--rows",
+        type=_positive,
+        default=100,
+        metavar="N",
+        help="map rows at most: the bytes a cell grows in powers of two to fit (default 100)",
+    )
+    p.add_argument(
+        "--scale",
+        type=_positive,
+        default=0,
+        metavar="BYTES",
+        help="bytes a cell, instead of the smallest power of two that fits --rows",
+    )
+    p.add_argument(
+        "--capacity", type=_positive, metavar="BYTES", help="heap capacity (as for replay)"
+    )
+    p.add_argument(
+        "--cache", action="store_true", help="keep the heap's cache of freed small blocks on"
+    )
+    p.set_defaults(run=_lab_command("viz_command"))
+
+
+def add_top(subcommands: Subcommands) -> None:
+    p = subcommands.add_parser(
+        "top",
+        help="a live terminal view of a shared heap: statistics, a map, named blocks",
+        description=(
+            "Show a shared heap (or a heap file: a path with a '/') as other processes "
+            "use it, refreshed until interrupted: its statistics, a map of one "
+            "character a cell (# payload, + headers and padding, . free) and its "
+            "named blocks."
+        ),
+    )
+    p.add_argument("name", help="a segment's name, or a heap file's path (with a '/')")
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="time between refreshes (default 1)",
+    )
+    p.add_argument("--once", action="store_true", help="print one view and exit")
+    p.add_argument("--rows", type=_positive, default=16, metavar="N", help="map rows (default 16)")
+    p.set_defaults(run=_lab_command("top_command"))
+
+
 COMMANDS: list[Callable[[Subcommands], None]] = [
     add_shm,
     add_replay,
     add_bench,
     add_gen,
     add_record,
+    add_viz,
+    add_top,
 ]
 
 
