@@ -2,7 +2,7 @@
 cimport cython
 from pyalloc.allocator cimport Allocator
 from pyalloc.journal cimport MetadataStore
-from pyalloc.layout cimport ALLOCATED, HEADER, PREV_ALLOCATED, TAG_SHIFT, decode, encode, bit, i64, u64
+from pyalloc.layout cimport ALLOCATED, HEADER, PREV_ALLOCATED, TAG_SHIFT, decode, encode, bit, bit_length, i64, lowest_bit, u64
 from pyalloc.policies.base cimport LinkedLists
 
 cdef class _OrderLists(LinkedLists):

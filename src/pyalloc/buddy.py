@@ -85,7 +85,17 @@ from .allocator import Allocator, check_size, stats_record
 from .errors import DoubleFreeError, HeapCorruptionError, InvalidPointerError
 from .heap import DEFAULT_CAPACITY
 from .journal import MetadataStore
-from .layout import ALLOCATED, HEADER, PREV_ALLOCATED, TAG_SHIFT, bit, decode, encode
+from .layout import (
+    ALLOCATED,
+    HEADER,
+    PREV_ALLOCATED,
+    TAG_SHIFT,
+    bit,
+    bit_length,
+    decode,
+    encode,
+    lowest_bit,
+)
 from .lock import HeapLock
 from .policies.base import PREV, LinkedLists
 from .regions import AnonymousRegion, Region
@@ -99,7 +109,7 @@ BUDDY_FORMAT: Final = 1
 MIN_ORDER: Final = 5  # 32 bytes: a header and two links
 ORDER_SHIFT: Final = 2
 ORDER_BITS: Final = 6
-ORDER_MASK: Final = (bit(ORDER_BITS)) - 1
+ORDER_MASK: Final = bit(ORDER_BITS) - 1
 ASKED_SHIFT: Final = ORDER_SHIFT + ORDER_BITS
 ASKED_BITS: Final = TAG_SHIFT - ASKED_SHIFT
 MAX_ORDER: Final = ASKED_BITS  # a block of 2**MAX_ORDER bytes can record any request it serves
@@ -112,14 +122,14 @@ W_BITMAP: Final = W_LISTS + MAX_ORDER + 1
 CONTROL_END: Final = (W_BITMAP + 1) * 8
 BASE: Final = ((CONTROL_END + HEADER + 15) & ~15) - HEADER  # first block header
 
-assert (bit(MIN_ORDER)) >= 4 * 8 and ASKED_BITS == 36
+assert bit(MIN_ORDER) >= 4 * 8 and ASKED_BITS == 36
 assert MAX_ORDER <= ORDER_MASK and MAX_ORDER < 64  # orders fit the field and the bitmap
 assert BASE % 16 == 8 and BASE >= CONTROL_END
 
 
 def order_for(size: int) -> int:
     """Order of the block serving a request of ``size`` bytes."""
-    k = (size + HEADER - 1).bit_length()
+    k = bit_length(size + HEADER - 1)
     return k if k > MIN_ORDER else MIN_ORDER
 
 
@@ -148,7 +158,7 @@ class BuddyHeap(Allocator):
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY, *, lock: bool = True) -> None:
         capacity = check_size(capacity, "capacity")
-        if capacity < BASE + (bit(MIN_ORDER)) + HEADER:
+        if capacity < BASE + bit(MIN_ORDER) + HEADER:
             raise ValueError(f"capacity {capacity} is too small for a heap (minimum {BASE + 40})")
         if capacity > MAX_CAPACITY:
             raise ValueError(f"capacity {capacity} exceeds the largest buddy heap ({MAX_CAPACITY})")
@@ -220,7 +230,7 @@ class BuddyHeap(Allocator):
         if body & ALLOCATED:
             raise HeapCorruptionError(f"free list holds block {b + 8}, which is allocated")
         k = body >> ORDER_SHIFT & ORDER_MASK
-        if not MIN_ORDER <= k <= self.max_order or (b - self.heap_start) & ((bit(k)) - 1):
+        if not MIN_ORDER <= k <= self.max_order or (b - self.heap_start) & (bit(k) - 1):
             raise HeapCorruptionError(f"free block {b + 8} holds an impossible order {k}")
         return bit(k)
 
@@ -240,9 +250,9 @@ class BuddyHeap(Allocator):
         k = body >> ORDER_SHIFT & ORDER_MASK
         if (
             not MIN_ORDER <= k <= self.max_order
-            or (b - base) & ((bit(k)) - 1)
-            or b + (bit(k)) > self.brk
-            or body >> ASKED_SHIFT > (bit(k)) - HEADER
+            or (b - base) & (bit(k) - 1)
+            or b + bit(k) > self.brk
+            or body >> ASKED_SHIFT > bit(k) - HEADER
         ):
             raise HeapCorruptionError(f"header of block {p} holds an impossible order or size")
         return body
@@ -262,7 +272,7 @@ class BuddyHeap(Allocator):
             k = body >> ORDER_SHIFT & ORDER_MASK
             if k < MIN_ORDER:
                 raise HeapCorruptionError(f"header of block {b + 8} holds an impossible order")
-            if b < target < b + (bit(k)):
+            if b < target < b + bit(k):
                 raise InvalidPointerError(
                     f"pointer {p} lies inside block {b + 8}, not at its start"
                 )
@@ -280,7 +290,7 @@ class BuddyHeap(Allocator):
         """Take ``b`` off list ``k``; its neighbours' links are checked first."""
         self._lists.unlink(W_LISTS + k, b)
         if not self.words[W_LISTS + k]:
-            self.words[W_BITMAP] &= ~(bit(k))
+            self.words[W_BITMAP] &= ~bit(k)
 
     def _check_epilogue(self) -> None:
         if self._header(self.brk) != EPILOGUE:
@@ -305,11 +315,11 @@ class BuddyHeap(Allocator):
             )
         available = self.words[W_BITMAP] >> k
         if available:
-            j = k + (available & -available).bit_length() - 1
+            j = k + lowest_bit(available)
             b = self._take(j)
             while j > k:  # split: keep the lower half, list the upper one
                 j -= 1
-                half = b + (bit(j))
+                half = b + bit(j)
                 self._set_header(half, j << ORDER_SHIFT)
                 self._push(j, half)
         else:
@@ -331,20 +341,20 @@ class BuddyHeap(Allocator):
         """Extend the arena with a block of order ``k``; return its offset."""
         base = self.heap_start
         top = self.brk - base
-        start = (top + (bit(k)) - 1) & -(bit(k))
-        if base + start + (bit(k)) + HEADER > self.capacity:
+        start = (top + bit(k) - 1) & -bit(k)
+        if base + start + bit(k) + HEADER > self.capacity:
             raise MemoryError(
                 f"cannot allocate {size} bytes: the heap would exceed its capacity"
                 f" of {self.capacity}"
             )
         self._check_epilogue()
         while top < start:  # cover the gap with aligned free blocks
-            j = (top & -top).bit_length() - 1
-            self._set_brk(base + top + (bit(j)))
+            j = lowest_bit(top)
+            self._set_brk(base + top + bit(j))
             self._set_header(base + top, ALLOCATED | j << ORDER_SHIFT)
             self._release(base + top, j)
             top += bit(j)
-        self._set_brk(base + start + (bit(k)))
+        self._set_brk(base + start + bit(k))
         return base + start
 
     # -- free ----------------------------------------------------------------------
@@ -366,8 +376,8 @@ class BuddyHeap(Allocator):
         merged: list[tuple[int, int]] = []  # (buddy, order) absorbed, lowest order first
         j = k
         while j < self.max_order:
-            bo = o ^ (bit(j))
-            if bo + (bit(j)) > top:
+            bo = o ^ bit(j)
+            if bo + bit(j) > top:
                 break  # the buddy does not exist (yet)
             buddy = base + bo
             body = self._header(buddy)
@@ -379,7 +389,7 @@ class BuddyHeap(Allocator):
                 raise HeapCorruptionError(f"free block {buddy + 8} records a request")
             self._lists.neighbours(W_LISTS + j, buddy)
             merged.append((buddy, j))
-            o &= ~(bit(j))
+            o &= ~bit(j)
             j += 1
         self._lists.check_head(W_LISTS + j)  # the list the merged block goes on
         for buddy, order in merged:
@@ -413,14 +423,14 @@ class BuddyHeap(Allocator):
                 self._lists.check_head(W_LISTS + j)
             self._set_header(b, ALLOCATED | want << ORDER_SHIFT | size << ASKED_SHIFT)
             for j in range(k - 1, want - 1, -1):
-                half = b + (bit(j))
+                half = b + bit(j)
                 self._set_header(half, j << ORDER_SHIFT)
                 self._push(j, half)
             return p
         if want <= self.max_order and self._grow_in_place(b, k, want, size):
             return p
         q = self._malloc(size)
-        usable = (bit(k)) - HEADER
+        usable = bit(k) - HEADER
         self.bytes[q : q + usable] = self.bytes[p : p + usable]
         self._release(b, k)
         return q
@@ -429,15 +439,15 @@ class BuddyHeap(Allocator):
         """Absorb the right-hand buddies of orders k..want-1, if all are free (or unmade)."""
         base = self.heap_start
         o = b - base
-        if o & ((bit(want)) - 1):
+        if o & (bit(want) - 1):
             return False  # b would not be the lower half of the block it grows into
         top = self.brk - base
         absorbed: list[tuple[int, int]] = []
         extend = False
         for j in range(k, want):
-            r = o + (bit(j))
+            r = o + bit(j)
             if r == top:
-                if base + o + (bit(want)) + HEADER > self.capacity:
+                if base + o + bit(want) + HEADER > self.capacity:
                     return False
                 self._check_epilogue()
                 extend = True
@@ -452,7 +462,7 @@ class BuddyHeap(Allocator):
         for buddy, order in absorbed:
             self._unlink(order, buddy)
         if extend:
-            self._set_brk(base + o + (bit(want)))
+            self._set_brk(base + o + bit(want))
         self._set_header(b, ALLOCATED | want << ORDER_SHIFT | size << ASKED_SHIFT)
         return True
 
@@ -479,13 +489,13 @@ class BuddyHeap(Allocator):
             if body < 0:
                 raise HeapCorruptionError(f"header of block {b + 8} is corrupted")
             k = body >> ORDER_SHIFT & ORDER_MASK
-            if not MIN_ORDER <= k <= self.max_order or (b - base) & ((bit(k)) - 1):
+            if not MIN_ORDER <= k <= self.max_order or (b - base) & (bit(k) - 1):
                 raise HeapCorruptionError(f"block {b + 8} holds an impossible order {k}")
-            if b + (bit(k)) > brk:
+            if b + bit(k) > brk:
                 raise HeapCorruptionError(f"block {b + 8} runs past the end of the arena")
             asked = body >> ASKED_SHIFT
             if body & ALLOCATED:
-                if asked > (bit(k)) - HEADER:
+                if asked > bit(k) - HEADER:
                     raise HeapCorruptionError(f"block {b + 8} records more bytes than it holds")
                 live_blocks += 1
                 live_bytes += asked
@@ -496,11 +506,11 @@ class BuddyHeap(Allocator):
             b += bit(k)
         top = brk - base
         for b, k in free.items():
-            bo = (b - base) ^ (bit(k))
-            if bo + (bit(k)) <= top and free.get(base + bo) == k:
+            bo = (b - base) ^ bit(k)
+            if bo + bit(k) <= top and free.get(base + bo) == k:
                 raise HeapCorruptionError(f"free buddies {b + 8} and {base + bo + 8} not merged")
         bitmap = words[W_BITMAP]
-        if bitmap >> (self.max_order + 1) or bitmap & ((bit(MIN_ORDER)) - 1):
+        if bitmap >> (self.max_order + 1) or bitmap & (bit(MIN_ORDER) - 1):
             raise HeapCorruptionError("the order bitmap has bits outside the heap's orders")
         seen = 0
         for k in range(self.max_order + 1):

@@ -11,14 +11,14 @@ from pyalloc.layout cimport (
 from pyalloc.policies.base cimport FreeIndex
 
 cdef i64 DEFAULT_CAPACITY, CACHE_LIMIT, CACHE_MAX_BLOCK, CACHE_BINS, FLUSH_BEFORE_SPLIT, SMALL_BLOCK_MAX
-cdef i64 SMALL_CHUNK, TRIM_THRESHOLD, TOP_PAD
+cdef i64 SMALL_CHUNK, TRIM_THRESHOLD, TOP_PAD, TRIM_THRESHOLD_MAX
 
 cdef class Heap(Allocator):
     cdef public FreeIndex policy
     cdef public MetadataStore meta
     cdef public u64[::1] words
     cdef public object buf
-    cdef public i64 heap_start, brk, _cache_limit, _cached
+    cdef public i64 heap_start, brk, _cache_limit, _cached, _trim_threshold
     cdef public u64 header_key, tag_secret, link_key
     cdef public i64[::1] _cache, _cache_counts
 

@@ -78,6 +78,7 @@ SMALL_BLOCK_MAX: Final = 128  # blocks this size or smaller are cut from the hig
 SMALL_CHUNK: Final = 1 << 10  # ... and the heap grows at least this much for one
 TRIM_THRESHOLD: Final = 1 << 18  # a free top block this large is trimmed ...
 TOP_PAD: Final = 1 << 16  # ... down to this many bytes
+TRIM_THRESHOLD_MAX: Final = 1 << 26  # each trim doubles the threshold, up to this
 
 assert TOP_PAD >= MIN_BLOCK and TRIM_THRESHOLD > TOP_PAD
 assert SMALL_CHUNK >= SMALL_BLOCK_MAX + MIN_BLOCK
@@ -87,7 +88,7 @@ globals().update(
     DEFAULT_CAPACITY=DEFAULT_CAPACITY, CACHE_LIMIT=CACHE_LIMIT, CACHE_MAX_BLOCK=CACHE_MAX_BLOCK,
     CACHE_BINS=CACHE_BINS,
     FLUSH_BEFORE_SPLIT=FLUSH_BEFORE_SPLIT, SMALL_BLOCK_MAX=SMALL_BLOCK_MAX, SMALL_CHUNK=SMALL_CHUNK,
-    TRIM_THRESHOLD=TRIM_THRESHOLD, TOP_PAD=TOP_PAD,
+    TRIM_THRESHOLD=TRIM_THRESHOLD, TOP_PAD=TOP_PAD, TRIM_THRESHOLD_MAX=TRIM_THRESHOLD_MAX,
 )  # fmt: skip
 
 __all__ = ["DEFAULT_CAPACITY", "POLICIES", "Heap"]
@@ -213,6 +214,7 @@ class Heap(Allocator):
         self._cache_counts = array("q", bytes(8 * CACHE_BINS))  # blocks in each bin
         self._cached = 0  # blocks in all bins
         self._locking = True
+        self._trim_threshold = TRIM_THRESHOLD
         if not lock:
             self._unlocked_entry_points()
 
@@ -528,7 +530,7 @@ class Heap(Allocator):
             total += nsize
             if pb:
                 self.policy.validate(n, nsize)
-        trim = start + total == self.brk and total >= TRIM_THRESHOLD
+        trim = start + total == self.brk and total >= self._trim_threshold
         self.policy.validate_insert(TOP_PAD if trim else total)
         if dry_run:
             if pb:
@@ -553,7 +555,14 @@ class Heap(Allocator):
         policy.insert(start, total)
 
     def _trim(self, start: int, total: int) -> None:
-        """Cut the free top block down to TOP_PAD and give its pages back."""
+        """Cut the free top block down to TOP_PAD and give its pages back.
+
+        The threshold then doubles (as glibc raises its own): a program whose
+        heap swings up and down by the same amount stops paying for page
+        faults on every swing.
+        """
+        if self._trim_threshold < TRIM_THRESHOLD_MAX:
+            self._trim_threshold <<= 1
         old_brk = self.brk
         new_brk = start + TOP_PAD
         self._set_header(new_brk, ALLOCATED)  # epilogue, predecessor free

@@ -11,7 +11,13 @@ cdef i64 FLAGS_MASK, SIZE_BITS, SIZE_MASK, SLACK_SHIFT, SLACK_BITS, SLACK_MAX, T
 cdef i64 TAG_BITS, TAG_MASK, BODY_MASK, TAGGED_MASK, MAX_BLOCK, LINK_SHIFT, OFFSET_SHIFT
 cdef u64 WORD_MASK, ONE
 
+cdef extern from *:
+    int __builtin_clzll(unsigned long long x) nogil
+    int __builtin_ctzll(unsigned long long x) nogil
+
 cpdef u64 bit(i64 n) noexcept
+cpdef i64 bit_length(u64 x) noexcept
+cpdef i64 lowest_bit(u64 x) noexcept
 
 cpdef i64 block_size_for(i64 size) noexcept
 @cython.locals(mixed=u64)

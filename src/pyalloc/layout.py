@@ -78,6 +78,11 @@ from __future__ import annotations
 
 from typing import Final
 
+try:
+    import cython
+except ImportError:  # interpreted, without Cython installed
+    from . import _cython as cython  # type: ignore[no-redef]
+
 ONE: Final = 1  # a 64-bit unsigned one, compiled: see bit()
 
 
@@ -87,6 +92,24 @@ def bit(n: int) -> int:
     Compiled, ``1 << n`` would shift a 32-bit C int; ``ONE`` is a 64-bit word.
     """
     return ONE << n
+
+
+def bit_length(x: int) -> int:
+    """The number of bits of ``x >= 0``, ``x < 2**64`` (0 for 0).
+
+    Compiled, one count-leading-zeros instruction (the names used only when
+    compiled come from layout.pxd).
+    """
+    if cython.compiled:
+        return 64 - __builtin_clzll(x) if x else 0  # type: ignore[name-defined]  # noqa: F821
+    return x.bit_length()
+
+
+def lowest_bit(x: int) -> int:
+    """The index of the lowest set bit of ``x > 0``, ``x < 2**64``."""
+    if cython.compiled:
+        return __builtin_ctzll(x)  # type: ignore[name-defined]  # noqa: F821
+    return (x & -x).bit_length() - 1
 
 
 WORD: Final = 8
@@ -101,14 +124,14 @@ CACHED: Final = 4
 FLAGS_MASK: Final = ALIGNMENT - 1
 
 SIZE_BITS: Final = 38  # blocks up to 256 GiB
-SIZE_MASK: Final = ((bit(SIZE_BITS)) - 1) & ~FLAGS_MASK
+SIZE_MASK: Final = (bit(SIZE_BITS) - 1) & ~FLAGS_MASK
 SLACK_SHIFT: Final = SIZE_BITS
 SLACK_BITS: Final = 6
-SLACK_MAX: Final = (bit(SLACK_BITS)) - 1
+SLACK_MAX: Final = bit(SLACK_BITS) - 1
 TAG_SHIFT: Final = SLACK_SHIFT + SLACK_BITS
 TAG_BITS: Final = 64 - TAG_SHIFT
-TAG_MASK: Final = (bit(TAG_BITS)) - 1
-BODY_MASK: Final = (bit(TAG_SHIFT)) - 1  # flags, size and slack
+TAG_MASK: Final = bit(TAG_BITS) - 1
+BODY_MASK: Final = bit(TAG_SHIFT) - 1  # flags, size and slack
 TAGGED_MASK: Final = BODY_MASK & ~PREV_ALLOCATED  # what the tag covers
 MAX_BLOCK: Final = SIZE_MASK
 LINK_SHIFT: Final = 20

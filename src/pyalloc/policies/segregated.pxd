@@ -1,10 +1,15 @@
 # C types of segregated.py for the compiled engine.
 cimport cython
-from pyalloc.layout cimport WORD_MASK, bit, i64, u64
+from pyalloc.layout cimport WORD_MASK, bit, bit_length, i64, lowest_bit, u64
 from pyalloc.policies.base cimport LinkedLists
 
 cdef i64 EXACT_SHIFT, EXACT_CLASSES, SUB_SHIFT, SUB_MASK, BEST_FIT_SCAN, TABLE_LIMIT
 cdef bytes CLASS_OF
+
+@cython.locals(f=i64)
+cpdef i64 class_floor(i64 c) noexcept
+@cython.locals(f=i64)
+cpdef i64 size_class(i64 size) noexcept
 
 cdef class Segregated(LinkedLists):
     cdef public i64 classes, bitmap_base, bitmap_words

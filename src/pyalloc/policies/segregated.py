@@ -27,16 +27,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from ..errors import HeapCorruptionError
-from ..layout import WORD_MASK, bit
+from ..layout import WORD_MASK, bit, bit_length, lowest_bit
 from .base import LinkedLists
 
 if TYPE_CHECKING:
     from ..heap import Heap
 
 EXACT_SHIFT: Final = 9
-EXACT_CLASSES: Final = (bit(EXACT_SHIFT)) >> 4  # 32 classes of 16 bytes
+EXACT_CLASSES: Final = bit(EXACT_SHIFT) >> 4  # 32 classes of 16 bytes
 SUB_SHIFT: Final = 2  # 4 classes per power of two above
-SUB_MASK: Final = (bit(SUB_SHIFT)) - 1
+SUB_MASK: Final = bit(SUB_SHIFT) - 1
 BEST_FIT_SCAN: Final = 32  # blocks examined in the request's own class
 
 assert EXACT_CLASSES << 4 == bit(EXACT_SHIFT)
@@ -47,13 +47,13 @@ def class_floor(c: int) -> int:
     if c < EXACT_CLASSES:
         return c << 4
     f = EXACT_SHIFT + ((c - EXACT_CLASSES) >> SUB_SHIFT)
-    return (bit(f)) + ((c - EXACT_CLASSES) & SUB_MASK) * (bit(f - SUB_SHIFT))
+    return bit(f) + ((c - EXACT_CLASSES) & SUB_MASK) * bit(f - SUB_SHIFT)
 
 
 def size_class(size: int) -> int:
     if size < bit(EXACT_SHIFT):
         return size >> 4
-    f = size.bit_length() - 1
+    f = bit_length(size) - 1
     return EXACT_CLASSES + ((f - EXACT_SHIFT) << SUB_SHIFT) + ((size >> (f - SUB_SHIFT)) & SUB_MASK)
 
 
@@ -101,7 +101,7 @@ class Segregated(LinkedLists):
                 return -1
             above = words[self.bitmap_base + i]
             c = i << 6
-        return c + (above & -above).bit_length() - 1
+        return c + lowest_bit(above)
 
     def class_of(self, size: int) -> int:
         return CLASS_OF[size >> 4] if size < TABLE_LIMIT else size_class(size)
@@ -155,7 +155,7 @@ class Segregated(LinkedLists):
 
     def _mark_empty(self, c: int) -> None:
         at = self.bitmap_base + (c >> 6)
-        self.meta.store(at, self.words[at] & ~(bit(c & 63)) & WORD_MASK)
+        self.meta.store(at, self.words[at] & ~bit(c & 63) & WORD_MASK)
 
     def find(self, need: int) -> int:
         return self.best_in_class(need, self.class_of(need))

@@ -1,10 +1,16 @@
 # C types of tlsf.py for the compiled engine.
 cimport cython
-from pyalloc.layout cimport ALIGN_SHIFT, MAX_BLOCK, MIN_BLOCK, WORD_MASK, bit, i64, u64
+from pyalloc.layout cimport ALIGN_SHIFT, MAX_BLOCK, MIN_BLOCK, WORD_MASK, bit, bit_length, i64, lowest_bit, u64
 from pyalloc.control cimport W_BRK
 from pyalloc.policies.base cimport LinkedLists
 
 cdef i64 SL_SHIFT, SL_COUNT, SL_MASK, FL_SHIFT, SMALL_BLOCK, FL_MAX
+
+@cython.locals(f=i64)
+cpdef i64 list_index(i64 size) noexcept
+cpdef i64 search_index(i64 need) noexcept
+@cython.locals(fl=i64, sl=i64, f=i64)
+cpdef i64 list_floor(i64 i) noexcept
 
 cdef class TLSF(LinkedLists):
     cdef public i64 fl_count, lists, fl_word, sl_base

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Final
 
 from ..control import W_BRK
 from ..errors import HeapCorruptionError
-from ..layout import ALIGN_SHIFT, MAX_BLOCK, MIN_BLOCK, WORD_MASK, bit
+from ..layout import ALIGN_SHIFT, MAX_BLOCK, MIN_BLOCK, WORD_MASK, bit, bit_length, lowest_bit
 from .base import LinkedLists
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def list_index(size: int) -> int:
     """The list a free block of ``size`` bytes belongs on."""
     if size < SMALL_BLOCK:
         return size >> ALIGN_SHIFT
-    f = size.bit_length() - 1
+    f = bit_length(size) - 1
     return ((f - FL_SHIFT + 1) << SL_SHIFT) | ((size >> (f - SL_SHIFT)) & SL_MASK)
 
 
@@ -78,7 +78,7 @@ def search_index(need: int) -> int:
     """The first list whose every block has at least ``need`` bytes."""
     if need < SMALL_BLOCK:
         return need >> ALIGN_SHIFT
-    return list_index(need + (bit(need.bit_length() - 1 - SL_SHIFT)) - 1)
+    return list_index(need + (bit(bit_length(need) - 1 - SL_SHIFT)) - 1)
 
 
 def list_floor(i: int) -> int:
@@ -87,7 +87,7 @@ def list_floor(i: int) -> int:
     if not fl:
         return sl << ALIGN_SHIFT
     f = fl + FL_SHIFT - 1
-    return (bit(f)) | (sl << (f - SL_SHIFT))
+    return bit(f) | (sl << (f - SL_SHIFT))
 
 
 FL_MAX: Final = list_index(MAX_BLOCK) >> SL_SHIFT
@@ -123,9 +123,9 @@ class TLSF(LinkedLists):
             above = words[self.fl_word] >> (fl + 1) << (fl + 1)
             if not above:
                 return -1
-            fl = (above & -above).bit_length() - 1
+            fl = lowest_bit(above)
             bits = words[self.sl_base + fl]
-        return (fl << SL_SHIFT) | ((bits & -bits).bit_length() - 1)
+        return (fl << SL_SHIFT) | lowest_bit(bits)
 
     def insert(self, b: int, size: int) -> None:
         i = size >> ALIGN_SHIFT if size < SMALL_BLOCK else list_index(size)
@@ -152,10 +152,10 @@ class TLSF(LinkedLists):
         words = self.words
         fl = i >> SL_SHIFT
         at = self.sl_base + fl
-        bits = words[at] & ~(bit(i & SL_MASK)) & WORD_MASK
+        bits = words[at] & ~bit(i & SL_MASK) & WORD_MASK
         self.meta.store(at, bits)
         if not bits:
-            self.meta.store(self.fl_word, words[self.fl_word] & ~(bit(fl)) & WORD_MASK)
+            self.meta.store(self.fl_word, words[self.fl_word] & ~bit(fl) & WORD_MASK)
 
     def take(self, need: int) -> tuple[int, int] | None:
         if need < SMALL_BLOCK:
