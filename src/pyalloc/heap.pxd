@@ -26,7 +26,7 @@ cdef class Heap(Allocator):
     cdef int _set_header(self, i64 b, u64 body) except -1
     @cython.locals(word=u64)
     cdef int _set_free(self, i64 b, i64 size) except -1
-    @cython.locals(i=i64, word=u64)
+    cdef i64 _prev_allocated_bit(self, i64 n) noexcept
     cdef int _set_prev_allocated(self, i64 n, bint on) except -1
     cpdef i64 free_block_size(self, i64 b) except -1
     @cython.locals(b=i64, body=i64)
@@ -41,9 +41,9 @@ cdef class Heap(Allocator):
 
     @cython.locals(need=i64, b=i64, have=i64)
     cpdef i64 _malloc(self, i64 size) except -1
-    @cython.locals(p=i64, b=i64, body=i64)
+    @cython.locals(b=i64)
     cdef i64 _take_cached(self, i64 need, i64 size) except -1
-    @cython.locals(n=i64, p=i64, b=i64, body=i64)
+    @cython.locals(n=i64, b=i64, body=i64)
     cdef i64 _uncache(self, i64 i) except -1
     cdef i64 _malloc_slow(self, i64 need, i64 size) except -1
     @cython.locals(rest=i64, a=i64)

@@ -248,16 +248,16 @@ class Heap(Allocator):
         self.meta.store(b >> 3, word)
         self.meta.store((b + size - 8) >> 3, word)
 
-    def _set_prev_allocated(self, n: int, on: int) -> None:
-        """Set (``on``) or clear the prev-allocated bit of the header at ``n``.
+    def _prev_allocated_bit(self, n: int) -> int:
+        """The prev-allocated bit of the header at ``n``, read without a tag check:
+        the bit is outside the tag, and the key is an XOR."""
+        return (self.words[n >> 3] ^ self.header_key) & PREV_ALLOCATED
 
-        The bit is outside the tag, and the key is an XOR: the stored bit is
-        flipped to the value wanted without decoding the header.
-        """
-        i = n >> 3
-        word = self.words[i]
-        if ((word ^ self.header_key) & PREV_ALLOCATED) != (PREV_ALLOCATED if on else 0):
-            self.meta.store(i, word ^ PREV_ALLOCATED)
+    def _set_prev_allocated(self, n: int, on: int) -> None:
+        """Set (``on``) or clear the prev-allocated bit of the header at ``n``,
+        by flipping the stored bit: no decode, no encode."""
+        if self._prev_allocated_bit(n) != (PREV_ALLOCATED if on else 0):
+            self.meta.store(n >> 3, self.words[n >> 3] ^ PREV_ALLOCATED)
 
     def free_block_size(self, b: int) -> int:
         """Size of the free block at ``b``; HeapCorruptionError if it is not one."""
@@ -374,24 +374,21 @@ class Heap(Allocator):
 
     def _take_cached(self, need: int, size: int) -> int:
         """Hand a cached block of ``need`` bytes out again."""
-        p = self._uncache(need >> 4)
-        b = p - HEADER
-        self._set_header(b, allocated_body(need, size, self._header(b) & PREV_ALLOCATED))
-        return p
+        b = self._uncache(need >> 4)
+        self._set_header(b, allocated_body(need, size, self._prev_allocated_bit(b)))
+        return b + HEADER
 
     def _uncache(self, i: int) -> int:
-        """Take the last block of cache bin ``i``; its header is checked as a cached block's."""
+        """Take the last block of cache bin ``i``; return its offset, its header
+        checked as a cached block's of the bin's size."""
         n = self._cache_counts[i] - 1
-        p = self._cache[i * CACHE_LIMIT + n]
+        b = self._cache[i * CACHE_LIMIT + n] - HEADER
         self._cache_counts[i] = n
         self._cached -= 1
-        b = p - HEADER
-        body = -1
-        if self.heap_start <= b < self.brk:
-            body = self._header(b)
+        body = self._header(b) if self.heap_start <= b < self.brk else -1
         if body < 0 or body & (SIZE_MASK | ALLOCATED | CACHED) != i << 4 | ALLOCATED | CACHED:
-            raise HeapCorruptionError(f"header of cached free block {p} is corrupted")
-        return p
+            raise HeapCorruptionError(f"header of cached free block {b + HEADER} is corrupted")
+        return b
 
     def _malloc_slow(self, need: int, size: int) -> int:
         """No listed free block fits: coalesce the cache and look again, else grow."""
@@ -444,7 +441,7 @@ class Heap(Allocator):
         """Free every cached block for real, coalescing it with its neighbours."""
         for i in range(CACHE_BINS):
             while self._cache_counts[i]:
-                b = self._uncache(i) - HEADER
+                b = self._uncache(i)
                 self._release(b, self._header(b) & ~CACHED)
 
     def _extend(self, need: int, size: int) -> int:

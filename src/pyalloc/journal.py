@@ -55,6 +55,11 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+try:
+    import cython
+except ImportError:  # interpreted, without Cython installed
+    from . import _cython as cython  # type: ignore[no-redef]
+
 from .errors import HeapCorruptionError, HeapError
 from .regions import Words
 
@@ -143,12 +148,17 @@ class MetadataStore:
         self.stores = 0
         self.fault_at = -1
         self.fault: Any = None
+        if not cython.compiled:
+            # Interpreted, an unjournaled store is the words' own: one Python call less.
+            self.store = words.__setitem__  # type: ignore[method-assign]
 
     def attach(self, first: int, slots: int, count_word: int) -> None:
         """Journal every store from now on, into ``slots`` entries from word ``first``."""
         self.slots = slots
         self.count_word = count_word
         self.journal = first
+        if not cython.compiled:
+            del self.store  # back to the method, which journals
 
     def store(self, index: int, value: int) -> int:
         if self.journal:
@@ -184,3 +194,5 @@ class MetadataStore:
     def release(self) -> None:
         """Drop the view of the region, so that it can be unmapped."""
         self.words = None
+        if not cython.compiled and "store" in self.__dict__:
+            del self.store
