@@ -199,7 +199,7 @@ class BuddyHeap(Allocator):
     def _release_views(self) -> None:
         self._lists.release()
         self.meta.release()
-        self.words = None
+        self.words = None  # type: ignore[assignment]
 
     def _bind_views(self) -> None:
         words = self.region.words

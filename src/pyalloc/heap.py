@@ -38,7 +38,7 @@ from __future__ import annotations
 import secrets
 from array import array
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final
+from typing import ClassVar, Final
 
 from . import control as C
 from .allocator import Allocator, check_size, stats_record
@@ -112,7 +112,7 @@ class Heap(Allocator):
 
     region: Region
     policy: FreeIndex
-    words: Any
+    words: memoryview
     meta: MetadataStore
     realloc_slides_down: ClassVar[bool] = True  # see _slide_down
 
@@ -224,7 +224,7 @@ class Heap(Allocator):
     def _release_views(self) -> None:
         self.policy.release()
         self.meta.release()
-        self.words = None
+        self.words = None  # type: ignore[assignment]
 
     def _bind_views(self) -> None:
         words = self.region.words

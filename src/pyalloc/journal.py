@@ -58,7 +58,7 @@ from typing import Any, Final
 try:
     import cython
 except ImportError:  # interpreted, without Cython installed
-    from . import _cython as cython  # type: ignore[no-redef]
+    from . import _cython as cython
 
 from .errors import HeapCorruptionError, HeapError
 from .regions import Words

@@ -81,7 +81,7 @@ from typing import Final
 try:
     import cython
 except ImportError:  # interpreted, without Cython installed
-    from . import _cython as cython  # type: ignore[no-redef]
+    from . import _cython as cython
 
 ONE: Final = 1  # a 64-bit unsigned one, compiled: see bit()
 
@@ -108,7 +108,7 @@ def bit_length(x: int) -> int:
 def lowest_bit(x: int) -> int:
     """The index of the lowest set bit of ``x > 0``, ``x < 2**64``."""
     if cython.compiled:
-        return __builtin_ctzll(x)  # type: ignore[name-defined]  # noqa: F821
+        return __builtin_ctzll(x)  # type: ignore[name-defined,no-any-return]  # noqa: F821
     return (x & -x).bit_length() - 1
 
 

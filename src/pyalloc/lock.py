@@ -1,3 +1,6 @@
+# The compiled branches below name the C functions and fields of lock.pxd:
+# mypy: disable-error-code="name-defined,attr-defined"
+# ruff: noqa: F821
 """The per-heap lock of a private heap, taken in C when the engine is compiled.
 
 Compiled, ``HeapLock`` is a ``pthread`` mutex inside the object, and an
@@ -24,7 +27,7 @@ from types import TracebackType
 try:
     import cython
 except ImportError:  # interpreted, without Cython installed
-    from . import _cython as cython  # type: ignore[no-redef]
+    from . import _cython as cython
 
 from .errors import HeapError
 
@@ -36,7 +39,7 @@ class HeapLock:
 
     def __cinit__(self) -> None:
         if cython.compiled:
-            pthread_mutex_init(cython.address(self._mutex), cython.NULL)  # type: ignore[name-defined]  # noqa: F821
+            pthread_mutex_init(cython.address(self._mutex), cython.NULL)
 
     def __init__(self) -> None:
         if not cython.compiled:
@@ -48,20 +51,20 @@ class HeapLock:
 
     def __dealloc__(self) -> None:
         if cython.compiled:
-            pthread_mutex_destroy(cython.address(self._mutex))  # type: ignore[name-defined]  # noqa: F821
+            pthread_mutex_destroy(cython.address(self._mutex))
 
     def acquire(self) -> bool:
         if cython.compiled:
-            if pthread_mutex_trylock(cython.address(self._mutex)):  # type: ignore[name-defined]  # noqa: F821
+            if pthread_mutex_trylock(cython.address(self._mutex)):
                 with cython.nogil:
-                    pthread_mutex_lock(cython.address(self._mutex))  # type: ignore[name-defined]  # noqa: F821
+                    pthread_mutex_lock(cython.address(self._mutex))
         else:
             self._lock.acquire()
         return True
 
     def release(self) -> None:
         if cython.compiled:
-            pthread_mutex_unlock(cython.address(self._mutex))  # type: ignore[name-defined]  # noqa: F821
+            pthread_mutex_unlock(cython.address(self._mutex))
         else:
             self._lock.release()
 

@@ -324,9 +324,8 @@ class _SegmentLock(HeapLock):
     def release(self) -> None:
         self._finish(sys.exc_info()[1] is not self._entry_exc)
 
-    def __enter__(self) -> _SegmentLock:
-        self.acquire()
-        return self
+    def __enter__(self) -> bool:
+        return self.acquire()
 
     def __exit__(
         self,
@@ -454,6 +453,7 @@ class SharedHeap(Heap):
 
     name: str
     names: SharedNames
+    _lock: Any  # a _SegmentLock, or a _ClosedLock once closed
     # Sliding a block down overwrites its old bytes; an undone transaction
     # would then give back a block whose bytes have moved.
     realloc_slides_down = False

@@ -63,7 +63,7 @@ class FreeIndex:
         self.heap = heap
         self.base = base  # first control word of this policy
         self.meta = heap.meta
-        self.words = heap.words
+        self.words: memoryview = heap.words
         self.heap_start = heap.heap_start
         self.header_key = heap.header_key
         self.tag_secret = heap.tag_secret
