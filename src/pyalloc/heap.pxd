@@ -1,7 +1,7 @@
 # C types of heap.py for the compiled engine.
 cimport cython
 from pyalloc.allocator cimport Allocator
-from pyalloc.control cimport W_BRK, W_PEAK
+from pyalloc.control cimport W_BRK, W_COMMITTED, W_PEAK
 from pyalloc.journal cimport MetadataStore
 from pyalloc.layout cimport (
     ALLOCATED, CACHED, HEADER, MAX_BLOCK, MIN_BLOCK, PREV_ALLOCATED, SIZE_MASK, SLACK_MAX, TAGGED_MASK,
@@ -11,7 +11,7 @@ from pyalloc.layout cimport (
 from pyalloc.policies.base cimport FreeIndex
 
 cdef i64 DEFAULT_CAPACITY, CACHE_LIMIT, CACHE_MAX_BLOCK, CACHE_BINS, FLUSH_BEFORE_SPLIT, SMALL_BLOCK_MAX
-cdef i64 SMALL_CHUNK, TRIM_THRESHOLD, TOP_PAD, TRIM_THRESHOLD_MAX
+cdef i64 SMALL_CHUNK, TRIM_THRESHOLD, TOP_PAD, TRIM_THRESHOLD_MAX, RESERVE_STEP
 
 cdef class Heap(Allocator):
     cdef public FreeIndex policy
@@ -21,6 +21,7 @@ cdef class Heap(Allocator):
     cdef public i64 heap_start, brk, _cache_limit, _cached, _trim_threshold
     cdef public u64 header_key, tag_secret, link_key
     cdef public i64[::1] _cache, _cache_counts
+    cdef public bint _reserving
 
     cdef i64 _header(self, i64 b) noexcept
     cdef int _set_header(self, i64 b, u64 body) except -1
@@ -38,6 +39,7 @@ cdef class Heap(Allocator):
     @cython.locals(footer=u64, size=i64, pb=i64, body=i64)
     cpdef i64 _free_predecessor(self, i64 b) except -1
     cdef int _set_brk(self, i64 brk) except -1
+    cdef int _grow_to(self, i64 end) except -1
 
     @cython.locals(need=i64, b=i64, have=i64)
     cpdef i64 _malloc(self, i64 size) except -1

@@ -42,7 +42,7 @@ from typing import ClassVar, Final
 
 from . import control as C
 from .allocator import Allocator, check_size, stats_record
-from .control import W_BRK, W_PEAK
+from .control import W_BRK, W_COMMITTED, W_PEAK
 from .errors import DoubleFreeError, HeapCorruptionError, HeapError, InvalidPointerError
 from .journal import MetadataStore
 from .layout import (
@@ -67,7 +67,7 @@ from .layout import (
 from .lock import HeapLock
 from .policies import POLICIES, policy_by_id, policy_class
 from .policies.base import FreeIndex
-from .regions import AnonymousRegion, Region
+from .regions import AnonymousRegion, Region, page_round_up
 
 DEFAULT_CAPACITY: Final = 256 << 20
 CACHE_LIMIT: Final = 16  # freed blocks kept per size in the cache ...
@@ -79,6 +79,7 @@ SMALL_CHUNK: Final = 1 << 10  # ... and the heap grows at least this much for on
 TRIM_THRESHOLD: Final = 1 << 18  # a free top block this large is trimmed ...
 TOP_PAD: Final = 1 << 16  # ... down to this many bytes
 TRIM_THRESHOLD_MAX: Final = 1 << 26  # each trim doubles the threshold, up to this
+RESERVE_STEP: Final = 1 << 20  # a file-backed heap reserves its file's blocks this far ahead
 
 assert TOP_PAD >= MIN_BLOCK and TRIM_THRESHOLD > TOP_PAD
 assert SMALL_CHUNK >= SMALL_BLOCK_MAX + MIN_BLOCK
@@ -89,6 +90,7 @@ globals().update(
     CACHE_BINS=CACHE_BINS,
     FLUSH_BEFORE_SPLIT=FLUSH_BEFORE_SPLIT, SMALL_BLOCK_MAX=SMALL_BLOCK_MAX, SMALL_CHUNK=SMALL_CHUNK,
     TRIM_THRESHOLD=TRIM_THRESHOLD, TOP_PAD=TOP_PAD, TRIM_THRESHOLD_MAX=TRIM_THRESHOLD_MAX,
+    RESERVE_STEP=RESERVE_STEP,
 )  # fmt: skip
 
 __all__ = ["DEFAULT_CAPACITY", "POLICIES", "Heap"]
@@ -164,6 +166,7 @@ class Heap(Allocator):
         words[C.W_HEAP_START] = heap_start
         words[C.W_BRK] = heap_start
         words[C.W_PEAK] = heap_start + HEADER
+        words[C.W_COMMITTED] = capacity  # a file-backed heap's maker lowers it
         key = secrets.randbits(64)
         secret = secrets.randbits(62)
         words[C.W_HEADER_KEY] = key
@@ -215,6 +218,7 @@ class Heap(Allocator):
         self._cached = 0  # blocks in all bins
         self._locking = True
         self._trim_threshold = TRIM_THRESHOLD
+        self._reserving = region.needs_reserve
         if not lock:
             self._unlocked_entry_points()
 
@@ -348,6 +352,31 @@ class Heap(Allocator):
         self._free_neighbour(pb, body)
         return pb
 
+    def _grow_to(self, end: int) -> None:
+        """The break is about to bring the footprint to ``end``: make sure
+        storage backs it (file-backed heaps; checked before the first write)."""
+        if self._reserving and end > self.words[W_COMMITTED]:
+            self._reserve_slow(end)
+
+    def _reserve_slow(self, end: int) -> None:
+        """Reserve the file's blocks up to ``end`` and, if it can, well beyond
+        (an eighth of what is reserved, at least RESERVE_STEP): reserving is a
+        system call, so it is made rarely, against a high-water mark kept in
+        the control record. MemoryError, writing nothing, when the
+        filesystem cannot hold even ``end``."""
+        committed = self.words[W_COMMITTED]
+        need = page_round_up(end)
+        ahead = committed + max(RESERVE_STEP, committed >> 3)
+        target = min(page_round_up(self.capacity), max(need, ahead))
+        try:
+            self.region.reserve(committed, target)
+        except MemoryError:
+            if target == need:
+                raise
+            target = need
+            self.region.reserve(committed, target)
+        self.meta.store(W_COMMITTED, target)
+
     def _set_brk(self, brk: int) -> None:
         self.brk = brk
         self.meta.store(W_BRK, brk)
@@ -464,6 +493,7 @@ class Heap(Allocator):
                 f"cannot allocate {size} bytes: the heap would exceed its capacity"
                 f" of {self.capacity}"
             )
+        self._grow_to(new_brk + HEADER)
         rest = new_brk - need - b
         if rest:
             self.policy.validate_insert(rest)
@@ -567,6 +597,10 @@ class Heap(Allocator):
         self.policy.insert(start, TOP_PAD)
         self.brk = new_brk
         self.meta.store(W_BRK, new_brk)
+        if self._reserving:  # the pages given back were the file's blocks
+            kept = page_round_up(new_brk + HEADER)
+            if kept < self.words[W_COMMITTED]:
+                self.meta.store(W_COMMITTED, kept)
         self.region.release(new_brk + HEADER, old_brk + HEADER)
 
     # -- realloc ---------------------------------------------------------------
@@ -661,6 +695,7 @@ class Heap(Allocator):
                 return False
             if self._header(brk) != ALLOCATED | PREV_ALLOCATED:
                 raise HeapCorruptionError("the heap's epilogue header is corrupted")
+            self._grow_to(new_brk + HEADER)
             self._set_header(new_brk, ALLOCATED | PREV_ALLOCATED)
             self._set_header(b, allocated_body(need, size, prev_bit))
             self._set_brk(new_brk)
@@ -691,6 +726,7 @@ class Heap(Allocator):
             new_brk = b + need
             if new_brk + HEADER > self.capacity:
                 return False
+            self._grow_to(new_brk + HEADER)
             self.policy.remove(n, nsize)
             self._set_header(new_brk, ALLOCATED | PREV_ALLOCATED)
             self._set_header(b, allocated_body(need, size, prev_bit))

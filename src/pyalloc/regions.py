@@ -18,6 +18,7 @@ unsigned words) and ``release(start, end)``, which hands whole pages inside
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import re
@@ -35,6 +36,21 @@ class Words(Protocol):
     def __getitem__(self, index: int, /) -> int: ...
 
     def __setitem__(self, index: int, value: int, /) -> None: ...
+
+
+def storage_report(path: str) -> str:
+    """What the filesystem holding ``path`` has free, for a message."""
+    directory = os.path.dirname(path) or "."
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return f"the filesystem of {directory} is full"
+    free = st.f_bavail * st.f_frsize
+    total = st.f_blocks * st.f_frsize
+    hint = ""
+    if path.startswith(_SHM_DIR):
+        hint = " (in a container, --shm-size raises /dev/shm's size)"
+    return f"the filesystem of {directory} has {free >> 10} KiB free of {total >> 10} KiB{hint}"
 
 
 def page_round_up(n: int) -> int:
@@ -69,6 +85,15 @@ class Region:
 
     def _discard(self, start: int, length: int) -> None:
         self.buf.madvise(mmap.MADV_DONTNEED, start, length)
+
+    # Storage behind the pages: anonymous memory needs no reservation (it is
+    # MAP_NORESERVE, committed as touched); a file's blocks must exist before
+    # a page of it is written, or the write is a SIGBUS when the filesystem
+    # is full.
+    needs_reserve = False
+
+    def reserve(self, start: int, end: int) -> None:
+        """Make sure storage backs ``[start, end)``; MemoryError if there is none."""
 
     def close(self) -> None:
         """Unmap the region. Views handed out earlier must be released first."""
@@ -128,6 +153,24 @@ class FileRegion(Region):
     def flush(self) -> None:
         """Write the mapping's dirty pages to the file and wait (``msync(MS_SYNC)``)."""
         self.buf.flush()
+
+    needs_reserve = True
+    reserve_fd = -1  # an open file of the region's file, set by whoever opened it
+
+    def reserve(self, start: int, end: int) -> None:
+        """Allocate the file's blocks for ``[start, end)`` (``posix_fallocate``).
+
+        ENOSPC (or EDQUOT) becomes MemoryError naming the filesystem and what
+        it has free; nothing is written to the mapping either way.
+        """
+        try:
+            os.posix_fallocate(self.reserve_fd, start, end - start)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise MemoryError(
+                f"cannot grow the heap to {end} bytes: {storage_report(self.path)}"
+            ) from None
 
 
 class SharedRegion(FileRegion):

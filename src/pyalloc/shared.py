@@ -116,7 +116,7 @@ W_NAMES: Final = C.W_RESERVED + 5
 W_NAMES_NEXT: Final = C.W_RESERVED + 6
 W_RECOVERIES: Final = C.W_RESERVED + 7
 
-assert W_RECOVERIES < C.CONTROL_WORDS
+assert W_RECOVERIES < C.W_COMMITTED < C.CONTROL_WORDS
 
 _BUILDING_SUFFIX: Final = ".pyalloc-new"  # a segment under construction
 NAMES_MAGIC: Final = int.from_bytes(b"pyanames", "little")
@@ -136,10 +136,19 @@ class _Segment(FileRegion):
     given back only once the transaction has committed.
     """
 
-    def __init__(self, path: str, buf: Any, name: str) -> None:
+    def __init__(self, path: str, buf: Any, name: str, fd: int) -> None:
         super().__init__(path, buf, name)
         self.in_transaction = False
         self.deferred: list[tuple[int, int]] = []
+        # An open file of its own for reserving blocks (not the lock's, which
+        # a forked child replaces; not a duplicate of it, which would share its flock).
+        self.reserve_fd = _reopen(fd)
+
+    def close(self) -> None:
+        super().close()
+        if self.reserve_fd >= 0:
+            os.close(self.reserve_fd)
+            self.reserve_fd = -1
 
     def _discard(self, start: int, length: int) -> None:
         if self.in_transaction:
@@ -520,9 +529,16 @@ class SharedHeap(Heap):
         lock_fd = -1
         try:
             os.ftruncate(fd, size)
-            region = _Segment(path, _map(fd, size), name)
+            region = _Segment(path, _map(fd, size), name, fd)
             cls._format(region, capacity, policy_cls)
+            # The file is sparse: its first pages (control record, policy words,
+            # the epilogue) and the journal get their blocks now, the rest as
+            # the break reaches them (Heap._grow_to).
+            committed = page_round_up(cls.control_bytes(capacity, policy_cls) + 2 * HEADER)
+            region.reserve(0, committed)
+            region.reserve(journal, size)
             words = region.words
+            words[C.W_COMMITTED] = committed
             words[W_SHARED_VERSION] = SHARED_VERSION
             words[W_JOURNAL] = journal
             words[W_JOURNAL_SLOTS] = journal_slots
@@ -559,7 +575,7 @@ class SharedHeap(Heap):
         try:
             words, size = _read_control(fd, what)
             _check_control(words, size, what)
-            region = _Segment(path, _map(fd, size), name)
+            region = _Segment(path, _map(fd, size), name, fd)
             try:
                 lock_fd = _reopen(fd)
             except BaseException:
