@@ -41,7 +41,7 @@ CHILD = textwrap.dedent(
             print("refused:", e)
         else:
             print("served", size, flush=True)
-            h.view(r)[:] = b"y" * size  # the program writes what it was given
+            h.view(r)[:size] = b"y" * size  # the program writes what it was given
     q = h.malloc(1 << 20)  # what fits still fits
     h.view(q)[:] = b"x" * h.usable_size(q)
     h.free(q)
