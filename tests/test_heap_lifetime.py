@@ -79,3 +79,36 @@ def test_calloc_zeroes_a_reused_block_in_place() -> None:
     q = heap.calloc(1, 3 << 20 >> 4)
     assert q == p and not any(heap.view(q))
     heap.close()
+
+
+ARRAY_AFTER_CLOSE = r"""
+import os, sys, uuid
+from pyalloc import MappedHeap, SharedHeap
+if sys.argv[1] == "shared":
+    h = SharedHeap.create("pyalloc-test-" + uuid.uuid4().hex[:12], 1 << 20)
+else:
+    h = MappedHeap.create(os.path.join(sys.argv[2], "a.heap"), 1 << 20)
+a = h.ndarray((4, 5), "float64")
+a[:] = 2.0
+b = h.ndarray_at(h.offset_of(a), (4, 5), "float64")
+h.unlink()
+h.close()
+del b
+print(a.sum())
+"""
+
+
+@pytest.mark.parametrize("kind", ["shared", "mapped"])
+def test_an_array_keeps_the_mapping_after_close(kind: str, tmp_path: Path) -> None:
+    pytest.importorskip("numpy")
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", ARRAY_AFTER_CLOSE, kind, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, (result.returncode, result.stderr[-1000:])
+    assert result.stdout.split() == ["40.0"]

@@ -761,7 +761,7 @@ class SharedHeap(Heap):
         dt, shape_t, nbytes = _array_spec(np, shape, dtype)
         p = self.calloc(nbytes, 1) if zero else self.malloc(nbytes)
         try:
-            return np.ndarray(shape_t, dtype=dt, buffer=self.buf, offset=p)
+            return self._array_over(np, p, shape_t, dt, nbytes)
         except BaseException:
             self.free(p)
             raise
@@ -775,7 +775,17 @@ class SharedHeap(Heap):
             raise ValueError(
                 f"an array of {nbytes} bytes does not fit the block at {offset} ({usable} bytes)"
             )
-        return np.ndarray(shape_t, dtype=dt, buffer=self.buf, offset=offset)
+        return self._array_over(np, offset, shape_t, dt, nbytes)
+
+    def _array_over(self, np: Any, p: int, shape: tuple[int, ...], dt: Any, nbytes: int) -> Any:
+        """A numpy array over ``nbytes`` at ``p``, holding the mapping alive.
+
+        Made from a memoryview of the mapping, the array keeps an export of
+        it, so close() leaves the mapping in place until the array (and every
+        view made from it) is gone. An array made with ``buffer=`` the mmap
+        itself would keep no export: close() would unmap it under the array.
+        """
+        return np.frombuffer(memoryview(self.buf)[p : p + nbytes], dtype=dt).reshape(shape)
 
     def offset_of(self, array: Any) -> int:
         """The pointer of the block that ``array`` (made by this heap) starts at."""
