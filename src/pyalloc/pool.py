@@ -379,9 +379,8 @@ class Pool:
     def create(cls, name: str, block_size: int, count: int) -> Self:
         """Make a pool in a new shared-memory segment ``name`` (FileExistsError if taken)."""
         layout = _Layout.for_blocks(block_size, count)
-        region = SharedRegion.create(name, layout.end)
+        region = SharedRegion.create(name, layout.end, lambda r: cls._format(r, layout))
         try:
-            cls._format(region, layout)
             pool = cls.__new__(cls)
             pool._open(region, layout, name)
         except BaseException:

@@ -22,6 +22,8 @@ import errno
 import mmap
 import os
 import re
+import secrets
+from collections.abc import Callable
 from typing import Protocol
 
 PAGE_SIZE = mmap.PAGESIZE
@@ -51,6 +53,65 @@ def storage_report(path: str) -> str:
     if path.startswith(_SHM_DIR):
         hint = " (in a container, --shm-size raises /dev/shm's size)"
     return f"the filesystem of {directory} has {free >> 10} KiB free of {total >> 10} KiB{hint}"
+
+
+# -- build, then link ------------------------------------------------------------------
+# A heap or pool file is built under a hidden temporary name beside its final
+# one and linked to that name only when complete (link is atomic and refuses
+# an existing name), so no process ever opens a half-made one. A creator
+# killed mid-way leaves its temporary; the name records the creator's pid,
+# and the next create in that directory removes those whose creator is dead.
+
+BUILDING_SUFFIX = ".pyalloc-new"
+
+
+def building_path(path: str) -> str:
+    """A temporary name beside ``path`` for a file being built by this process."""
+    directory, base = os.path.split(path)
+    token = f"{os.getpid()}.{secrets.token_hex(4)}"
+    return os.path.join(directory, f".{base}.{token}{BUILDING_SUFFIX}")
+
+
+def _builder_pid(entry: str) -> int:
+    """The creator's pid in a temporary's name, or -1 if it is not one."""
+    if not (entry.startswith(".") and entry.endswith(BUILDING_SUFFIX)):
+        return -1
+    parts = entry[: -len(BUILDING_SUFFIX)].rsplit(".", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return -1
+    return int(parts[1])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def abandoned_builds(directory: str) -> list[str]:
+    """The temporaries in ``directory`` whose creator is dead (a create killed mid-way)."""
+    try:
+        entries = os.listdir(directory or ".")
+    except OSError:
+        return []
+    found = []
+    for entry in sorted(entries):
+        pid = _builder_pid(entry)
+        if pid > 0 and pid != os.getpid() and not _alive(pid):
+            found.append(os.path.join(directory, entry))
+    return found
+
+
+def remove_abandoned_builds(directory: str) -> None:
+    for path in abandoned_builds(directory):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass  # another create removed it first
 
 
 def page_round_up(n: int) -> int:
@@ -185,19 +246,37 @@ class SharedRegion(FileRegion):
         super().__init__(_shm_path(name), buf, name)
 
     @classmethod
-    def create(cls, name: str, size: int) -> SharedRegion:
+    def create(
+        cls, name: str, size: int, fill: Callable[[SharedRegion], None] | None = None
+    ) -> SharedRegion:
+        """A new segment ``name`` of ``size`` bytes, written by ``fill`` before it
+        gets its name: built under a temporary name and linked when complete,
+        so a process never attaches to a half-made segment, and a creator
+        killed mid-way leaves only a temporary that the next create removes.
+        FileExistsError if the name is taken."""
         path = _shm_path(name)
         size = _check_size(size)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        remove_abandoned_builds(_SHM_DIR)
+        building = building_path(path)
+        fd = os.open(building, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        region: SharedRegion | None = None
         try:
             os.ftruncate(fd, size)
-            buf = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+            region = cls(name, mmap.mmap(fd, size, flags=mmap.MAP_SHARED))
+            if fill is not None:
+                fill(region)
+            try:
+                os.link(building, path)
+            except FileExistsError:
+                raise FileExistsError(f"shared-memory segment {name!r} already exists") from None
         except BaseException:
-            os.unlink(path)
+            if region is not None:
+                region.close()
             raise
         finally:
             os.close(fd)
-        return cls(name, buf)
+            os.unlink(building)
+        return region
 
     @classmethod
     def attach(cls, name: str) -> SharedRegion:

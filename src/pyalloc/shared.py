@@ -83,7 +83,6 @@ import ctypes
 import fcntl
 import math
 import os
-import secrets
 import struct
 import sys
 import threading
@@ -100,7 +99,16 @@ from .journal import DEFAULT_SLOTS, ENTRY_BYTES, Journal
 from .layout import HEADER
 from .lock import ClosedLock, HeapLock
 from .policies import policy_by_id, policy_class
-from .regions import FileRegion, Words, _shm_path, list_shared, page_round_up
+from .regions import (
+    BUILDING_SUFFIX,
+    FileRegion,
+    Words,
+    _shm_path,
+    building_path,
+    list_shared,
+    page_round_up,
+    remove_abandoned_builds,
+)
 
 __all__ = ["SharedHeap", "SharedNames", "describe_file", "describe_segment", "list_heaps"]
 
@@ -118,7 +126,6 @@ W_RECOVERIES: Final = C.W_RESERVED + 7
 
 assert W_RECOVERIES < C.W_COMMITTED < C.CONTROL_WORDS
 
-_BUILDING_SUFFIX: Final = ".pyalloc-new"  # a segment under construction
 NAMES_MAGIC: Final = int.from_bytes(b"pyanames", "little")
 NAME_MAX_BYTES: Final = 255
 _NAMES_HEAD = struct.Struct("<QQ")  # magic, number of entries
@@ -259,7 +266,7 @@ def list_heaps() -> list[dict[str, Any]]:
     """``describe_segment`` of every shared heap in ``/dev/shm``."""
     found = []
     for name in list_shared():
-        if name.endswith(_BUILDING_SUFFIX):
+        if name.endswith(BUILDING_SUFFIX):
             continue  # a heap being made by SharedHeap.create
         info = describe_segment(name)
         if info is not None:
@@ -521,9 +528,9 @@ class SharedHeap(Heap):
         cls.layout_size(capacity, policy_cls)
         journal = page_round_up(capacity)
         size = journal + page_round_up(journal_slots * ENTRY_BYTES)
-        directory, base = os.path.split(path)
-        token = f"{os.getpid()}.{secrets.token_hex(4)}"
-        building = os.path.join(directory, f".{base}.{token}{_BUILDING_SUFFIX}")
+        directory = os.path.dirname(path)
+        remove_abandoned_builds(directory)
+        building = building_path(path)
         fd = os.open(building, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         region: _Segment | None = None
         lock_fd = -1
