@@ -341,7 +341,7 @@ def test_bench_without_traces_and_without_bundled_ones_uses_generated_workloads(
 def test_bench_reports_a_bad_trace_and_exits_non_zero(
     traces: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (traces / "broken.rep").write_text("0\n1\n5\n1\na 0 1\n")
+    (traces / "broken.rep").write_text("0\n1\n2\n1\na 0 1\nq 0\n")
     status, out, _ = run(
         capsys,
         "bench",
@@ -355,7 +355,7 @@ def test_bench_reports_a_bad_trace_and_exits_non_zero(
     )
     assert status == 1
     assert "FAIL" in out
-    assert "broken.rep" in out and "expected op 2 of 5" in out
+    assert "broken.rep" in out and "broken.rep:6: expected an op" in out
 
 
 # -- record ---------------------------------------------------------------------------

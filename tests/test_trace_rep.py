@@ -90,8 +90,6 @@ MALFORMED = {
     "header negative": ("1\n2\n1\n-1\na 0 1\n", 4, "weight"),
     "header two numbers": ("1 2\n2\n1\n1\na 0 1\n", 1, "heap_hint"),
     "header blank": ("1\n\n1\n1\na 0 1\n", 2, "num_ids"),
-    "too few ops": ("1\n2\n3\n1\na 0 1\nf 0\n", 7, "op 3 of 3"),
-    "too many ops": ("1\n2\n1\n1\na 0 1\nf 0\n", 6, "end of the file"),
     "blank line among ops": ("1\n2\n2\n1\na 0 1\n\nf 0\n", 6, "expected an op"),
     "unknown kind": ("1\n2\n1\n1\nm 0 1\n", 5, "expected an op"),
     "upper-case kind": ("1\n2\n1\n1\nA 0 1\n", 5, "expected an op"),
@@ -99,14 +97,15 @@ MALFORMED = {
     "realloc without size": ("1\n2\n1\n1\nr 1\n", 5, "expected an op"),
     "free with size": ("1\n2\n1\n1\nf 0 8\n", 5, "expected an op"),
     "alloc extra field": ("1\n2\n1\n1\na 0 8 9\n", 5, "expected an op"),
-    "id out of range": ("1\n2\n1\n1\na 2 8\n", 5, "id in [0, 2)"),
-    "id negative": ("1\n2\n1\n1\nf -1\n", 5, "id in [0, 2)"),
     "id not a number": ("1\n2\n1\n1\na x 8\n", 5, "id in"),
+    "id negative": ("1\n2\n1\n1\na -1 8\n", 5, "id in"),
+    "id too large": ("1\n2\n1\n1\na 67108864 8\n", 5, "id in [0, 67108864)"),
+    "number of 5000 digits": ("1\n2\n1\n1\na 0 " + "9" * 5000 + "\n", 5, "size"),
+    "form feed is not a line break": ("1\n2\n2\n1\na 0 1\x0cf 0\nf 0\n", 5, "expected an op"),
     "size negative": ("1\n2\n1\n1\na 0 -8\n", 5, "size"),
     "size with sign": ("1\n2\n1\n1\na 0 +8\n", 5, "size"),
     "size with underscore": ("1\n2\n1\n1\nr 0 1_0\n", 5, "size"),
     "size float": ("1\n2\n1\n1\na 0 8.5\n", 5, "size"),
-    "ids with no room": ("1\n0\n1\n1\na 0 8\n", 5, "id in [0, 0)"),
 }
 
 
@@ -196,3 +195,50 @@ def test_classic_traces_read_and_round_trip(tmp_path: Path) -> None:
         copy = tmp_path / f"{path.stem}.rep.gz"
         write_trace(trace, copy)
         assert read_trace(copy) == trace
+
+
+def test_header_counts_that_disagree_with_the_body_are_warnings() -> None:
+    trace = parse_trace("1\n2\n5\n1\na 0 1\na 3 8\nf 0\n")
+    assert trace.ops == [Op("a", 0, 1), Op("a", 3, 8), Op("f", 0, 0)]
+    assert trace.num_ids == 4
+    assert [w.split("warning: ")[1] for w in trace.warnings] == [
+        "header line 2 says 2 ids; the ops use 4",
+        "header line 3 says 5 ops; the file has 3",
+    ]
+    assert parse_trace("1\n2\n1\n1\na 0 1\n").warnings == []
+
+
+def test_a_header_claiming_a_billion_ids_allocates_nothing_for_them() -> None:
+    trace = parse_trace("1\n1000000000\n2\n1\na 0 1\nf 0\n")
+    assert trace.num_ids == 1 and "1000000000 ids" in trace.warnings[0]
+
+
+def test_minus_one_is_null_in_f_and_r_lines() -> None:
+    trace = parse_trace("1\n2\n4\n1\na 0 8\nf -1\nr -1 16\nf 0\n")
+    # free(NULL) does nothing; realloc(NULL, 16) allocates a block of its own.
+    assert trace.ops == [Op("a", 0, 8), Op("r", 1, 16), Op("f", 0, 0)]
+    assert trace.num_ids == 2
+
+
+def test_a_rejected_line_is_quoted_up_to_80_characters() -> None:
+    with pytest.raises(TraceFormatError) as info:
+        parse_trace("1\n2\n1\n1\n" + "x" * 500 + "\n")
+    message = str(info.value)
+    assert "x" * 80 in message and "x" * 81 not in message and "(500 characters)" in message
+
+
+def test_endless_or_exploding_input_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gzip
+
+    import pyalloc.trace.rep as rep
+
+    monkeypatch.setattr(rep, "MAX_TRACE_BYTES", 1 << 20)
+    with pytest.raises(TraceFormatError, match="more than 1 MiB"):
+        read_trace("/dev/zero")
+    bomb = tmp_path / "bomb.rep.gz"
+    bomb.write_bytes(gzip.compress(b"1\n1\n1\n1\n" + b" " * (64 << 20)))
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(TraceFormatError, match="more than 1 MiB"):
+        read_trace(bomb)

@@ -41,6 +41,7 @@ a heap, corruption, a trace that is invalid or fails validation), 2 bad usage
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import os
@@ -50,6 +51,7 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 from .errors import HeapCorruptionError, HeapError
+from .files import check_output_path
 from .mapped import MappedHeap
 from .regions import list_shared, unlink_shared
 from .shared import SharedHeap, describe_file, describe_segment, list_heaps
@@ -64,6 +66,7 @@ from .trace.bench import (
     load_source,
     load_system,
     plot_comparison,
+    plot_format,
     row_from_replay,
     row_from_system,
     run_comparison,
@@ -370,7 +373,16 @@ def _sources_of(paths: Sequence[str]) -> list[Source]:
                 sources.append(Source(path.name, item, error=str(e)))
         else:
             sources.append(load_source(path))
+    _report_warnings(sources)
     return sources
+
+
+def _report_warnings(sources: Sequence[Source]) -> None:
+    """What the parser accepted but the reader should know, one line each on stderr."""
+    for source in sources:
+        if source.trace is not None:
+            for warning in source.trace.warnings:
+                print(f"pyalloc: {warning}", file=sys.stderr)
 
 
 def _emit_rows(rows: list[dict[str, Any]], as_json: bool, as_csv: bool) -> bool:
@@ -581,12 +593,21 @@ def bench_command(args: argparse.Namespace) -> int:
         return _unknown("allocator", unknown, (*SYSTEM_ALLOCATORS, "none"))
     if not policies and not allocators:
         return _fail("nothing to compare: give at least one policy or allocator")
+    if args.plot:  # refused before the run, not after it
+        try:
+            check_output_path(args.plot)
+            plot_format(args.plot)
+        except ImportError:
+            return _fail("--plot needs matplotlib: pip install 'pyalloc[lab]'")
+        except (OSError, ValueError) as e:
+            return _fail(f"--plot: {e}")
     notes: list[str] = []
     if args.traces:
         try:
             sources = [load_source(p) for p in expand_paths(args.traces)]
         except FileNotFoundError as e:
             return _fail(str(e))
+        _report_warnings(sources)
     else:
         sources, note = default_sources()
         if note:
@@ -615,6 +636,8 @@ def bench_command(args: argparse.Namespace) -> int:
         for row in comparison.failures():
             print(f"pyalloc: {row['trace']}: {row['error']}", file=sys.stderr)
     if args.plot:
+        if not any(comparison.valid_rows(column.name) for column in comparison.columns):
+            return _fail(f"--plot: nothing to plot: no trace ran validly, {args.plot} not written")
         try:
             plot_comparison(comparison, args.plot)
         except ImportError:
@@ -977,7 +1000,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    status: int = args.run(args)
+    try:
+        status: int = args.run(args)
+        sys.stdout.flush()  # a full device or a closed pipe is found here, not at exit
+    except BrokenPipeError:
+        # The reader went away (| head -1): say so once, and write nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _fail("the output was closed before everything was written")
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG):
+            raise
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return _fail(f"cannot write the output: {e.strerror}")
     return status
 
 

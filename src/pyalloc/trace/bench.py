@@ -31,6 +31,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import IO, Any, Final, Protocol
 
+from ..files import replacing
 from .generate import GENERATORS, generate
 from .rep import Trace, TraceFormatError, read_trace
 from .replay import ReplayResult, replay
@@ -420,5 +421,22 @@ def plot_comparison(comparison: Comparison, path: str | Path) -> None:
         loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", title="allocator"
     )
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    try:
+        with replacing(path) as temporary:
+            figure.savefig(temporary, dpi=110, format=plot_format(path))
+    finally:
+        plt.close(figure)
+
+
+def plot_format(path: str | Path) -> str:
+    """The image format ``path`` asks for by its suffix; ValueError if matplotlib has none."""
+    from matplotlib.figure import Figure
+
+    suffix = Path(path).suffix.lstrip(".").lower()
+    supported = Figure().canvas.get_supported_filetypes()
+    if suffix not in supported:
+        raise ValueError(
+            f"{path}: cannot draw a .{suffix or '(no suffix)'} file; "
+            f"use one of {', '.join('.' + s for s in sorted(supported))}"
+        )
+    return suffix

@@ -51,16 +51,24 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
+
+from ..files import replacing
 
 __all__ = ["Op", "Trace", "TraceFormatError", "parse_trace", "read_trace", "write_trace"]
 
 HEADER_FIELDS = ("heap_hint", "num_ids", "num_ops", "weight")
 OP_KINDS = ("a", "f", "r")
 GZIP_MAGIC = b"\x1f\x8b"
+MAX_TRACE_BYTES = 1 << 28  # text read from one trace (after gunzip): /dev/zero stops here
+MAX_DIGITS = 20  # a number of a trace: 2**64 has 20 digits
+MAX_ID = 1 << 26  # ids index the replay's tables: a larger one is refused, not allocated
+QUOTE_LIMIT = 80  # characters of a rejected line quoted in a message
+NULL_ID = "-1"  # mdriver's id of a NULL pointer in an f or r line
 
 # For each op kind, the number of whitespace-separated fields its line has.
 _FIELDS_PER_KIND = {"a": 3, "f": 2, "r": 3}
@@ -91,13 +99,18 @@ class Op(NamedTuple):
 
 @dataclass
 class Trace:
-    """A sequence of ops over ``num_ids`` block ids, with the header's metadata."""
+    """A sequence of ops over ``num_ids`` block ids, with the header's metadata.
+
+    ``warnings`` lists what the parser accepted but a reader should know
+    (a header count that disagrees with the body).
+    """
 
     ops: list[Op]
     num_ids: int
     weight: int = 1
     heap_hint: int = 0
     name: str = ""
+    warnings: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -127,10 +140,33 @@ class Trace:
 
 
 def _parse_count(token: str) -> int | None:
-    """The value of a plain non-negative decimal, or None if ``token`` is not one."""
-    if token.isascii() and token.isdigit():
+    """The value of a plain non-negative decimal, or None if ``token`` is not one.
+
+    At most MAX_DIGITS digits: Python refuses to convert a very long number,
+    and no count of a trace needs more.
+    """
+    if token.isascii() and token.isdigit() and len(token) <= MAX_DIGITS:
         return int(token)
     return None
+
+
+def _quote(line: str) -> str:
+    """``line`` for a message: repr, cut to QUOTE_LIMIT characters."""
+    if len(line) <= QUOTE_LIMIT:
+        return repr(line)
+    return repr(line[:QUOTE_LIMIT]) + f"... ({len(line)} characters)"
+
+
+def _split_lines(text: str) -> list[str]:
+    """Lines as an editor counts them: split at \\n only (a \\r before it dropped).
+
+    ``str.splitlines`` also splits at form feeds, vertical tabs and other
+    separators, and its line numbers would then not be the editor's.
+    """
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 def _parse_lines(lines: list[str], source: str, name: str) -> Trace:
@@ -149,13 +185,13 @@ def _parse_lines(lines: list[str], source: str, name: str) -> Trace:
             raise TraceFormatError(
                 source,
                 index + 1,
-                f"expected {field_name} as a non-negative integer, got {lines[index]!r}",
+                f"expected {field_name} as a non-negative integer, got {_quote(lines[index])}",
             )
         header.append(value)
     heap_hint, num_ids, num_ops, weight = header
 
     body = lines[len(HEADER_FIELDS) :]
-    # Trailing blank lines are allowed; anything else after the last op is not.
+    # Trailing blank lines are allowed.
     end = len(body)
     while end and not body[end - 1].strip():
         end -= 1
@@ -164,22 +200,36 @@ def _parse_lines(lines: list[str], source: str, name: str) -> Trace:
     fields_per_kind = _FIELDS_PER_KIND
     ops: list[Op] = []
     append = ops.append
-    for offset in range(min(end, num_ops)):
-        parts = body[offset].split()
+    top_id = -1
+    null_reallocs: list[int] = []  # indices of 'r -1 SIZE' ops
+    for offset in range(end):
+        line = body[offset]
+        parts = line.split()
         kind = kinds.get(parts[0]) if parts else None
         if kind is None or len(parts) != fields_per_kind[kind]:
             raise TraceFormatError(
                 source,
                 first_op_line + offset,
-                f"expected an op 'a ID SIZE', 'f ID' or 'r ID SIZE', got {body[offset]!r}",
+                f"expected an op 'a ID SIZE', 'f ID' or 'r ID SIZE', got {_quote(line)}",
             )
-        block_id = _parse_count(parts[1])
-        if block_id is None or block_id >= num_ids:
-            raise TraceFormatError(
-                source,
-                first_op_line + offset,
-                f"expected an id in [0, {num_ids}) (header line 2), got {parts[1]!r}",
-            )
+        if kind != "a" and parts[1] == NULL_ID:
+            # mdriver: free(NULL) does nothing; realloc(NULL, n) is malloc(n) of a
+            # block of its own, whose id is given once every id is known.
+            if kind == "f":
+                continue
+            block_id = -1
+            null_reallocs.append(len(ops))
+        else:
+            parsed = _parse_count(parts[1])
+            if parsed is None or parsed >= MAX_ID:
+                raise TraceFormatError(
+                    source,
+                    first_op_line + offset,
+                    f"expected an id in [0, {MAX_ID}), got {_quote(parts[1])}",
+                )
+            block_id = parsed
+            if block_id > top_id:
+                top_id = block_id
         if kind == "f":
             append(Op(kind, block_id, 0))
             continue
@@ -188,25 +238,30 @@ def _parse_lines(lines: list[str], source: str, name: str) -> Trace:
             raise TraceFormatError(
                 source,
                 first_op_line + offset,
-                f"expected a size as a non-negative integer, got {parts[2]!r}",
+                f"expected a size as a non-negative integer, got {_quote(parts[2])}",
             )
         append(Op(kind, block_id, size))
-    if end < num_ops:
-        lineno = first_op_line + end
-        raise TraceFormatError(
-            source,
-            lineno,
-            f"expected op {end + 1} of {num_ops} (header line 3), but the file ends",
-        )
-    if end > num_ops:
-        lineno = first_op_line + num_ops
-        raise TraceFormatError(
-            source,
-            lineno,
-            f"expected the end of the file after {num_ops} ops (header line 3), "
-            f"got {body[num_ops]!r}",
-        )
-    return Trace(ops=ops, num_ids=num_ids, weight=weight, heap_hint=heap_hint, name=name)
+    # mdriver's conventions: the header's counts are hints. The body decides;
+    # a disagreement is reported, and the ids are as many as the body uses
+    # (so a header claiming 10**9 ids allocates nothing for them).
+    for index in null_reallocs:
+        top_id += 1
+        ops[index] = Op("r", top_id, ops[index].size)
+    warnings = []
+    used_ids = top_id + 1
+    if used_ids > num_ids or num_ids > MAX_ID:
+        warnings.append(f"header line 2 says {num_ids} ids; the ops use {used_ids}")
+        num_ids = used_ids
+    if len(ops) != num_ops and end != num_ops:
+        warnings.append(f"header line 3 says {num_ops} ops; the file has {end}")
+    return Trace(
+        ops=ops,
+        num_ids=num_ids,
+        weight=weight,
+        heap_hint=heap_hint,
+        name=name,
+        warnings=[f"{source}: warning: {w}" for w in warnings],
+    )
 
 
 def parse_trace(text: str, name: str = "<string>") -> Trace:
@@ -214,7 +269,7 @@ def parse_trace(text: str, name: str = "<string>") -> Trace:
 
     Raises :class:`TraceFormatError` on the first fault, naming the line.
     """
-    return _parse_lines(text.splitlines(), name, name)
+    return _parse_lines(_split_lines(text), name, name)
 
 
 def _trace_name(path: Path) -> str:
@@ -235,14 +290,26 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
     """
     file_path = Path(path)
     source = str(file_path)
-    raw = file_path.read_bytes()
-    if raw[:2] == GZIP_MAGIC:
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise TraceFormatError(source, 0, f"expected a gzip stream: {exc}") from None
-    elif source.endswith(".gz"):
-        raise TraceFormatError(source, 0, "expected a gzip stream (name ends in .gz)")
+    with open(file_path, "rb") as f:
+        raw = f.read(2)
+        if raw == GZIP_MAGIC:
+            f.seek(0)
+            try:
+                with gzip.GzipFile(fileobj=f) as gz:
+                    raw = gz.read(MAX_TRACE_BYTES + 1)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise TraceFormatError(source, 0, f"expected a gzip stream: {exc}") from None
+        elif source.endswith(".gz"):
+            raise TraceFormatError(source, 0, "expected a gzip stream (name ends in .gz)")
+        else:
+            raw += f.read(MAX_TRACE_BYTES - 1)
+    if len(raw) > MAX_TRACE_BYTES:
+        raise TraceFormatError(
+            source,
+            0,
+            f"more than {MAX_TRACE_BYTES >> 20} MiB of text (uncompressed): not read further;"
+            " a trace this large is more likely a wrong file",
+        )
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError as exc:
@@ -250,7 +317,7 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
         raise TraceFormatError(
             source, lineno, f"expected ASCII text, got byte {raw[exc.start]:#04x}"
         ) from None
-    return _parse_lines(text.splitlines(), source, _trace_name(file_path))
+    return _parse_lines(_split_lines(text), source, _trace_name(file_path))
 
 
 def _format_ops(ops: Iterable[Op]) -> Iterable[str]:
@@ -266,15 +333,16 @@ def write_trace(trace: Trace, path: str | os.PathLike[str]) -> None:
 
     The trace is validated first (``ValueError`` names the bad op), so
     :func:`read_trace` reads back an equal trace.  The gzip header carries no
-    time stamp, so equal traces give equal files.
+    time stamp, so equal traces give equal files. The file is written whole
+    or not at all (``files.replacing``): a failed write leaves the old one.
     """
     trace.validate()
     header = f"{trace.heap_hint}\n{trace.num_ids}\n{len(trace.ops)}\n{trace.weight}\n"
     data = (header + "".join(_format_ops(trace.ops))).encode("ascii")
-    file_path = Path(path)
-    if str(file_path).endswith(".gz"):
-        with open(file_path, "wb") as raw_file:
+    compressed = str(path).endswith(".gz")
+    with replacing(path) as temporary, open(temporary, "wb") as raw_file:
+        if compressed:
             with gzip.GzipFile(filename="", mode="wb", fileobj=raw_file, mtime=0) as gz_file:
                 gz_file.write(data)
-    else:
-        file_path.write_bytes(data)
+        else:
+            raw_file.write(data)

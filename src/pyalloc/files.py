@@ -1,0 +1,45 @@
+"""Output files written whole or not at all.
+
+``replacing(path)`` gives a temporary name beside ``path``; the caller writes
+the whole file there, and only when that succeeded is it renamed onto
+``path`` (a rename within a directory is atomic). A write that fails or is
+killed leaves ``path`` as it was: the old file, or none.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+def check_output_path(path: str | os.PathLike[str]) -> None:
+    """OSError (with a message naming ``path``) if a file cannot be written there."""
+    target = os.fspath(path)
+    if os.path.isdir(target):
+        raise IsADirectoryError(f"{target} is a directory; give a file name")
+    directory = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{directory}: no such directory")
+    if not os.access(directory, os.W_OK):
+        raise PermissionError(f"{directory}: cannot create files there")
+
+
+@contextmanager
+def replacing(path: str | os.PathLike[str]) -> Iterator[str]:
+    """A temporary path beside ``path``, renamed onto it if the block ends normally."""
+    target = os.fspath(path)
+    check_output_path(target)
+    directory, base = os.path.split(os.path.abspath(target))
+    fd, temporary = tempfile.mkstemp(prefix=f".{base}.", suffix=".part", dir=directory)
+    os.close(fd)
+    try:
+        yield temporary
+        os.replace(temporary, target)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise
