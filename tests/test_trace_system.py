@@ -151,3 +151,12 @@ def test_bundled_traces_replay_through_glibc() -> None:
         assert result.valid, result.error
         assert result.peak_payload == trace.heap_hint
         assert result.peak_footprint >= trace.heap_hint - (64 << 10)
+
+
+def test_a_size_beyond_size_t_fails_that_trace_only() -> None:
+    from pyalloc.trace.rep import parse_trace
+    from pyalloc.trace.system import replay_system
+
+    trace = parse_trace("1\n1\n2\n1\na 0 18446744073709551616\nf 0\n", "huge")
+    result = replay_system(trace, "glibc")
+    assert not result.valid and result.error is not None and "size_t" in result.error

@@ -183,6 +183,9 @@ def system_available(name: str) -> str | None:
     return None
 
 
+SIZE_T_LIMIT = 1 << 64  # malloc's argument is a size_t
+
+
 def _write_ops(trace: Trace, path: Path) -> None:
     ops = trace.ops
     header = array.array("Q", [trace.num_ids, len(ops)])
@@ -232,6 +235,11 @@ def replay_system(
         trace.validate()
     except ValueError as exc:
         return failed(f"invalid trace: {exc}")
+    for index, op in enumerate(trace.ops):
+        if op[2] >= SIZE_T_LIMIT:
+            return failed(
+                f"op {index + 1} asks for {op[2]} bytes, more than a C size_t can hold"
+            )
 
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
