@@ -8,6 +8,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -52,7 +53,10 @@ def test_list_shows_heaps_and_skips_other_segments(
     assert status == 0
     assert heap.name in out and foreign not in out
     line = next(line for line in out.splitlines() if line.startswith(heap.name))
-    assert "4.0 MiB" in line and "segregated" in line and line.endswith("ok")
+    assert "4.0 MiB" in line and "segregated" in line and line.endswith("unchecked")
+    status, out, _ = run(capsys, "shm", "list", "--check")
+    line = next(line for line in out.splitlines() if line.startswith(heap.name))
+    assert line.split()[1] == "heap" and line.endswith("ok")
     status, out, _ = run(capsys, "shm", "list", "--all")
     assert foreign in out and "not a pyalloc heap" in out
 
@@ -63,7 +67,8 @@ def test_info_prints_stats_and_names(heap: SharedHeap, capsys: pytest.CaptureFix
     status, out, _ = run(capsys, "shm", "info", heap.name)
     assert status == 0
     assert "live_blocks: 2" in out and "named blocks:" in out
-    assert f"results  {p}" in out
+    line = next(line for line in out.splitlines() if line.strip().startswith("results"))
+    assert line.split()[:2] == ["results", str(p)] and line.endswith(" B")
     status, out, _ = run(capsys, "shm", "info", heap.name, "--json")
     data = json.loads(out)
     assert data["names"] == {"results": p} and data["stats"]["live_blocks"] == 2
@@ -143,3 +148,61 @@ def test_human_bytes() -> None:
     assert human_bytes(1536) == "1.5 KiB"
     assert human_bytes(256 << 20) == "256.0 MiB"
     assert human_bytes(3 << 40) == "3072.0 GiB"
+
+
+def test_named_blocks_are_listed_in_natural_order(
+    heap: SharedHeap, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("block10", "block2", "block1"):
+        heap.names[name] = heap.malloc(16)
+    status, out, _ = run(capsys, "shm", "info", heap.name)
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("  block")]
+    assert status == 0 and listed == ["block1", "block2", "block10"]
+
+
+def test_rm_of_a_missing_name_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    missing = f"pyalloc-test-{uuid.uuid4().hex}"
+    status, _, err = run(capsys, "shm", "rm", missing)
+    assert status == 1 and f"no shared-memory segment named {missing!r}" in err
+
+
+def test_info_on_a_file_here_hints_its_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pyalloc import MappedHeap
+
+    monkeypatch.chdir(tmp_path)
+    MappedHeap.create(tmp_path / "data.heap", 1 << 20).close()
+    status, _, err = run(capsys, "shm", "info", "data.heap")
+    assert status == 1 and "./data.heap" in err
+    status, out, _ = run(capsys, "shm", "info", "./data.heap")
+    assert status == 0 and "policy: segregated" in out
+
+
+def test_pools_are_listed_inspected_and_removed(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("atomicshm")
+    from pyalloc.pool import Pool
+
+    name = f"pyalloc-test-{uuid.uuid4().hex[:12]}"
+    pool = Pool.create(name, 64, 100)
+    try:
+        pool.alloc()
+        status, out, _ = run(capsys, "shm", "list")
+        line = next(line for line in out.splitlines() if line.startswith(name))
+        assert status == 0 and line.split()[1] == "pool" and "1 of 100 blocks" in line
+        status, out, _ = run(capsys, "shm", "info", name)
+        assert status == 0 and "available: 99" in out
+        status, out, _ = run(capsys, "shm", "check", name)
+        assert status == 0 and "99 free" in out
+        status, _, _ = run(capsys, "shm", "rm", name)  # no --force needed
+        assert status == 0 and not os.path.exists(f"/dev/shm/{name}")
+    finally:
+        pool.close()
+        if os.path.exists(f"/dev/shm/{name}"):
+            os.unlink(f"/dev/shm/{name}")
+
+
+def test_names_starting_with_a_dot_are_refused() -> None:
+    for name in (".", "..", ".hidden"):
+        with pytest.raises(ValueError, match="not starting with '.'"):
+            SharedHeap.create(name, 1 << 20)

@@ -45,6 +45,7 @@ import errno
 import importlib
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -53,7 +54,7 @@ from typing import Any, Final, TextIO
 from .errors import HeapCorruptionError, HeapError
 from .files import check_output_path
 from .mapped import MappedHeap
-from .regions import list_shared, unlink_shared
+from .regions import SHM_DIR, abandoned_builds, list_shared, unlink_shared
 from .shared import SharedHeap, describe_file, describe_segment, list_heaps
 from .trace.bench import (
     JSON_KEYS,
@@ -99,23 +100,73 @@ def _fail(message: str) -> int:
 # -- pyalloc shm ------------------------------------------------------------------------
 
 
+def _natural_key(text: str) -> list[Any]:
+    """Sort key that orders "block2" before "block10"."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def _open_pool(name: str) -> Any:
+    """The pool in segment ``name``, or None if it is none (or atomicshm is missing)."""
+    try:
+        from .pool import Pool
+    except ImportError:
+        return None
+    try:
+        return Pool.attach(name)
+    except (ValueError, HeapError, OSError):
+        return None
+
+
 def shm_list(args: argparse.Namespace) -> int:
     heaps = {info["name"]: info for info in list_heaps()}
     names = list_shared() if args.all else sorted(heaps)
-    names = [n for n in names if not n.startswith(".")]
+    abandoned = {os.path.basename(p) for p in abandoned_builds(SHM_DIR)}
+    names = [n for n in names if not n.startswith(".") or n in abandoned]
+    if not args.all:
+        names += [
+            n for n in list_shared() if n not in heaps and not n.startswith(".") and _is_pool(n)
+        ]
     if not names:
         print("no shared heaps in /dev/shm")
         return 0
-    rows = [("NAME", "CAPACITY", "IN USE", "PEAK", "POLICY", "STATE")]
-    for name in names:
+    rows = [("NAME", "KIND", "CAPACITY", "IN USE", "PEAK", "POLICY", "STATE")]
+    for name in sorted(set(names), key=_natural_key):
         info = heaps.get(name)
-        if info is None:
-            rows.append((name, "-", "-", "-", "-", "not a pyalloc heap"))
+        if name in abandoned:
+            rows.append((name, "-", "-", "-", "-", "-", "left by a killed create"))
             continue
-        state = "recovery pending" if info["journal_entries"] else "ok"
+        if info is None:
+            pool = _open_pool(name)
+            if pool is None:
+                rows.append((name, "-", "-", "-", "-", "-", "not a pyalloc heap"))
+                continue
+            with pool:
+                state = "unchecked"
+                if args.check:
+                    try:
+                        found = pool.check()
+                        state = f"ok, {found.stranded} stranded" if found.stranded else "ok"
+                    except HeapCorruptionError as e:
+                        state = f"corrupted: {e}"
+                rows.append(
+                    (
+                        name,
+                        "pool",
+                        human_bytes(pool.block_size * pool.count),
+                        f"{pool.count - pool.available()} of {pool.count} blocks",
+                        "-",
+                        f"{pool.block_size} B blocks",
+                        state,
+                    )
+                )
+            continue
+        state = "recovery pending" if info["journal_entries"] else "unchecked"
+        if args.check:
+            state = _check_state(name)
         rows.append(
             (
                 name,
+                "heap",
                 human_bytes(info["capacity"]),
                 human_bytes(info["heap_bytes"]),
                 human_bytes(info["peak_heap_bytes"]),
@@ -129,6 +180,26 @@ def shm_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_pool(name: str) -> bool:
+    pool = _open_pool(name)
+    if pool is None:
+        return False
+    pool.close()
+    return True
+
+
+def _check_state(name: str) -> str:
+    heap = _attach(name)
+    if isinstance(heap, str):
+        return heap
+    with heap:
+        try:
+            heap.check()
+        except HeapCorruptionError as e:
+            return f"corrupted: {e}"
+    return "ok"
+
+
 def _is_path(name: str) -> bool:
     return "/" in name
 
@@ -139,46 +210,98 @@ def _attach(name: str) -> SharedHeap | str:
             return MappedHeap.open(name)
         return SharedHeap.attach(name)
     except (HeapError, OSError, ValueError) as e:
-        return str(e)
+        message = str(e)
+        if not _is_path(name) and os.path.exists(name):
+            message += f" (for the heap file in this directory, say ./{name})"
+        return message
+
+
+def _pool_info(args: argparse.Namespace) -> int | None:
+    """``shm info`` of a pool; None if ``args.name`` is not one."""
+    if _is_path(args.name):
+        return None
+    pool = _open_pool(args.name)
+    if pool is None:
+        return None
+    with pool:
+        info = {
+            "name": args.name,
+            "kind": "pool",
+            "block_size": pool.block_size,
+            "count": pool.count,
+            "available": pool.available(),
+        }
+    if args.json:
+        print(json.dumps(info))
+    else:
+        for key, value in info.items():
+            print(f"{key}: {value}")
+    return 0
 
 
 def shm_info(args: argparse.Namespace) -> int:
+    pool_status = _pool_info(args)
+    if pool_status is not None:
+        return pool_status
     heap = _attach(args.name)
     if isinstance(heap, str):
         return _fail(heap)
     with heap:
+        policy = heap.policy_name
         try:
             stats = heap.stats()
             names = heap.names.copy()
+            sizes = {key: heap.usable_size(p) for key, p in names.items()}
         except HeapCorruptionError as e:
+            # What the control record says is still worth showing.
+            described = describe_file(heap._segment.path, args.name) or {}
+            for key, value in described.items():
+                print(f"{key}: {value}")
             return _fail(f"{args.name}: corrupted: {e}")
-        policy = heap.policy_name
     if args.json:
-        print(json.dumps({"name": args.name, "policy": policy, "stats": stats, "names": names}))
+        print(
+            json.dumps(
+                {
+                    "name": args.name,
+                    "policy": policy,
+                    "stats": stats,
+                    "names": names,
+                    "sizes": sizes,
+                }
+            )
+        )
         return 0
     print(f"name: {args.name}")
     print(f"policy: {policy}")
     for key, value in stats.items():
         shown = (
             f"{value} ({human_bytes(value)})"
-            if key.endswith("bytes")
-            or key
-            in (
-                "capacity",
-                "largest_free",
-            )
+            if key.endswith("bytes") or key in ("capacity", "largest_free")
             else str(value)
         )
         print(f"{key}: {shown}")
     if names:
         print("named blocks:")
         width = max(len(k) for k in names)
-        for key in sorted(names):
-            print(f"  {key.ljust(width)}  {names[key]}")
+        for key in sorted(names, key=_natural_key):
+            print(f"  {key.ljust(width)}  {names[key]:>12}  {human_bytes(sizes[key])}")
     return 0
 
 
 def shm_check(args: argparse.Namespace) -> int:
+    if not _is_path(args.name):
+        pool = _open_pool(args.name)
+        if pool is not None:
+            with pool:
+                try:
+                    found = pool.check()
+                except HeapCorruptionError as e:
+                    return _fail(f"{args.name}: corrupted: {e}")
+            print(
+                f"{args.name}: ok, pool of {pool.count} blocks, {found.free} free,"
+                f" {found.stranded} stranded"
+            )
+            return 0
     heap = _attach(args.name)
     if isinstance(heap, str):
         return _fail(heap)
@@ -198,9 +321,13 @@ def shm_check(args: argparse.Namespace) -> int:
 def shm_rm(args: argparse.Namespace) -> int:
     name = args.name
     path = _is_path(name)
+    target = name if path else os.path.join(SHM_DIR, name)
+    if not os.path.lexists(target):
+        return _fail(f"no {'file' if path else 'shared-memory segment'} named {name!r}")
     info = describe_file(name) if path else describe_segment(name)
-    if info is None and not args.force:
-        return _fail(f"{name} is not a pyalloc shared heap; use --force to remove it anyway")
+    is_pool = not path and _is_pool(name)
+    if info is None and not is_pool and not args.force:
+        return _fail(f"{name} is not a pyalloc heap or pool; use --force to remove it anyway")
     try:
         if path:
             os.unlink(name)
@@ -216,7 +343,14 @@ def add_shm(subcommands: Subcommands) -> None:
     actions = shm.add_subparsers(dest="shm_command", required=True, metavar="ACTION")
 
     p = actions.add_parser("list", help="list the shared heaps in /dev/shm")
-    p.add_argument("--all", action="store_true", help="also list segments that are not heaps")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="also list segments that are not heaps, and what killed creates left",
+    )
+    p.add_argument(
+        "--check", action="store_true", help="walk each heap and pool to say if it is ok"
+    )
     p.set_defaults(run=shm_list)
 
     p = actions.add_parser("info", help="statistics and named blocks of a shared heap")

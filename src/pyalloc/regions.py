@@ -29,7 +29,8 @@ from typing import Protocol
 PAGE_SIZE = mmap.PAGESIZE
 
 _SHM_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
-_SHM_DIR = "/dev/shm"
+SHM_DIR = "/dev/shm"
+_SHM_DIR = SHM_DIR
 
 
 class Words(Protocol):
@@ -180,9 +181,10 @@ class AnonymousRegion(Region):
 
 
 def _shm_path(name: str) -> str:
-    if not isinstance(name, str) or not _SHM_NAME.match(name):
+    if not isinstance(name, str) or not _SHM_NAME.match(name) or name.startswith("."):
         raise ValueError(
-            f"shared-memory name must be 1-200 letters, digits, '_', '-' or '.', got {name!r}"
+            "shared-memory name must be 1-200 letters, digits, '_', '-' or '.',"
+            f" not starting with '.', got {name!r}"
         )
     return os.path.join(_SHM_DIR, name)
 
