@@ -225,3 +225,13 @@ def test_digest_covers_the_pxd(tmp_path: Path) -> None:
     stem.with_suffix(".pxd").write_text("cdef long x\n")
     assert _engine.source_digest(str(stem)) != before
     assert before == hashlib.sha256(b".py\0x = 1\n").hexdigest()
+
+
+def test_another_system_is_told_in_one_line() -> None:
+    code = "import sys; sys.platform = 'darwin'; import pyalloc"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "ImportError: pyalloc runs on Linux only (it uses /dev/shm, /proc, madvise(MADV_REMOVE)"
+        " and flock); this system is 'darwin'"
+    )

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING
+
+if not sys.platform.startswith("linux"):
+    raise ImportError(
+        f"pyalloc runs on Linux only (it uses /dev/shm, /proc, madvise(MADV_REMOVE) and flock);"
+        f" this system is {sys.platform!r}"
+    )
 
 from . import _engine
 
