@@ -252,6 +252,7 @@ def shm_info(args: argparse.Namespace) -> int:
             stats = heap.stats()
             names = heap.names.copy()
             sizes = {key: heap.usable_size(p) for key, p in names.items()}
+            arrays = heap.arrays.specs() if _has_numpy() else {}
         except HeapCorruptionError as e:
             # What the control record says is still worth showing.
             described = describe_file(heap._segment.path, args.name) or {}
@@ -267,6 +268,7 @@ def shm_info(args: argparse.Namespace) -> int:
                     "stats": stats,
                     "names": names,
                     "sizes": sizes,
+                    "arrays": {k: [list(v[0]), v[1]] for k, v in arrays.items()},
                 }
             )
         )
@@ -285,7 +287,21 @@ def shm_info(args: argparse.Namespace) -> int:
         width = max(len(k) for k in names)
         for key in sorted(names, key=_natural_key):
             print(f"  {key.ljust(width)}  {names[key]:>12}  {human_bytes(sizes[key])}")
+    if arrays:
+        print("arrays:")
+        width = max(len(k) for k in arrays)
+        for key in sorted(arrays, key=_natural_key):
+            shape, dtype = arrays[key]
+            print(f"  {key.ljust(width)}  {dtype}  {shape}")
     return 0
+
+
+def _has_numpy() -> bool:
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def shm_check(args: argparse.Namespace) -> int:

@@ -47,12 +47,16 @@ Control words of a shared heap (the engine reserves 10-23)::
     16  names               payload offset of the directory block, 0 if none
     17  names next          a directory block being written, 0 otherwise
     18  recoveries          transactions undone after their holder died
+    (19 is the engine's: committed bytes, control.py)
+    20  arrays              the directory of named arrays, 0 if none
+    21  arrays next         an array block being written, 0 otherwise
 
 A transaction::
 
     lock:    thread lock, then flock
              if count != 0: undo the journal, recoveries += 1,
-                            free the block in "names next" if any
+                            free the blocks in "names next" and
+                            "arrays next" if any
              brk = words[brk]            (other processes move the break)
     work:    the engine's operation; each metadata store goes through the
              journal; the pages a trim gives back are only noted
@@ -89,7 +93,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 from . import control as C
 from .allocator import check_size
@@ -110,6 +114,9 @@ from .regions import (
     remove_abandoned_builds,
 )
 
+if TYPE_CHECKING:
+    from .arrays import SharedArrays
+
 __all__ = ["SharedHeap", "SharedNames", "describe_file", "describe_segment", "list_heaps"]
 
 SHARED_MAGIC: Final = int.from_bytes(b"pyashare", "little")
@@ -123,8 +130,11 @@ W_JOURNAL_COUNT: Final = C.W_RESERVED + 4
 W_NAMES: Final = C.W_RESERVED + 5
 W_NAMES_NEXT: Final = C.W_RESERVED + 6
 W_RECOVERIES: Final = C.W_RESERVED + 7
+W_ARRAYS: Final = C.W_COMMITTED + 1  # the directory of named arrays (arrays.py), 0 if none
+W_ARRAYS_NEXT: Final = C.W_COMMITTED + 2  # an array block being written, 0 otherwise
+DRAFT_WORDS: Final = (W_NAMES_NEXT, W_ARRAYS_NEXT)  # blocks recovery frees when a holder died
 
-assert W_RECOVERIES < C.W_COMMITTED < C.CONTROL_WORDS
+assert W_RECOVERIES < C.W_COMMITTED < W_ARRAYS_NEXT < C.CONTROL_WORDS
 
 NAMES_MAGIC: Final = int.from_bytes(b"pyanames", "little")
 NAME_MAX_BYTES: Final = 255
@@ -319,7 +329,7 @@ class _SegmentLock(HeapLock):
             _flock(self._fd, _LOCK_EX)
             try:
                 raw = self._raw
-                if raw[W_JOURNAL_COUNT] or raw[W_NAMES_NEXT]:
+                if raw[W_JOURNAL_COUNT] or raw[W_NAMES_NEXT] or raw[W_ARRAYS_NEXT]:
                     self._heap._recover()
                 self._heap.brk = raw[C.W_BRK]  # other processes move the break
                 self._segment.in_transaction = True
@@ -469,6 +479,7 @@ class SharedHeap(Heap):
 
     name: str
     names: SharedNames
+    arrays: SharedArrays  # from arrays.py
     _lock: Any  # a _SegmentLock, or a _ClosedLock once closed
     # Sliding a block down overwrites its old bytes; an undone transaction
     # would then give back a block whose bytes have moved.
@@ -629,6 +640,9 @@ class SharedHeap(Heap):
         engine_bytes.release()
         heap._base_address = _address_of(region.buf)
         heap.names = SharedNames(heap)
+        from .arrays import SharedArrays  # arrays.py builds on this module
+
+        heap.arrays = SharedArrays(heap)
         _open_heaps.add(heap)
         return heap
 
@@ -645,27 +659,29 @@ class SharedHeap(Heap):
         self.brk = self._raw[C.W_BRK]
 
     def _recover(self) -> None:
-        """Undo the transaction of a holder that died, then free its directory draft."""
+        """Undo the transaction of a holder that died, then free its drafts
+        (a directory block, an array block) that no directory names."""
         raw = self._raw
         if raw[W_JOURNAL_COUNT]:
             self._journal.undo()
             raw[W_RECOVERIES] += 1
-        draft = raw[W_NAMES_NEXT]
-        if not draft:
-            return
-        self.brk = raw[C.W_BRK]
-        segment = self._segment
-        segment.in_transaction = True
-        try:
-            self._free(draft)
-            self.meta.store(W_NAMES_NEXT, 0)
-        except HeapError:
-            self._undo()
-            raw[W_NAMES_NEXT] = 0  # not a block: forget it rather than fail every lock
-            return
-        self._journal.commit()
-        segment.in_transaction = False
-        segment.discard_deferred()
+        for word in DRAFT_WORDS:
+            draft = raw[word]
+            if not draft:
+                continue
+            self.brk = raw[C.W_BRK]
+            segment = self._segment
+            segment.in_transaction = True
+            try:
+                self._free(draft)
+                self.meta.store(word, 0)
+            except HeapError:
+                self._undo()
+                raw[word] = 0  # not a block: forget it rather than fail every lock
+                continue
+            self._journal.commit()
+            segment.in_transaction = False
+            segment.discard_deferred()
 
     def _checkpoint(self) -> None:
         """Commit in the middle of a transaction, at a point where the heap is consistent."""
@@ -686,10 +702,11 @@ class SharedHeap(Heap):
     # -- checking and statistics ---------------------------------------------------
 
     def check(self) -> None:
-        """Walk every block, free list and the directory; HeapCorruptionError on a fault."""
+        """Walk every block, free list and directory; HeapCorruptionError on a fault."""
         with self._lock:
             self._walk()
             self._read_names()
+            self.arrays._check_all()
 
     def stats(self) -> dict[str, int]:
         out = super().stats()
@@ -701,9 +718,10 @@ class SharedHeap(Heap):
 
     # -- the directory -------------------------------------------------------------
 
-    def _read_names(self) -> dict[str, int]:
-        """The directory, read and checked; the lock must be held."""
-        q = self._raw[W_NAMES]
+    def _read_names(self, word: int = W_NAMES) -> dict[str, int]:
+        """The directory at control word ``word`` (names, or arrays), read and
+        checked; the lock must be held."""
+        q = self._raw[word]
         if not q:
             return {}
         try:
@@ -730,14 +748,15 @@ class SharedHeap(Heap):
             raise HeapCorruptionError(f"the directory of names is corrupted ({e})") from None
         return table
 
-    def _write_names(self, table: dict[str, int]) -> None:
-        """Replace the directory by ``table``; the lock must be held.
+    def _write_names(self, table: dict[str, int], word: int = W_NAMES) -> None:
+        """Replace the directory at control word ``word`` by ``table``; the lock
+        must be held.
 
         The new block is allocated and committed first, with its offset in
         "names next", then filled, then swapped in; a process killed before
         the swap commits leaves "names next" for recovery to free.
         """
-        old = self._raw[W_NAMES]
+        old = self._raw[word]
         store = self.meta.store
         if table:
             data = _encode_names(table)
@@ -745,10 +764,10 @@ class SharedHeap(Heap):
             store(W_NAMES_NEXT, q)
             self._checkpoint()
             self.buf[q : q + len(data)] = data
-            store(W_NAMES, q)
+            store(word, q)
             store(W_NAMES_NEXT, 0)
         else:
-            store(W_NAMES, 0)
+            store(word, 0)
         if old:
             self._free(old)
 

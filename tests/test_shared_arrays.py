@@ -1,0 +1,124 @@
+"""Arrays by name: h.arrays, in one process and across processes, atomic under kills."""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from pyalloc import SharedHeap
+
+np = pytest.importorskip("numpy")
+
+
+@pytest.fixture
+def heap() -> Iterator[SharedHeap]:
+    name = f"pyalloc-test-{uuid.uuid4().hex[:12]}"
+    h = SharedHeap.create(name, 8 << 20)
+    yield h
+    h.close()
+    os.unlink(f"/dev/shm/{name}")
+
+
+def test_an_array_set_by_name_is_seen_by_another_attachment(heap: SharedHeap) -> None:
+    frames = np.arange(2 * 3 * 4, dtype="uint16").reshape(2, 3, 4)
+    heap.arrays["frames"] = frames
+    other = SharedHeap.attach(heap.name)
+    try:
+        seen = other.arrays["frames"]
+        assert seen.shape == (2, 3, 4) and seen.dtype == np.dtype("uint16")
+        assert (seen == frames).all()
+        seen[0, 0, 0] = 999  # zero-copy: the other attachment sees the write
+        assert heap.arrays["frames"][0, 0, 0] == 999
+    finally:
+        del seen
+        other.close()
+    assert list(heap.arrays) == ["frames"] and "frames" in heap.arrays and len(heap.arrays) == 1
+    heap.check()
+
+
+def test_create_get_or_create_and_delete(heap: SharedHeap) -> None:
+    grid = heap.arrays.create("grid", (100, 50), "float64")
+    assert grid.shape == (100, 50) and not grid.any()
+    grid[3, 4] = 2.5
+    with pytest.raises(KeyError):
+        heap.arrays.create("grid", (1,), "int8")
+    again = heap.arrays.get_or_create("grid", (100, 50), "float64")
+    assert again[3, 4] == 2.5
+    with pytest.raises(ValueError, match="not float32"):
+        heap.arrays.get_or_create("grid", (100, 50), "float32")
+    live = heap.stats()["live_blocks"]
+    del grid, again
+    del heap.arrays["grid"]
+    assert "grid" not in heap.arrays and heap.stats()["live_blocks"] < live
+    with pytest.raises(KeyError):
+        del heap.arrays["grid"]
+    heap.check()
+
+
+def test_replacing_frees_the_old_block_and_objects_are_refused(heap: SharedHeap) -> None:
+    heap.arrays["a"] = np.ones(1000)
+    blocks = heap.stats()["live_blocks"]
+    heap.arrays["a"] = np.zeros(10, "int32")
+    assert heap.stats()["live_blocks"] == blocks
+    assert heap.arrays["a"].dtype == np.dtype("int32")
+    with pytest.raises(TypeError, match="Python objects"):
+        heap.arrays["o"] = np.array([object()])
+    assert heap.arrays.specs() == {"a": ((10,), "<i4")}
+
+
+class Killed(BaseException):
+    """The process writing the array dies here."""
+
+
+def test_a_process_killed_at_any_store_leaves_the_old_entry_or_the_new(
+    heap: SharedHeap,
+) -> None:
+    heap.arrays["data"] = np.full(10, 7, "int64")
+    live = heap.stats()["live_blocks"]
+    probe = SharedHeap.attach(heap.name)  # how many stores the replacement makes
+    before = probe.meta.stores
+    probe.arrays["data"] = np.ones(1000)
+    total = probe.meta.stores - before
+    probe.arrays["data"] = np.full(10, 7, "int64")
+    probe.close()
+    assert total > 10
+    outcomes = set()
+    for k in range(total + 5):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                child = SharedHeap.attach(heap.name)
+                child.meta.arm(k, Killed)
+                child.arrays["data"] = np.ones(1000)
+                os._exit(0)  # finished before its k-th store
+            except Killed:
+                os.kill(os.getpid(), signal.SIGKILL)  # with the lock held, mid-way
+            finally:
+                os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) or os.WEXITSTATUS(status) == 0, k
+        value = heap.arrays["data"]  # the next locker recovers first
+        heap.check()
+        if value.shape == (10,):
+            assert (value == 7).all(), k
+            outcomes.add("old")
+        else:
+            assert value.shape == (1000,) and (value == 1).all(), k
+            outcomes.add("new")
+            heap.arrays["data"] = np.full(10, 7, "int64")
+        del value
+        assert heap.stats()["live_blocks"] == live, k
+    assert outcomes == {"old", "new"}
+
+
+def test_shm_info_lists_the_arrays(heap: SharedHeap, capsys: pytest.CaptureFixture[str]) -> None:
+    from pyalloc.cli import main
+
+    heap.arrays["frames"] = np.zeros((2, 3), "uint8")
+    assert main(["shm", "info", heap.name]) == 0
+    out = capsys.readouterr().out
+    assert "arrays:" in out and "frames  |u1  (2, 3)" in out
