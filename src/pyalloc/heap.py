@@ -473,11 +473,12 @@ class Heap(Allocator):
                 b = self._uncache(i)
                 self._release(b, self._header(b) & ~CACHED)
 
-    def _extend(self, need: int, size: int) -> int:
+    def _extend(self, need: int, size: int, chunk: bool = True) -> int:
         """Serve ``need`` bytes by moving the break; return the block's offset.
 
         A free block at the top is extended rather than left behind; a small
-        block takes the top of a SMALL_CHUNK, whose rest below it is free.
+        block takes the top of a SMALL_CHUNK, whose rest below it is free
+        (unless ``chunk`` is false: benchmarks lay blocks end to end that way).
         """
         brk = self.brk
         body = self._header(brk)
@@ -486,7 +487,7 @@ class Heap(Allocator):
         top = 0 if body & PREV_ALLOCATED else self._free_predecessor(brk)
         b = top or brk
         new_brk = b + need
-        if need <= SMALL_BLOCK_MAX and b + SMALL_CHUNK + HEADER <= self.capacity:
+        if chunk and need <= SMALL_BLOCK_MAX and b + SMALL_CHUNK + HEADER <= self.capacity:
             new_brk = b + SMALL_CHUNK
         if new_brk + HEADER > self.capacity:
             raise MemoryError(
