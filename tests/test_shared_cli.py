@@ -83,8 +83,9 @@ def test_check_passes_then_finds_corruption(
     heap.buf[p - 8 : p] = bytes(8)  # wipe the block's header
     status, _, err = run(capsys, "shm", "check", heap.name)
     assert status == 1 and "corrupted" in err
-    status, _, err = run(capsys, "shm", "info", heap.name)
+    status, out, err = run(capsys, "shm", "info", heap.name)
     assert status == 1 and "corrupted" in err
+    assert "policy: segregated" in out and "capacity: 4194304" in out  # the control record
 
 
 def test_commands_refuse_what_is_not_a_heap(

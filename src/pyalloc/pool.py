@@ -92,7 +92,7 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from .atomics import AtomicU64, AtomicView
-from .errors import DoubleFreeError, HeapCorruptionError, InvalidPointerError
+from .errors import DoubleFreeError, HeapCorruptionError, HeapError, InvalidPointerError
 from .regions import AnonymousRegion, Region, SharedRegion, unlink_shared
 
 # --- Tunables and the constants derived from them --------------------------
@@ -448,6 +448,7 @@ class Pool:
 
     def available(self) -> int:
         """The number of free blocks, exact at one instant even while others work."""
+        self._require_open()
         head = self._head
         h = head.load()
         while True:
@@ -595,6 +596,7 @@ class Pool:
                 "a view of a pool block is still alive; release it before closing the pool"
             ) from None
         self._closed = True
+        self.alloc = self.free = _closed
 
     def unlink(self) -> None:
         """Remove a shared pool's name; its memory goes when the last user closes it."""
@@ -618,7 +620,12 @@ class Pool:
 
     def _require_open(self) -> None:
         if self._closed:
-            raise ValueError("the pool is closed")
+            _closed()
+
+
+def _closed(*args: object) -> Any:
+    """Every use of a closed pool."""
+    raise HeapError("the heap is closed")
 
 
 def _as_int(ptr: object) -> int:
