@@ -454,3 +454,23 @@ def test_bench_with_the_real_system_replayer(
     glibc = [r for r in json.loads(out) if r["allocator"] == "glibc"]
     assert len(glibc) == 2
     assert all(r["valid"] and r["peak_heap"] > 0 and r["ops_per_sec"] > 0 for r in glibc)
+
+
+def test_version_names_the_engine(capsys: pytest.CaptureFixture[str]) -> None:
+    import pyalloc
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("pyalloc ") and ("compiled" if pyalloc.COMPILED else "interpreted") in out
+
+
+def test_implicit_runs_only_when_asked_for(
+    traces: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["bench", str(traces), "--allocators", "none", "--repeat", "0", "--json"]
+    status, out, _ = run(capsys, *args)
+    assert status == 0 and "implicit" not in {row["policy"] for row in json.loads(out)}
+    status, out, _ = run(capsys, *args, "--policies", "all")
+    assert status == 0 and "implicit" in {row["policy"] for row in json.loads(out)}

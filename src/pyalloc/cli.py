@@ -76,6 +76,7 @@ from .trace.bench import (
 from .trace.generate import GENERATORS, generate
 from .trace.rep import write_trace
 from .trace.replay import policy_names, replay
+from .trace.system import system_available
 
 Subcommands = Any  # argparse's private _SubParsersAction
 
@@ -726,9 +727,17 @@ def _positive(text: str) -> int:
 # -- pyalloc bench --------------------------------------------------------------------
 
 
+OPT_IN_POLICIES: Final = ("implicit",)  # walks every block per malloc: only when asked for
+
+
 def bench_command(args: argparse.Namespace) -> int:
     known = policy_names()
-    policies = _split_names(args.policies) if args.policies is not None else list(known)
+    if args.policies is None:
+        policies = [name for name in known if name not in OPT_IN_POLICIES]
+    elif args.policies.strip().lower() == "all":
+        policies = list(known)
+    else:
+        policies = _split_names(args.policies)
     unknown = [name for name in policies if name not in known]
     if unknown:
         return _unknown("policy", unknown, known)
@@ -752,6 +761,10 @@ def bench_command(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             return _fail(f"--plot: {e}")
     notes: list[str] = []
+    for name in allocators:  # said before the run, not after it
+        reason = system_available(name)
+        if reason is not None:
+            print(f"pyalloc: {name} will be skipped: {reason}", file=sys.stderr)
     if args.traces:
         try:
             sources = [load_source(p) for p in expand_paths(args.traces)]
@@ -858,8 +871,8 @@ def add_bench(subcommands: Subcommands) -> None:
     p.add_argument(
         "--policies",
         metavar="A,B",
-        help=f"pyalloc policies to compare, comma-separated (default: all: {policies}; "
-        "implicit walks every block on each malloc and takes minutes on large traces)",
+        help=f"pyalloc policies to compare, comma-separated, or all (default: all but "
+        f"{', '.join(OPT_IN_POLICIES)}, which walks every block on each malloc: {policies})",
     )
     p.add_argument(
         "--allocators",
@@ -1138,9 +1151,30 @@ COMMANDS: list[Callable[[Subcommands], None]] = [
 ]
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pyalloc")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+def pyalloc_engine() -> str:
+    import pyalloc
+
+    return "compiled" if pyalloc.COMPILED else f"interpreted ({pyalloc.ENGINE})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyalloc", description="pyalloc: a dynamic memory allocator in Python"
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"pyalloc {_version()}, {pyalloc_engine()} engine",
+        help="print the version and which engine runs (compiled or interpreted)",
     )
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
