@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -160,3 +162,70 @@ def test_a_size_beyond_size_t_fails_that_trace_only() -> None:
     trace = parse_trace("1\n1\n2\n1\na 0 18446744073709551616\nf 0\n", "huge")
     result = replay_system(trace, "glibc")
     assert not result.valid and result.error is not None and "size_t" in result.error
+
+
+BUMP = r"""
+#include <stddef.h>
+#include <string.h>
+static char arena[16 << 20];
+static size_t top;
+void *malloc(size_t n) {
+    size_t at = (top + 15) & ~(size_t)15;
+    if (at + n + 16 > sizeof arena) return NULL;
+    top = at + n + 16;
+    *(size_t *)(arena + at) = n;
+    return arena + at + 16;
+}
+void free(void *p) { (void)p; }
+void *realloc(void *p, size_t n) {
+    void *q = malloc(n);
+    if (q && p) { size_t old = *(size_t *)((char *)p - 16); memcpy(q, p, old < n ? old : n); }
+    return q;
+}
+"""
+
+# Hands every request the same block: the second live block overlaps the first.
+OVERLAPPING = r"""
+#include <stddef.h>
+static char arena[1 << 20];
+void *malloc(size_t n) { (void)n; return arena + 16; }
+void free(void *p) { (void)p; }
+void *realloc(void *p, size_t n) { (void)n; return p ? p : arena + 16; }
+"""
+
+CRASHING = r"""
+#include <stddef.h>
+void *malloc(size_t n) { (void)n; return (void *)8; }
+void free(void *p) { *(volatile char *)p = 0; }
+void *realloc(void *p, size_t n) { (void)p; (void)n; return 0; }
+"""
+
+
+def build_library(tmp_path: Path, name: str, source: str) -> str:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler on this machine")
+    c_file = tmp_path / f"{name}.c"
+    c_file.write_text(source)
+    library = tmp_path / f"{name}.so"
+    subprocess.run(
+        [compiler, "-O1", "-shared", "-fPIC", "-o", str(library), str(c_file)], check=True
+    )
+    return str(library)
+
+
+def test_any_shared_object_is_replayed_and_validated(tmp_path: Path) -> None:
+    from pyalloc.trace.generate import generate
+    from pyalloc.trace.system import replay_system
+
+    trace = generate("uniform", ops=400, seed=4)
+    good = replay_system(trace, build_library(tmp_path, "bump", BUMP))
+    assert good.valid, good.error
+    assert good.peak_payload > 0
+    bad = replay_system(trace, build_library(tmp_path, "overlapping", OVERLAPPING))
+    assert not bad.valid and bad.error is not None
+    assert "overlap" in bad.error or "bytes changed" in bad.error
+    crash = replay_system(trace, build_library(tmp_path, "crashing", CRASHING))
+    assert not crash.valid and crash.error is not None
+    missing = replay_system(trace, str(tmp_path / "absent.so"))
+    assert not missing.valid and "no such shared object" in (missing.error or "")

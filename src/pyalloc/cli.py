@@ -76,7 +76,7 @@ from .trace.bench import (
 from .trace.generate import GENERATORS, generate
 from .trace.rep import write_trace
 from .trace.replay import policy_names, replay
-from .trace.system import system_available
+from .trace.system import is_library_path, system_available
 
 Subcommands = Any  # argparse's private _SubParsersAction
 
@@ -552,8 +552,12 @@ def _emit_rows(rows: list[dict[str, Any]], as_json: bool, as_csv: bool) -> bool:
 
 def replay_command(args: argparse.Namespace) -> int:
     system_name = args.allocator if args.allocator not in (None, "pyalloc") else None
-    if system_name is not None and system_name not in SYSTEM_ALLOCATORS:
-        return _unknown("allocator", [system_name], ("pyalloc", *SYSTEM_ALLOCATORS))
+    if (
+        system_name is not None
+        and system_name not in SYSTEM_ALLOCATORS
+        and not is_library_path(system_name)
+    ):
+        return _unknown("allocator", [system_name], ("pyalloc", *SYSTEM_ALLOCATORS, "PATH.so"))
     system = None
     if system_name is not None:
         system, reason = load_system()
@@ -663,7 +667,8 @@ def add_replay(subcommands: Subcommands) -> None:
     which.add_argument(
         "--allocator",
         metavar="NAME",
-        help=f"a system allocator instead of pyalloc: {', '.join(SYSTEM_ALLOCATORS)}",
+        help=f"a system allocator instead of pyalloc: {', '.join(SYSTEM_ALLOCATORS)}, or the"
+        " path of a shared object that exports malloc, free and realloc (./my.so)",
     )
     _add_output_options(p)
     p.add_argument(
@@ -747,9 +752,9 @@ def bench_command(args: argparse.Namespace) -> int:
         allocators = []
     else:
         allocators = _split_names(args.allocators)
-    unknown = [name for name in allocators if name not in SYSTEM_ALLOCATORS]
+    unknown = [n for n in allocators if n not in SYSTEM_ALLOCATORS and not is_library_path(n)]
     if unknown:
-        return _unknown("allocator", unknown, (*SYSTEM_ALLOCATORS, "none"))
+        return _unknown("allocator", unknown, (*SYSTEM_ALLOCATORS, "none", "PATH.so"))
     if not policies and not allocators:
         return _fail("nothing to compare: give at least one policy or allocator")
     if args.plot:  # refused before the run, not after it

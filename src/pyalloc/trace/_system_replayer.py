@@ -163,15 +163,34 @@ def alignment_for(size: int) -> int:
     return min(16, 1 << (size.bit_length() - 1)) if size else 1
 
 
-def bind_allocator(library: str) -> tuple[Any, Any, Any]:
-    """malloc, free and realloc as foreign functions; ValueError if not ``library``'s."""
+def bind_allocator(library: str, local: bool) -> tuple[Any, Any, Any]:
+    """malloc, free and realloc as foreign functions; ValueError if not ``library``'s.
+
+    ``local``: the library is loaded with ``dlopen(RTLD_LOCAL)`` and its own
+    three functions are called, while the interpreter keeps the C library's
+    (a library that exports only these three would not run an interpreter
+    if it were preloaded). Otherwise the library was preloaded and the
+    process's functions must be its.
+    """
     process = ctypes.CDLL(None)
-    expected = ctypes.CDLL(library)
-    if (
-        ctypes.cast(process.malloc, ctypes.c_void_p).value
-        != ctypes.cast(expected.malloc, ctypes.c_void_p).value
-    ):
-        raise ValueError(f"malloc is not {library}'s: LD_PRELOAD did not take effect")
+    if local:
+        own = ctypes.CDLL(library, mode=os.RTLD_LOCAL | os.RTLD_NOW)
+        for name in ("malloc", "free", "realloc"):
+            if not hasattr(own, name):
+                raise ValueError(f"{library} does not export {name}")
+            if (
+                ctypes.cast(getattr(own, name), ctypes.c_void_p).value
+                == ctypes.cast(getattr(process, name), ctypes.c_void_p).value
+            ):
+                raise ValueError(f"{library} does not define {name}: it is the C library's")
+        process = own
+    else:
+        expected = ctypes.CDLL(library)
+        if (
+            ctypes.cast(process.malloc, ctypes.c_void_p).value
+            != ctypes.cast(expected.malloc, ctypes.c_void_p).value
+        ):
+            raise ValueError(f"malloc is not {library}'s: LD_PRELOAD did not take effect")
     malloc = process.malloc
     malloc.argtypes = [ctypes.c_size_t]
     malloc.restype = ctypes.c_size_t  # NULL comes back as 0, not None
@@ -184,7 +203,7 @@ def bind_allocator(library: str) -> tuple[Any, Any, Any]:
     return malloc, free, realloc
 
 
-def replay(ops_path: str, library: str, repeats: int) -> dict[str, object]:
+def replay(ops_path: str, library: str, repeats: int, local: bool) -> dict[str, object]:
     """The measured pass and the timed passes; the report as a dict.
 
     Runs in a thread of its own (see "Passes" in the module docstring).
@@ -192,7 +211,7 @@ def replay(ops_path: str, library: str, repeats: int) -> dict[str, object]:
     num_ids, kinds, ids, sizes = map_ops(ops_path)
     num_ops = len(kinds)
     try:
-        malloc, free, realloc = bind_allocator(library)
+        malloc, free, realloc = bind_allocator(library, local)
     except ValueError as exc:
         return {"error": str(exc)}
     memset = ctypes.memset
@@ -333,11 +352,12 @@ def replay(ops_path: str, library: str, repeats: int) -> dict[str, object]:
 
 def main() -> None:
     ops_path, library, repeats_text = sys.argv[1:4]
+    local = sys.argv[4:5] == ["local"]
     reports: list[dict[str, object]] = []
 
     def run() -> None:
         try:
-            reports.append(replay(ops_path, library, int(repeats_text)))
+            reports.append(replay(ops_path, library, int(repeats_text), local))
         except Exception as exc:  # reported to the parent as the replay's error
             reports.append({"error": f"{type(exc).__name__}: {exc}"})
 

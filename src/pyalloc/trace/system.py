@@ -74,6 +74,7 @@ __all__ = [
     "SYSTEM_ALLOCATORS",
     "SystemResult",
     "find_allocator_library",
+    "is_library_path",
     "replay_system",
     "system_available",
 ]
@@ -167,8 +168,17 @@ def find_allocator_library(allocator: str) -> str | None:
     return None
 
 
+def is_library_path(name: str) -> bool:
+    """Whether an allocator name is the path of a shared object (``./my.so``)."""
+    return "/" in name or name.endswith(".so")
+
+
 def system_available(name: str) -> str | None:
     """None when ``name`` can be replayed here, else the reason it cannot."""
+    if is_library_path(name):
+        if not os.path.isfile(name):
+            return f"{name}: no such shared object"
+        return None
     if name not in SYSTEM_ALLOCATORS:
         return f"unknown allocator {name!r}; choose from {', '.join(SYSTEM_ALLOCATORS)}"
     if not sys.platform.startswith("linux") or not os.path.exists("/proc/self/status"):
@@ -243,7 +253,11 @@ def replay_system(
 
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
-    if allocator == "glibc":
+    mode = []
+    if is_library_path(allocator):
+        library = os.path.abspath(allocator)
+        mode = ["local"]  # dlopen'ed and called directly, not preloaded
+    elif allocator == "glibc":
         library = GLIBC_LIBRARY
     else:
         found = find_allocator_library(allocator)
@@ -263,6 +277,7 @@ def replay_system(
             str(ops_path),
             library,
             str(timed_repeats),
+            *mode,
         ]
         try:
             done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
