@@ -550,7 +550,23 @@ def _emit_rows(rows: list[dict[str, Any]], as_json: bool, as_csv: bool) -> bool:
 # -- pyalloc replay -------------------------------------------------------------------
 
 
+def _build_mm(source: str) -> Any:
+    """The malloc-lab package built from ``source``, or an exit status (compiler errors shown)."""
+    from .trace import mm
+
+    try:
+        return mm.build(source)
+    except mm.BuildError as e:
+        print(str(e), file=sys.stderr)  # as the compiler printed it
+        return _fail(f"--mm {source}: the package did not compile")
+
+
 def replay_command(args: argparse.Namespace) -> int:
+    package = None
+    if args.mm is not None:
+        package = _build_mm(args.mm)
+        if isinstance(package, int):
+            return package
     system_name = args.allocator if args.allocator not in (None, "pyalloc") else None
     if (
         system_name is not None
@@ -577,10 +593,15 @@ def replay_command(args: argparse.Namespace) -> int:
         for source in sources:
             progress.start(source.label, source.ops * work_per_op)
             trace = source.trace
-            allocator = system_name or "pyalloc"
-            policy = None if system_name else args.policy
+            allocator = package.name if package else system_name or "pyalloc"
+            policy = None if system_name or package else args.policy
             if trace is None:
                 rows.append(failed_row(source.path, allocator, policy, source.error or ""))
+            elif package is not None:
+                from .trace.mm import replay_package
+
+                result = replay_package(package, trace, timed_repeats=args.repeat)
+                rows.append(row_from_system(result, source.path))
             elif system is not None:
                 result = system.replay_system(trace, system_name, timed_repeats=args.repeat)
                 rows.append(row_from_system(result, source.path))
@@ -669,6 +690,13 @@ def add_replay(subcommands: Subcommands) -> None:
         metavar="NAME",
         help=f"a system allocator instead of pyalloc: {', '.join(SYSTEM_ALLOCATORS)}, or the"
         " path of a shared object that exports malloc, free and realloc (./my.so)",
+    )
+    which.add_argument(
+        "--mm",
+        metavar="MM.C",
+        help="a malloc-lab package (mm_init, mm_malloc, mm_free, mm_realloc over memlib):"
+        " compiled with the system compiler and replayed in a subprocess; utilization is"
+        " peak payload / peak mem_heapsize(), as mdriver computes it",
     )
     _add_output_options(p)
     p.add_argument(
