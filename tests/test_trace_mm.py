@@ -107,3 +107,18 @@ def _write(text: str, name: str) -> Path:
     path = _DIR[0] / name
     path.write_text(text)
     return path
+
+
+def test_bench_grades_a_package_beside_the_policies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    for seed in (1, 2):
+        write_trace(generate("uniform", ops=400, seed=seed), tmp_path / f"g{seed}.rep")
+    args = ["bench", str(tmp_path), "--policies", "segregated", "--allocators", "none"]
+    status = main([*args, "--mm", str(EXAMPLE), "--repeat", "0", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    graded = [row for row in rows if row["allocator"] == "mm_implicit.c"]
+    assert status == 0 and len(graded) == 2 and all(row["valid"] for row in graded)
+    assert all(0.3 < row["util"] <= 1.0 for row in graded)

@@ -783,7 +783,13 @@ def bench_command(args: argparse.Namespace) -> int:
     unknown = [n for n in allocators if n not in SYSTEM_ALLOCATORS and not is_library_path(n)]
     if unknown:
         return _unknown("allocator", unknown, (*SYSTEM_ALLOCATORS, "none", "PATH.so"))
-    if not policies and not allocators:
+    packages = []
+    for source in args.mm or []:
+        package = _build_mm(source)
+        if isinstance(package, int):
+            return package
+        packages.append(package)
+    if not policies and not allocators and not packages:
         return _fail("nothing to compare: give at least one policy or allocator")
     if args.plot:  # refused before the run, not after it
         try:
@@ -808,7 +814,8 @@ def bench_command(args: argparse.Namespace) -> int:
         sources, note = default_sources()
         if note:
             notes.append(note)
-    work = sum(s.ops for s in sources) * (len(policies) + len(allocators)) * (1 + args.repeat)
+    columns = len(policies) + len(allocators) + len(packages)
+    work = sum(s.ops for s in sources) * columns * (1 + args.repeat)
     with _Progress(work) as progress:
         comparison = run_comparison(
             sources,
@@ -817,6 +824,7 @@ def bench_command(args: argparse.Namespace) -> int:
             timed_repeats=args.repeat,
             capacity=args.capacity,
             progress=progress,
+            packages=packages,
         )
     notes.extend(comparison.notes)
     rows = comparison.rows()
@@ -912,6 +920,13 @@ def add_bench(subcommands: Subcommands) -> None:
         metavar="A,B",
         help=f"system allocators to compare, comma-separated, or none "
         f"(default: all: {', '.join(SYSTEM_ALLOCATORS)})",
+    )
+    p.add_argument(
+        "--mm",
+        metavar="MM.C",
+        action="append",
+        help="also a malloc-lab package (mm.c), compiled and graded as `replay --mm` does;"
+        " may be given more than once",
     )
     _add_output_options(p)
     p.add_argument("--plot", metavar="FILE.png", help="also draw grouped bar charts into FILE.png")

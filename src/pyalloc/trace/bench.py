@@ -307,13 +307,16 @@ def run_comparison(
     timed_repeats: int = 3,
     capacity: int | None = None,
     progress: Progress | None = None,
+    packages: Sequence[Any] = (),
 ) -> Comparison:
-    """Replay every source on every policy and system allocator.
+    """Replay every source on every policy, system allocator and malloc-lab package.
 
     A system allocator whose library is missing (or all of them, when
     ``pyalloc.trace.system`` is not installed) is left out with a note.
+    ``packages`` are built malloc-lab packages (``trace.mm.Package``).
     """
     comparison = Comparison(list(sources), [Column(name, False) for name in policies])
+    by_name = {package.name: package for package in packages}
     system: ModuleType | None = None
     if system_allocators:
         system, reason = load_system()
@@ -326,6 +329,7 @@ def run_comparison(
                     comparison.columns.append(Column(name, True))
                 else:
                     comparison.notes.append(f"{name}: skipped: {missing}")
+    comparison.columns.extend(Column(name, True) for name in by_name)
     for i, source in enumerate(comparison.sources):
         for column in comparison.columns:
             if progress is not None:
@@ -335,6 +339,11 @@ def run_comparison(
             trace = source.trace
             if trace is None:
                 row = failed_row(source.path, allocator, policy, source.error or "no trace")
+            elif column.name in by_name:
+                from .mm import replay_package
+
+                graded = replay_package(by_name[column.name], trace, timed_repeats=timed_repeats)
+                row = row_from_system(graded, source.path)
             elif column.system:
                 assert system is not None
                 result = system.replay_system(trace, column.name, timed_repeats=timed_repeats)
