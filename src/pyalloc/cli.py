@@ -54,6 +54,7 @@ from typing import Any, Final, TextIO
 from .errors import HeapCorruptionError, HeapError
 from .files import check_output_path
 from .mapped import MappedHeap
+from .policies import load_policy
 from .regions import SHM_DIR, abandoned_builds, list_shared, unlink_shared
 from .shared import SharedHeap, describe_file, describe_segment, list_heaps
 from .trace.bench import (
@@ -584,7 +585,12 @@ def replay_command(args: argparse.Namespace) -> int:
             return _fail(f"--allocator {system_name}: {missing}")
     else:
         policies = policy_names()
-        if args.policy not in policies:
+        if ":" in args.policy:
+            try:
+                load_policy(args.policy)
+            except ValueError as e:
+                return _fail(str(e))
+        elif args.policy not in policies:
             return _unknown("policy", [args.policy], policies)
     sources = _sources_of(args.traces)
     rows: list[dict[str, Any]] = []
@@ -771,7 +777,13 @@ def bench_command(args: argparse.Namespace) -> int:
         policies = list(known)
     else:
         policies = _split_names(args.policies)
-    unknown = [name for name in policies if name not in known]
+    for name in policies:
+        if ":" in name:
+            try:
+                load_policy(name)
+            except ValueError as e:
+                return _fail(str(e))
+    unknown = [name for name in policies if name not in known and ":" not in name]
     if unknown:
         return _unknown("policy", unknown, known)
     if args.allocators is None:
