@@ -122,3 +122,29 @@ def test_bench_grades_a_package_beside_the_policies(
     graded = [row for row in rows if row["allocator"] == "mm_implicit.c"]
     assert status == 0 and len(graded) == 2 and all(row["valid"] for row in graded)
     assert all(0.3 < row["util"] <= 1.0 for row in graded)
+
+
+def test_the_summary_follows_mdriver() -> None:
+    from pyalloc.trace.bench import mdriver_summary
+
+    rows = [
+        {"valid": True, "ops": 100, "seconds": 0.001, "util": 0.9},
+        {"valid": True, "ops": 300, "seconds": 0.003, "util": 0.5},
+    ]
+    summary = mdriver_summary(rows, reference_ops_per_sec=200_000)
+    assert summary["util"] == pytest.approx(0.7) and summary["kops"] == pytest.approx(100)
+    assert summary["perf_index"] == pytest.approx(100 * (0.6 * 0.7 + 0.4 * 0.5))
+    faster = mdriver_summary(rows, reference_ops_per_sec=50_000)  # throughput capped at 1
+    assert faster["perf_index"] == pytest.approx(100 * (0.6 * 0.7 + 0.4))
+    rows.append({"valid": False, "ops": 0, "seconds": 0.0, "util": 0.0})
+    assert mdriver_summary(rows, 200_000)["perf_index"] is None
+
+
+def test_replay_prints_totals_and_the_index(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for seed in (1, 2):
+        write_trace(generate("uniform", ops=300, seed=seed), tmp_path / f"g{seed}.rep")
+    assert main(["replay", "--mm", str(EXAMPLE), str(tmp_path), "--index", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "Totals: 2 of 2 valid" in out and "Perf index = " in out and "/100" in out

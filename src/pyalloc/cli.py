@@ -60,6 +60,7 @@ from .shared import SharedHeap, describe_file, describe_segment, list_heaps
 from .trace.bench import (
     JSON_KEYS,
     SYSTEM_ALLOCATORS,
+    UTIL_WEIGHT,
     Comparison,
     Source,
     default_sources,
@@ -67,6 +68,7 @@ from .trace.bench import (
     failed_row,
     load_source,
     load_system,
+    mdriver_summary,
     plot_comparison,
     plot_format,
     row_from_replay,
@@ -660,10 +662,44 @@ def replay_command(args: argparse.Namespace) -> int:
         )
         for row in failed:
             print(f"{row['trace']}: {row['error']}")
+        if len(rows) > 1 or args.index:
+            _print_totals(rows, sources, args)
     for row in failed:
         if args.json or args.csv:
             print(f"pyalloc: {row['trace']}: {row['error']}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _print_totals(
+    rows: list[dict[str, Any]], sources: list[Source], args: argparse.Namespace
+) -> None:
+    """mdriver's totals line and, with --index, its performance index."""
+    reference = None
+    note = ""
+    if args.index:
+        system, reason = load_system()
+        traces = [s.trace for s in sources if s.trace is not None]
+        if system is None or system.system_available("glibc") is not None or not traces:
+            note = f" (no index: glibc cannot be measured here: {reason or 'not glibc'})"
+        else:
+            results = [
+                system.replay_system(t, "glibc", timed_repeats=max(1, args.repeat)) for t in traces
+            ]
+            seconds = sum(r.seconds for r in results if r.valid)
+            reference = sum(r.ops for r in results if r.valid) / seconds if seconds else None
+    summary = mdriver_summary(rows, reference)
+    print(
+        f"Totals: {summary['valid']} of {summary['traces']} valid, util {summary['util']:.1%},"
+        f" {summary['ops']:,} ops, {summary['seconds']:.3f} s, {summary['kops']:,.0f} Kops/s" + note
+    )
+    if summary["perf_index"] is not None and reference:
+        print(
+            f"Perf index = {summary['perf_index']:.0f}/100 (util {UTIL_WEIGHT:.0%},"
+            f" throughput {1 - UTIL_WEIGHT:.0%} against glibc's {reference / 1000:,.0f} Kops/s"
+            " through ctypes on the same traces, measured in this run; each part capped)"
+        )
+    elif args.index and not note:
+        print("Perf index: none, since not every trace was valid (as mdriver gives none)")
 
 
 def add_replay(subcommands: Subcommands) -> None:
@@ -696,6 +732,12 @@ def add_replay(subcommands: Subcommands) -> None:
         metavar="NAME",
         help=f"a system allocator instead of pyalloc: {', '.join(SYSTEM_ALLOCATORS)}, or the"
         " path of a shared object that exports malloc, free and realloc (./my.so)",
+    )
+    p.add_argument(
+        "--index",
+        action="store_true",
+        help="also mdriver's performance index: 60%% utilization, 40%% throughput against"
+        " glibc's on the same traces, measured in the same run",
     )
     which.add_argument(
         "--mm",

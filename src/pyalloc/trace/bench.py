@@ -121,6 +121,38 @@ def row_from_system(result: Any, trace: str | None = None) -> Row:
     }
 
 
+UTIL_WEIGHT: Final = 0.6  # mdriver's weighting of utilization in the performance index
+
+
+def mdriver_summary(rows: Sequence[Row], reference_ops_per_sec: float | None) -> dict[str, Any]:
+    """Totals of an allocator's rows as mdriver prints them, and its performance index.
+
+    util is the mean of the traces' utilizations, Kops total ops over total
+    seconds; the index is 100 * (0.6 * util + 0.4 * min(1, throughput /
+    reference)), both terms capped at their weight, and only when every
+    trace was valid (mdriver gives none otherwise). ``reference_ops_per_sec``
+    is the throughput the index compares with (None: no index).
+    """
+    valid = [row for row in rows if row["valid"]]
+    ops = sum(int(row["ops"]) for row in valid)
+    seconds = sum(float(row["seconds"]) for row in valid)
+    util = sum(float(row["util"]) for row in valid) / len(valid) if valid else 0.0
+    ops_per_sec = ops / seconds if seconds > 0 else 0.0
+    index = None
+    if valid and len(valid) == len(rows) and reference_ops_per_sec:
+        throughput = min(1.0, ops_per_sec / reference_ops_per_sec)
+        index = 100 * (UTIL_WEIGHT * min(util, 1.0) + (1 - UTIL_WEIGHT) * throughput)
+    return {
+        "valid": len(valid),
+        "traces": len(rows),
+        "util": util,
+        "ops": ops,
+        "seconds": seconds,
+        "kops": ops_per_sec / 1000,
+        "perf_index": index,
+    }
+
+
 def failed_row(trace: str, allocator: str, policy: str | None, error: str, ops: int = 0) -> Row:
     """The row of a run that could not take place (an unreadable trace, ...)."""
     return {
