@@ -475,3 +475,20 @@ def test_implicit_runs_only_when_asked_for(
     assert status == 0 and "implicit" not in {row["policy"] for row in json.loads(out)}
     status, out, _ = run(capsys, *args, "--policies", "all")
     assert status == 0 and "implicit" in {row["policy"] for row in json.loads(out)}
+
+
+def test_record_prints_leaks_drops_truncation_and_the_python_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = pytest.importorskip("pyalloc.trace.record")
+    try:
+        record.build_interposer()
+    except Exception as e:  # no compiler: nothing to record with
+        pytest.skip(f"the interposer cannot be built: {e}")
+    monkeypatch.delenv("PYTHONMALLOC", raising=False)
+    out = tmp_path / "py.rep"
+    status = main(["record", "--max-ops", "5", "-o", str(out), "--", sys.executable, "-c", "pass"])
+    err = capsys.readouterr().err
+    assert status == 0
+    assert "blocks still live at exit" in err and "never seen allocated" in err
+    assert "cut at --max-ops 5" in err and "PYTHONMALLOC=malloc" in err

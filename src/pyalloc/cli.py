@@ -1065,14 +1065,39 @@ def record_command(args: argparse.Namespace) -> int:
     except (OSError, RuntimeError, ValueError) as e:
         return _fail(f"record: {e}")
     status: int = result.returncode
+    stats = result.stats
     print(
         f"{result.output}: {result.ops:,} ops on {result.num_ids:,} ids, "
         f"peak live payload {human_bytes(result.peak_payload)}"
         + ("" if status == 0 else f" (the command exited with status {status})"),
         file=sys.stderr,
     )
+    details = [
+        f"{stats.live_at_end:,} blocks still live at exit (leaks, freed at the trace's end)",
+        f"{stats.unknown_frees:,} frees of pointers never seen allocated (dropped)",
+    ]
+    if stats.unknown_reallocs:
+        details.append(f"{stats.unknown_reallocs:,} reallocs of such pointers (written as 'a')")
+    if stats.failed_calls:
+        details.append(f"{stats.failed_calls:,} calls that returned NULL (dropped)")
+    if stats.truncated:
+        details.append(f"cut at --max-ops {args.max_ops:,}: the rest of the run is not in it")
+    for line in details:
+        print(f"  {line}", file=sys.stderr)
+    if _is_python(command[0]) and os.environ.get("PYTHONMALLOC") != "malloc":
+        print(
+            "  hint: a Python interpreter allocates most objects from its own pools, which"
+            " the trace does not see; run it with PYTHONMALLOC=malloc to record them",
+            file=sys.stderr,
+        )
     # The command's own status, as a shell reports it, so scripts see a failed run.
     return status if status >= 0 else 128 - status
+
+
+def _is_python(program: str) -> bool:
+    """Whether ``program`` names a Python interpreter (python, python3.11, ...)."""
+    name = os.path.basename(program)
+    return name.startswith("python") or name in ("pypy", "pypy3")
 
 
 def add_record(subcommands: Subcommands) -> None:
