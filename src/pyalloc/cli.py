@@ -58,8 +58,10 @@ from .policies import load_policy
 from .regions import SHM_DIR, abandoned_builds, list_shared, unlink_shared
 from .shared import SharedHeap, describe_file, describe_segment, list_heaps
 from .trace.bench import (
+    FOOTPRINT_RESIDENT,
     JSON_KEYS,
     SYSTEM_ALLOCATORS,
+    TINY_PEAK,
     UTIL_WEIGHT,
     Comparison,
     Source,
@@ -74,6 +76,7 @@ from .trace.bench import (
     row_from_replay,
     row_from_system,
     run_comparison,
+    tiny_peak,
     write_csv,
 )
 from .trace.generate import GENERATORS, generate
@@ -609,7 +612,7 @@ def replay_command(args: argparse.Namespace) -> int:
                 from .trace.mm import replay_package
 
                 result = replay_package(package, trace, timed_repeats=args.repeat)
-                rows.append(row_from_system(result, source.path))
+                rows.append(row_from_system(result, source.path, malloc_lab=True))
             elif system is not None:
                 result = system.replay_system(trace, system_name, timed_repeats=args.repeat)
                 rows.append(row_from_system(result, source.path))
@@ -922,12 +925,21 @@ def _print_comparison(comparison: Comparison) -> None:
         rows.append(["average", *(average(name) for name in names)])
         return rows
 
+    def util(row: dict[str, Any]) -> str:
+        return f"{_percent(row['util'])}~" if tiny_peak(row) else _percent(row["util"])
+
+    resident = [c.name for c in comparison.columns if c.system and _resident(comparison, c.name)]
     print_table(
-        ["trace", *names],
-        table(lambda r: _percent(r["util"]), lambda n: _percent(comparison.average_util(n))),
+        ["trace", *(f"{n} (rss)" if n in resident else n for n in names)],
+        table(util, lambda n: _percent(comparison.average_util(n))),
         title="Utilization: peak live payload / peak heap footprint",
         summary_last=True,
     )
+    if resident:
+        print(
+            "(rss): the footprint is resident pages, page-granular; ~: a peak of less than"
+            f" {TINY_PEAK >> 10} KiB, a few pages, says little"
+        )
     print()
     print_table(
         ["trace", *names],
@@ -938,6 +950,12 @@ def _print_comparison(comparison: Comparison) -> None:
         title="Throughput: thousand ops per second (best timed run, no checks)",
         summary_last=True,
     )
+
+
+def _resident(comparison: Comparison, column: str) -> bool:
+    """Whether a column's footprints are resident pages (a system allocator's)."""
+    rows = [r for (_, name), r in comparison.cells.items() if name == column and r["footprint"]]
+    return any(r["footprint"] == FOOTPRINT_RESIDENT for r in rows)
 
 
 def add_bench(subcommands: Subcommands) -> None:

@@ -67,8 +67,16 @@ JSON_KEYS: Final = (
     "seconds",
     "ops_per_sec",
     "error",
+    "footprint",
 )
 ROW_KEYS: Final = (*JSON_KEYS, "internal_frag", "external_frag")
+# How a row's peak_heap was measured: the heap's own bytes (pyalloc), the
+# peak of mem_heapsize() (a malloc-lab package), or resident pages (a system
+# allocator: page-granular, so a trace whose peak is a few pages says little).
+FOOTPRINT_HEAP: Final = "heap bytes"
+FOOTPRINT_MEMLIB: Final = "mem_heapsize"
+FOOTPRINT_RESIDENT: Final = "resident pages"
+TINY_PEAK: Final = 64 << 10  # a resident-page peak below this is flagged, not trusted
 # The names ``pyalloc.trace.system`` serves; repeated here so that the command
 # can name them even when that module is missing.
 SYSTEM_ALLOCATORS: Final = ("glibc", "jemalloc", "mimalloc", "tcmalloc")
@@ -96,15 +104,17 @@ def row_from_replay(result: ReplayResult, trace: str | None = None) -> Row:
         "seconds": result.seconds,
         "ops_per_sec": result.ops_per_sec,
         "error": result.error,
+        "footprint": FOOTPRINT_HEAP,
         "internal_frag": result.internal_frag,
         "external_frag": result.external_frag,
     }
 
 
-def row_from_system(result: Any, trace: str | None = None) -> Row:
-    """The row of a ``pyalloc.trace.system.SystemResult``."""
+def row_from_system(result: Any, trace: str | None = None, malloc_lab: bool = False) -> Row:
+    """The row of a ``pyalloc.trace.system.SystemResult`` (of a malloc-lab package)."""
     seconds = float(result.seconds)
     return {
+        "footprint": FOOTPRINT_MEMLIB if malloc_lab else FOOTPRINT_RESIDENT,
         "trace": result.trace if trace is None else trace,
         "allocator": result.allocator,
         "policy": None,
@@ -167,9 +177,15 @@ def failed_row(trace: str, allocator: str, policy: str | None, error: str, ops: 
         "seconds": 0.0,
         "ops_per_sec": 0.0,
         "error": error,
+        "footprint": None,
         "internal_frag": None,
         "external_frag": None,
     }
+
+
+def tiny_peak(row: Row) -> bool:
+    """A resident-page footprint too small to judge utilization by (a few pages)."""
+    return bool(row["footprint"] == FOOTPRINT_RESIDENT and 0 < row["peak_heap"] < TINY_PEAK)
 
 
 def write_csv(rows: Iterable[Row], stream: IO[str]) -> None:
@@ -375,7 +391,7 @@ def run_comparison(
                 from .mm import replay_package
 
                 graded = replay_package(by_name[column.name], trace, timed_repeats=timed_repeats)
-                row = row_from_system(graded, source.path)
+                row = row_from_system(graded, source.path, malloc_lab=True)
             elif column.system:
                 assert system is not None
                 result = system.replay_system(trace, column.name, timed_repeats=timed_repeats)
@@ -440,7 +456,13 @@ def plot_comparison(comparison: Comparison, path: str | Path) -> None:
         util.append(100 * (comparison.average_util(name) or 0.0))
         speed.append((comparison.average_ops_per_sec(name) or 0.0) / 1e3)
         positions = [g - 0.4 + width * (k + 0.5) for g in range(len(groups))]
-        util_axes.bar(positions, util, width, label=name, **styles[name])
+        resident = any(
+            row["footprint"] == FOOTPRINT_RESIDENT
+            for (_, column), row in comparison.cells.items()
+            if column == name
+        )
+        label = f"{name} (resident pages)" if resident else name
+        util_axes.bar(positions, util, width, label=label, **styles[name])
         speed_axes.bar(
             positions, [s if s > 0 else float("nan") for s in speed], width, **styles[name]
         )
