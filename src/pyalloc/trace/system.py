@@ -155,8 +155,22 @@ def _ldconfig_paths() -> dict[str, str]:
     return paths
 
 
+def _python_package_directories() -> list[str]:
+    """``lib`` directories of pip packages that ship C libraries (cmeel's prefix)."""
+    found = []
+    for entry in sys.path:
+        candidate = os.path.join(entry, "cmeel.prefix", "lib")
+        if os.path.isdir(candidate):
+            found.append(candidate)
+    return found
+
+
 def find_allocator_library(allocator: str) -> str | None:
-    """Path of the shared object to preload for ``allocator``, or None if not found."""
+    """Path of the shared object to preload for ``allocator``, or None if not found.
+
+    The system's libraries first, then those a pip package ships (``pip
+    install cmeel-mimalloc`` puts mimalloc under ``cmeel.prefix/lib``).
+    """
     soname, _package = PRELOAD_LIBRARIES[allocator]
     cached = _ldconfig_paths().get(soname)
     if cached and os.path.exists(cached):
@@ -165,6 +179,12 @@ def find_allocator_library(allocator: str) -> str | None:
         candidate = os.path.join(directory, soname)
         if os.path.exists(candidate):
             return candidate
+    unversioned = soname.partition(".so")[0] + ".so"  # a pip package's may be a newer major
+    for directory in _python_package_directories():
+        for name in (soname, unversioned):
+            candidate = os.path.join(directory, name)
+            if os.path.exists(candidate):
+                return candidate
     return None
 
 
