@@ -1201,6 +1201,12 @@ def add_viz(subcommands: Subcommands) -> None:
         help=f"a system allocator instead ({', '.join(SYSTEM_ALLOCATORS)}): the timeline alone",
     )
     which.add_argument(
+        "--mm",
+        metavar="MM.C",
+        help="a malloc-lab package instead (compiled as `replay --mm` does): the timeline"
+        " alone, its footprint the peak of mem_heapsize()",
+    )
+    which.add_argument(
         "--compare",
         metavar="A,B,...",
         help="several policies or allocators: maps one above another at one scale, "

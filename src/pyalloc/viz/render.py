@@ -360,8 +360,8 @@ class _Picture:
                     color=colour,
                     linestyle=style,
                     linewidth=1.4,
-                    label=f"{timeline.allocator} peak footprint, measured as resident pages "
-                    f"({human_bytes(timeline.peak_footprint)}; {util})",
+                    label=f"{timeline.allocator} peak footprint, measured as "
+                    f"{timeline.measured_as} ({human_bytes(timeline.peak_footprint)}; {util})",
                 )
         if map_op is not None:
             self.cursor = axes.axvline(
