@@ -68,8 +68,10 @@ JSON_KEYS: Final = (
     "ops_per_sec",
     "error",
     "footprint",
+    "internal_frag",
+    "external_frag",
 )
-ROW_KEYS: Final = (*JSON_KEYS, "internal_frag", "external_frag")
+ROW_KEYS: Final = JSON_KEYS  # the CSV's columns: the same
 # How a row's peak_heap was measured: the heap's own bytes (pyalloc), the
 # peak of mem_heapsize() (a malloc-lab package), or resident pages (a system
 # allocator: page-granular, so a trace whose peak is a few pages says little).
