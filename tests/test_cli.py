@@ -497,3 +497,29 @@ def test_record_prints_leaks_drops_truncation_and_the_python_hint(
     assert status == 0
     assert "blocks still live at exit" in err and "never seen allocated" in err
     assert "cut at --max-ops 5" in err and "PYTHONMALLOC=malloc" in err
+
+
+def test_progress_reaches_the_whole_work() -> None:
+    from pyalloc.cli import _Progress
+
+    class Bar:
+        def __init__(self) -> None:
+            self.completed = 0
+
+        def update(self, task: object, advance: int = 0, description: str = "") -> None:
+            self.completed += advance
+
+        def refresh(self) -> None:
+            pass
+
+        def stop(self) -> None:
+            pass
+
+    progress = _Progress(1000)
+    bar = Bar()
+    progress.bar = bar
+    progress.start("pyalloc on a", 400)
+    progress.advance(150)  # a replay that reports part of its ops
+    progress.start("glibc on a", 600)  # a subprocess that reports none
+    progress.__exit__(None, None, None)
+    assert bar.completed == 1000

@@ -476,12 +476,20 @@ class _Progress:
         return self
 
     def start(self, description: str, work: int) -> None:
-        if self.bar is not None:
-            rest = max(0, self.expected - self.done)
-            self.bar.update(self.task, advance=rest, description=description)
-            self.bar.refresh()
+        self._complete_unit(description)
         self.expected = work
         self.done = 0
+
+    def _complete_unit(self, description: str | None = None) -> None:
+        """Count the current unit as done (a subprocess's replay reports no ops)."""
+        if self.bar is not None:
+            rest = max(0, self.expected - self.done)
+            if description is None:
+                self.bar.update(self.task, advance=rest)
+            else:
+                self.bar.update(self.task, advance=rest, description=description)
+            self.bar.refresh()
+        self.done = self.expected
 
     def advance(self, done: int) -> None:
         self.done += done
@@ -491,6 +499,7 @@ class _Progress:
 
     def __exit__(self, *exc_info: object) -> None:
         if self.bar is not None:
+            self._complete_unit()  # the bar ends at 100%
             self.bar.stop()
 
 
