@@ -5,7 +5,9 @@ and ``mm_realloc`` (and often ``mm_checkheap``) over the memlib interface
 (``mem_sbrk``, ``mem_heap_lo``, ``mem_heap_hi``, ``mem_heapsize``,
 ``mem_pagesize``, ``mem_reset_brk``). ``build(mm.c)`` compiles it with the
 system compiler together with the memlib of ``mmlab/`` (a 4 GiB area
-reserved up front, grown like sbrk) into a shared object; the replay runs in
+reserved up front, grown like sbrk) into a shared object, kept in the user
+cache directory under a digest of everything that went into it (so an
+unchanged package is not compiled twice); the replay runs in
 a subprocess (``trace.system``), so that a crash, an abort or a hang is that
 trace's result, never the end of the run. Utilization is peak live payload /
 peak ``mem_heapsize()``, as mdriver computes it.
@@ -15,12 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
+import shlex
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .record import CompilerNotFoundError, build_cached, find_compiler, user_cache_dir
 from .rep import Trace
 from .system import SystemResult, replay_system
 
@@ -32,11 +34,12 @@ class BuildError(Exception):
     """The package did not compile; the message is what the compiler printed."""
 
 
-def compiler() -> str | None:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return name
-    return None
+def compiler() -> list[str] | None:
+    """The C compiler command packages are built with, or None without one."""
+    try:
+        return find_compiler()
+    except CompilerNotFoundError:
+        return None
 
 
 @dataclass
@@ -50,24 +53,39 @@ class Package:
 
 
 def build(source: str | os.PathLike[str], directory: str | None = None) -> Package:
-    """Compile ``source`` (an mm.c) with the lab's memlib into a shared object."""
+    """Compile ``source`` (an mm.c) with the lab's memlib into a shared object.
+
+    The object goes to ``directory`` (default: the user cache directory), named
+    by a digest of the compiler command, the lab's memlib and the package's
+    source and headers, so a change to any of them builds afresh.
+    """
     path = Path(source)
     if not path.is_file():
         raise BuildError(f"{path}: no such file")
-    cc = compiler()
-    if cc is None:
-        raise BuildError("no C compiler found (set CC, or install gcc)")
-    out_dir = Path(directory or tempfile.mkdtemp(prefix="pyalloc-mm-"))
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    library = out_dir / f"{path.stem}-{digest}.so"
-    command = [
-        cc, *CFLAGS, f"-I{MMLAB}", f"-I{path.parent}",
-        str(path), str(MMLAB / "memlib.c"), "-o", str(library),
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise BuildError(done.stderr.strip() or f"{cc} exited with status {done.returncode}")
-    return Package(path, str(library))
+    try:
+        cc = find_compiler("building a malloc-lab package needs a C compiler")
+    except CompilerNotFoundError as e:
+        raise BuildError(str(e)) from None
+    flags = [*CFLAGS, f"-I{MMLAB}", f"-I{path.parent}"]
+    inputs = [
+        path,
+        MMLAB / "memlib.c",
+        *sorted(MMLAB.glob("*.h")),
+        *sorted(path.parent.glob("*.h")),
+    ]
+    digest = hashlib.sha256(shlex.join([*cc, *flags]).encode())
+    for each in inputs:
+        digest.update(each.name.encode() + b"\0" + each.read_bytes())
+    out_dir = Path(directory) if directory is not None else user_cache_dir() / "mm"
+    library = out_dir / f"{path.stem}-{digest.hexdigest()[:16]}.so"
+
+    def compile_into(built: Path) -> None:
+        command = [*cc, *flags, str(path), str(MMLAB / "memlib.c"), "-o", str(built)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise BuildError(done.stderr.strip() or f"{cc[0]} exited with status {done.returncode}")
+
+    return Package(path, str(build_cached(library, compile_into)))
 
 
 def replay_package(

@@ -78,7 +78,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -176,12 +176,17 @@ class RecordResult:
 # ---- building the interposer ------------------------------------------------
 
 
-def _cache_dir() -> Path:
+def user_cache_dir() -> Path:
+    """Where compiled helpers are kept: ``$XDG_CACHE_HOME/pyalloc`` (or ``~/.cache``)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "pyalloc"
 
 
-def _find_compiler() -> list[str]:
+def find_compiler(
+    purpose: str = "recording needs a C compiler to build the allocation interposer",
+) -> list[str]:
+    """The C compiler command: ``$CC`` (words split as a shell would) or the first of
+    :data:`COMPILER_NAMES` on ``PATH``; :class:`CompilerNotFoundError` says ``purpose``."""
     tried: list[str] = []
     cc = os.environ.get("CC", "").strip()
     if cc:
@@ -196,8 +201,7 @@ def _find_compiler() -> list[str]:
             return [found]
         tried.append(name)
     raise CompilerNotFoundError(
-        "recording needs a C compiler to build the allocation interposer, but none "
-        f"was found (tried {', '.join(tried)} on PATH); install one "
+        f"{purpose}, but none was found (tried {', '.join(tried)} on PATH); install one "
         "(e.g. `apt-get install gcc`) or point $CC at it"
     )
 
@@ -218,22 +222,35 @@ def build_interposer(cache_dir: Path | None = None) -> Path:
     """
     source = interposer_source()
     digest = hashlib.sha256(source).hexdigest()[:16]
-    directory = cache_dir if cache_dir is not None else _cache_dir()
+    directory = cache_dir if cache_dir is not None else user_cache_dir()
     library = directory / f"librecord-{digest}.so"
-    if library.exists():
-        return library
-    compiler = _find_compiler()
-    directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=directory) as work:
-        source_path = Path(work) / INTERPOSER_SOURCE
+    def compile_into(built: Path) -> None:
+        compiler = find_compiler()
+        source_path = built.with_name(INTERPOSER_SOURCE)
         source_path.write_bytes(source)
-        built = Path(work) / library.name
         command = [*compiler, *COMPILE_FLAGS, "-o", str(built), str(source_path), *LINK_LIBS]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise RecordError(
                 f"compiling the interposer failed ({shlex.join(command)}):\n{done.stderr.strip()}"
             )
+
+    return build_cached(library, compile_into)
+
+
+def build_cached(library: Path, compile_into: Callable[[Path], None]) -> Path:
+    """``library``, made by ``compile_into(path)`` unless it is already there.
+
+    The build happens in a private directory beside ``library`` and is renamed
+    into place, so concurrent first uses never load a half-written file and a
+    failed build leaves nothing behind.
+    """
+    if library.exists():
+        return library
+    library.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=library.parent) as work:
+        built = Path(work) / library.name
+        compile_into(built)
         os.replace(built, library)
     return library
 
