@@ -58,6 +58,32 @@ CHILD = textwrap.dedent(
 )
 
 
+POOL_CHILD = textwrap.dedent(
+    r"""
+    import os, subprocess, sys, tempfile
+    mnt = tempfile.mkdtemp()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt], check=True)
+    import pyalloc.regions as regions
+    regions._SHM_DIR = mnt  # the pools' directory, on the small tmpfs
+    from pyalloc.pool import Pool
+    try:
+        pool = Pool.create("big", 4096, 2048)  # 8 MiB of blocks
+    except MemoryError as e:
+        print("refused:", e)
+    else:
+        for _ in range(2048):  # the program writes every block it takes
+            pool.view(pool.alloc())[:] = b"y" * 4096
+        print("served")
+    print("left:", sorted(os.listdir(mnt)))
+    small = Pool.create("small", 4096, 256)  # 1 MiB fits
+    for _ in range(256):
+        small.view(small.alloc())[:] = b"x" * 4096
+    small.check()
+    print("alive")
+    """
+)
+
+
 def run_child(kind: str) -> subprocess.CompletedProcess[str]:
     if shutil.which("unshare") is None:
         pytest.skip("unshare (util-linux) is not installed")
@@ -70,7 +96,7 @@ def run_child(kind: str) -> subprocess.CompletedProcess[str]:
         if subprocess.run([*prefix, "true"], capture_output=True).returncode != 0:
             pytest.skip("this machine allows no mount namespace to mount a small tmpfs in")
     return subprocess.run(
-        [*prefix, sys.executable, "-c", CHILD, kind],
+        [*prefix, sys.executable, "-c", POOL_CHILD if kind == "pool" else CHILD, kind],
         capture_output=True,
         text=True,
         timeout=120,
@@ -87,3 +113,14 @@ def test_a_full_filesystem_is_a_memory_error_not_a_sigbus(kind: str) -> None:
     assert len(refused) == 2, lines
     assert "KiB free of" in refused[0] and "tmp" in refused[0], refused[0]
     assert "realloc refused" in lines
+
+
+def test_a_pool_too_large_for_its_filesystem_is_refused_at_create() -> None:
+    pytest.importorskip("atomicshm")
+    result = run_child("pool")
+    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr[-2000:])
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("refused: cannot make a segment of "), lines
+    assert "KiB free of 4096 KiB" in lines[0], lines[0]
+    assert lines[1] == "left: []"  # neither the name nor a temporary
+    assert lines[-1] == "alive"
