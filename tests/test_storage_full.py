@@ -84,6 +84,33 @@ POOL_CHILD = textwrap.dedent(
 )
 
 
+FULL_CHILD = textwrap.dedent(
+    r"""
+    import os, subprocess, sys, tempfile
+    mnt = tempfile.mkdtemp()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt], check=True)
+    import pyalloc.regions as regions
+    regions._SHM_DIR = mnt
+    from pyalloc import MappedHeap, SharedHeap
+    fd = os.open(os.path.join(mnt, "filler"), os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:  # until the filesystem is full
+            os.write(fd, b"z" * 4096)
+    except OSError:
+        pass
+    os.close(fd)
+    try:
+        if sys.argv[1] == "full-mapped":
+            MappedHeap.create(os.path.join(mnt, "h.heap"), 1 << 20)
+        else:
+            SharedHeap.create("h", 1 << 20)
+    except MemoryError as e:
+        print("refused:", e)
+    print("left:", sorted(os.listdir(mnt)))
+    """
+)
+
+
 def run_child(kind: str) -> subprocess.CompletedProcess[str]:
     if shutil.which("unshare") is None:
         pytest.skip("unshare (util-linux) is not installed")
@@ -96,11 +123,14 @@ def run_child(kind: str) -> subprocess.CompletedProcess[str]:
         if subprocess.run([*prefix, "true"], capture_output=True).returncode != 0:
             pytest.skip("this machine allows no mount namespace to mount a small tmpfs in")
     return subprocess.run(
-        [*prefix, sys.executable, "-c", POOL_CHILD if kind == "pool" else CHILD, kind],
+        [*prefix, sys.executable, "-c", CHILDREN.get(kind, CHILD), kind],
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+CHILDREN = {"pool": POOL_CHILD, "full-mapped": FULL_CHILD, "full-shared": FULL_CHILD}
 
 
 @pytest.mark.parametrize("kind", ["mapped", "shared"])
@@ -124,3 +154,14 @@ def test_a_pool_too_large_for_its_filesystem_is_refused_at_create() -> None:
     assert "KiB free of 4096 KiB" in lines[0], lines[0]
     assert lines[1] == "left: []"  # neither the name nor a temporary
     assert lines[-1] == "alive"
+
+
+@pytest.mark.parametrize("kind", ["full-mapped", "full-shared"])
+def test_a_create_on_a_full_filesystem_is_a_memory_error(kind: str) -> None:
+    # The control record and the journal get their blocks before they are written.
+    result = run_child(kind)
+    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr[-2000:])
+    refused, left = result.stdout.splitlines()
+    assert refused.startswith("refused: cannot make "), refused
+    assert " has 0 KiB free of 4096 KiB" in refused, refused
+    assert left == "left: ['filler']"  # neither the heap nor its temporary
