@@ -474,6 +474,8 @@ class Pool:
 
     def view(self, ptr: int) -> memoryview:
         """The ``block_size`` bytes of the allocated block at ``ptr``, writable."""
+        if self._closed:
+            _closed()
         index = self._index_of(ptr)
         if self._view.load_u8(self._states + index) != STATE_ALLOCATED:
             raise InvalidPointerError(f"block at {ptr} is not allocated")
