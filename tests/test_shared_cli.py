@@ -178,6 +178,10 @@ def test_info_on_a_file_here_hints_its_path(
     assert status == 1 and "./data.heap" in err
     status, out, _ = run(capsys, "shm", "info", "./data.heap")
     assert status == 0 and "policy: segregated" in out
+    (tmp_path / "sub").mkdir()
+    for name in ("sub", ".", ".."):  # directories: no heap file to point at
+        status, _, err = run(capsys, "shm", "info", name)
+        assert status == 1 and "say ./" not in err and err.count("\n") == 1, err
 
 
 def test_pools_are_listed_inspected_and_removed(capsys: pytest.CaptureFixture[str]) -> None:

@@ -212,7 +212,7 @@ def _attach(name: str) -> SharedHeap | str:
         return SharedHeap.attach(name)
     except (HeapError, OSError, ValueError) as e:
         message = str(e)
-        if not _is_path(name) and os.path.exists(name):
+        if not _is_path(name) and os.path.isfile(name):  # ".." is no heap file
             message += f" (for the heap file in this directory, say ./{name})"
         return message
 
