@@ -130,7 +130,44 @@ def run_child(kind: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-CHILDREN = {"pool": POOL_CHILD, "full-mapped": FULL_CHILD, "full-shared": FULL_CHILD}
+TRIM_CHILD = textwrap.dedent(
+    r"""
+    import os, subprocess, sys, tempfile
+    mnt = tempfile.mkdtemp()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt], check=True)
+    import pyalloc.regions as regions
+    regions._SHM_DIR = mnt
+    from pyalloc import SharedHeap
+    h = SharedHeap.create("h", 16 << 20)
+    p = h.malloc(3 << 20)
+    h.view(p)[:] = b"y" * h.usable_size(p)
+    h.free(p)  # the top is trimmed: its pages go back to the filesystem
+    print("kept KiB:", os.stat(os.path.join(mnt, "h")).st_blocks // 2)
+    fd = os.open(os.path.join(mnt, "filler"), os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:  # another file takes what the heap gave back
+            os.write(fd, b"z" * 4096)
+    except OSError:
+        pass
+    os.close(fd)
+    try:
+        q = h.malloc(3 << 20)
+    except MemoryError as e:
+        print("refused:", e)
+    else:
+        h.view(q)[:] = b"x" * h.usable_size(q)
+        print("served")
+    h.check()
+    print("alive")
+    """
+)
+
+CHILDREN = {
+    "pool": POOL_CHILD,
+    "full-mapped": FULL_CHILD,
+    "full-shared": FULL_CHILD,
+    "trim": TRIM_CHILD,
+}
 
 
 @pytest.mark.parametrize("kind", ["mapped", "shared"])
@@ -165,3 +202,15 @@ def test_a_create_on_a_full_filesystem_is_a_memory_error(kind: str) -> None:
     assert refused.startswith("refused: cannot make "), refused
     assert " has 0 KiB free of 4096 KiB" in refused, refused
     assert left == "left: ['filler']"  # neither the heap nor its temporary
+
+
+def test_growing_again_after_a_trim_reserves_again() -> None:
+    # A trim gives the top's pages back and lowers the high-water mark; were
+    # the mark left high, growing again would skip the reservation and write
+    # to pages the filesystem no longer has.
+    result = run_child("trim")
+    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr[-2000:])
+    kept, refused, alive = result.stdout.splitlines()
+    assert int(kept.split()[-1]) < 1024, kept
+    assert refused.startswith("refused: cannot grow the heap to "), refused
+    assert alive == "alive"
