@@ -163,3 +163,17 @@ def test_a_corrupted_dtype_descriptor_is_reported(heap: SharedHeap) -> None:
         view.release()
     with pytest.raises(HeapCorruptionError, match="bad dtype descriptor"):
         heap.arrays["a"]
+
+
+def test_shapes_come_back_as_numpy_makes_them(heap: SharedHeap) -> None:
+    heap.arrays["scalar"] = np.float32(3.5)
+    assert heap.arrays["scalar"].shape == () and heap.arrays["scalar"][()] == 3.5
+    heap.arrays["fortran"] = np.asfortranarray(np.arange(6).reshape(2, 3))
+    assert heap.arrays["fortran"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    heap.arrays["strided"] = np.arange(10)[::3]
+    assert heap.arrays["strided"].tolist() == [0, 3, 6, 9]
+    made = heap.arrays.create("sub", (2,), ("f8", (3,)))
+    expected = np.zeros((2,), ("f8", (3,)))
+    assert made.shape == expected.shape == (2, 3) and made.dtype == expected.dtype
+    assert heap.arrays["sub"].shape == (2, 3)
+    assert heap.arrays.get_or_create("sub", (2,), ("f8", (3,))).shape == (2, 3)

@@ -135,7 +135,10 @@ class SharedArrays(MutableMapping[str, Any]):
 
     def __setitem__(self, key: str, value: Any) -> None:
         np = _numpy()
-        source = np.ascontiguousarray(value)
+        source = np.asarray(value)
+        if not source.flags.c_contiguous:
+            # Not ascontiguousarray: it makes a 0-d array 1-d.
+            source = source.copy(order="C")
         if source.dtype.hasobject:
             raise TypeError("arrays of Python objects cannot live in shared memory")
         self._put(key, source.shape, source.dtype, source, replace=True)
@@ -170,6 +173,11 @@ class SharedArrays(MutableMapping[str, Any]):
 
     def _checked(self, shape: int | tuple[int, ...], dtype: Any) -> tuple[Any, tuple[int, ...]]:
         dt, dims, _ = _array_spec(_numpy(), shape, dtype)
+        if dt.subdtype is not None:
+            # As numpy does: a (3,)-float64 element makes the array one
+            # dimension more, of float64 (its descriptor would lose the 3).
+            dt, inner = dt.subdtype
+            dims += inner
         if len(dims) > MAX_DIMS:
             raise ValueError(f"at most {MAX_DIMS} dimensions")
         return dt, dims
