@@ -105,8 +105,9 @@ def test_replay_prints_a_plain_table_when_not_on_a_terminal(
     assert status == 0
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["trace", "allocator", "valid"]
-    assert {line.split()[0] for line in lines[1:]} == {"uniform", "realistic"}
-    assert all("best-fit" in line for line in lines[1:])
+    assert lines[-1].startswith("Totals: 2 of 2 valid")  # mdriver's totals line
+    assert {line.split()[0] for line in lines[1:-1]} == {"uniform", "realistic"}
+    assert all("best-fit" in line for line in lines[1:-1])
     assert "\x1b[" not in out  # no terminal escapes
 
 
@@ -322,7 +323,12 @@ def test_bench_skips_a_missing_system_library_with_a_note(
     )
     assert status == 0
     assert "note: jemalloc: skipped: libjemalloc.so not found" in out
-    assert out.splitlines()[1].split() == ["trace", "segregated", "glibc"]
+    # glibc's footprint is resident pages, said in its column and under the table;
+    # the fake's peaks of 2000 bytes are flagged as too small to judge by.
+    assert out.splitlines()[1].split() == ["trace", "segregated", "glibc", "(rss)"]
+    assert "(rss): the footprint is resident pages" in out
+    assert "50.0%~" in out
+    assert all(r["footprint"] == "resident pages" for r in glibc)
 
 
 def test_bench_without_traces_and_without_bundled_ones_uses_generated_workloads(
@@ -474,3 +480,46 @@ def test_implicit_runs_only_when_asked_for(
     assert status == 0 and "implicit" not in {row["policy"] for row in json.loads(out)}
     status, out, _ = run(capsys, *args, "--policies", "all")
     assert status == 0 and "implicit" in {row["policy"] for row in json.loads(out)}
+
+
+def test_record_prints_leaks_drops_truncation_and_the_python_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = pytest.importorskip("pyalloc.trace.record")
+    try:
+        record.build_interposer()
+    except Exception as e:  # no compiler: nothing to record with
+        pytest.skip(f"the interposer cannot be built: {e}")
+    monkeypatch.delenv("PYTHONMALLOC", raising=False)
+    out = tmp_path / "py.rep"
+    status = main(["record", "--max-ops", "5", "-o", str(out), "--", sys.executable, "-c", "pass"])
+    err = capsys.readouterr().err
+    assert status == 0
+    assert "blocks still live at exit" in err and "never seen allocated" in err
+    assert "cut at --max-ops 5" in err and "PYTHONMALLOC=malloc" in err
+
+
+def test_progress_reaches_the_whole_work() -> None:
+    from pyalloc.cli import _Progress
+
+    class Bar:
+        def __init__(self) -> None:
+            self.completed = 0
+
+        def update(self, task: object, advance: int = 0, description: str = "") -> None:
+            self.completed += advance
+
+        def refresh(self) -> None:
+            pass
+
+        def stop(self) -> None:
+            pass
+
+    progress = _Progress(1000)
+    bar = Bar()
+    progress.bar = bar
+    progress.start("pyalloc on a", 400)
+    progress.advance(150)  # a replay that reports part of its ops
+    progress.start("glibc on a", 600)  # a subprocess that reports none
+    progress.__exit__(None, None, None)
+    assert bar.completed == 1000

@@ -19,6 +19,7 @@ pytest.importorskip("matplotlib")
 
 from pyalloc import Heap, SharedHeap  # noqa: E402
 from pyalloc.cli import main  # noqa: E402
+from pyalloc.trace.generate import generate  # noqa: E402
 from pyalloc.trace.rep import Op, Trace, write_trace  # noqa: E402
 from pyalloc.trace.replay import default_capacity  # noqa: E402
 from pyalloc.viz.history import (  # noqa: E402
@@ -543,3 +544,16 @@ def test_top_refreshes_until_interrupted(shared: SharedHeap) -> None:
     assert text.count("pyalloc top:") >= 2
     assert "arrived-later" not in text.split("pyalloc top:")[1]
     assert "arrived-later" in text.split("pyalloc top:")[-1]
+
+
+def test_a_malloc_lab_package_gets_its_timeline(tmp_path: Path) -> None:
+    from pyalloc.trace import mm
+
+    if mm.compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    example = Path(__file__).resolve().parents[1] / "examples" / "mm_implicit.c"
+    trace = tmp_path / "t.rep"
+    write_trace(generate("uniform", ops=400, seed=5), trace)
+    out = tmp_path / "mm.png"
+    assert main(["viz", str(trace), "--mm", str(example), "-o", str(out)]) == 0
+    assert out.stat().st_size > 0

@@ -54,11 +54,15 @@ from typing import Any, Final, TextIO
 from .errors import HeapCorruptionError, HeapError
 from .files import check_output_path
 from .mapped import MappedHeap
+from .policies import load_policy
 from .regions import BUILDING_SUFFIX, SHM_DIR, abandoned_builds, list_shared, unlink_shared
 from .shared import SharedHeap, describe_file, describe_segment, list_heaps
 from .trace.bench import (
+    FOOTPRINT_RESIDENT,
     JSON_KEYS,
     SYSTEM_ALLOCATORS,
+    TINY_PEAK,
+    UTIL_WEIGHT,
     Comparison,
     Source,
     default_sources,
@@ -66,11 +70,13 @@ from .trace.bench import (
     failed_row,
     load_source,
     load_system,
+    mdriver_summary,
     plot_comparison,
     plot_format,
     row_from_replay,
     row_from_system,
     run_comparison,
+    tiny_peak,
     write_csv,
 )
 from .trace.generate import GENERATORS, generate
@@ -489,12 +495,20 @@ class _Progress:
         return self
 
     def start(self, description: str, work: int) -> None:
-        if self.bar is not None:
-            rest = max(0, self.expected - self.done)
-            self.bar.update(self.task, advance=rest, description=description)
-            self.bar.refresh()
+        self._complete_unit(description)
         self.expected = work
         self.done = 0
+
+    def _complete_unit(self, description: str | None = None) -> None:
+        """Count the current unit as done (a subprocess's replay reports no ops)."""
+        if self.bar is not None:
+            rest = max(0, self.expected - self.done)
+            if description is None:
+                self.bar.update(self.task, advance=rest)
+            else:
+                self.bar.update(self.task, advance=rest, description=description)
+            self.bar.refresh()
+        self.done = self.expected
 
     def advance(self, done: int) -> None:
         self.done += done
@@ -504,6 +518,7 @@ class _Progress:
 
     def __exit__(self, *exc_info: object) -> None:
         if self.bar is not None:
+            self._complete_unit()  # the bar ends at 100%
             self.bar.stop()
 
 
@@ -569,7 +584,23 @@ def _emit_rows(rows: list[dict[str, Any]], as_json: bool, as_csv: bool) -> bool:
 # -- pyalloc replay -------------------------------------------------------------------
 
 
+def _build_mm(source: str) -> Any:
+    """The malloc-lab package built from ``source``, or an exit status (compiler errors shown)."""
+    from .trace import mm
+
+    try:
+        return mm.build(source)
+    except mm.BuildError as e:
+        print(str(e), file=sys.stderr)  # as the compiler printed it
+        return _fail(f"--mm {source}: the package did not compile")
+
+
 def replay_command(args: argparse.Namespace) -> int:
+    package = None
+    if args.mm is not None:
+        package = _build_mm(args.mm)
+        if isinstance(package, int):
+            return package
     system_name = args.allocator if args.allocator not in (None, "pyalloc") else None
     if (
         system_name is not None
@@ -587,7 +618,12 @@ def replay_command(args: argparse.Namespace) -> int:
             return _fail(f"--allocator {system_name}: {missing}")
     else:
         policies = policy_names()
-        if args.policy not in policies:
+        if ":" in args.policy:
+            try:
+                load_policy(args.policy)
+            except ValueError as e:
+                return _fail(str(e))
+        elif args.policy not in policies:
             return _unknown("policy", [args.policy], policies)
     sources = _sources_of(args.traces)
     rows: list[dict[str, Any]] = []
@@ -596,10 +632,15 @@ def replay_command(args: argparse.Namespace) -> int:
         for source in sources:
             progress.start(source.label, source.ops * work_per_op)
             trace = source.trace
-            allocator = system_name or "pyalloc"
-            policy = None if system_name else args.policy
+            allocator = package.name if package else system_name or "pyalloc"
+            policy = None if system_name or package else args.policy
             if trace is None:
                 rows.append(failed_row(source.path, allocator, policy, source.error or ""))
+            elif package is not None:
+                from .trace.mm import replay_package
+
+                result = replay_package(package, trace, timed_repeats=args.repeat)
+                rows.append(row_from_system(result, source.path, malloc_lab=True))
             elif system is not None:
                 result = system.replay_system(trace, system_name, timed_repeats=args.repeat)
                 rows.append(row_from_system(result, source.path))
@@ -652,10 +693,44 @@ def replay_command(args: argparse.Namespace) -> int:
         )
         for row in failed:
             print(f"{row['trace']}: {row['error']}")
+        if len(rows) > 1 or args.index:
+            _print_totals(rows, sources, args)
     for row in failed:
         if args.json or args.csv:
             print(f"pyalloc: {row['trace']}: {row['error']}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _print_totals(
+    rows: list[dict[str, Any]], sources: list[Source], args: argparse.Namespace
+) -> None:
+    """mdriver's totals line and, with --index, its performance index."""
+    reference = None
+    note = ""
+    if args.index:
+        system, reason = load_system()
+        traces = [s.trace for s in sources if s.trace is not None]
+        if system is None or system.system_available("glibc") is not None or not traces:
+            note = f" (no index: glibc cannot be measured here: {reason or 'not glibc'})"
+        else:
+            results = [
+                system.replay_system(t, "glibc", timed_repeats=max(1, args.repeat)) for t in traces
+            ]
+            seconds = sum(r.seconds for r in results if r.valid)
+            reference = sum(r.ops for r in results if r.valid) / seconds if seconds else None
+    summary = mdriver_summary(rows, reference)
+    print(
+        f"Totals: {summary['valid']} of {summary['traces']} valid, util {summary['util']:.1%},"
+        f" {summary['ops']:,} ops, {summary['seconds']:.3f} s, {summary['kops']:,.0f} Kops/s" + note
+    )
+    if summary["perf_index"] is not None and reference:
+        print(
+            f"Perf index = {summary['perf_index']:.0f}/100 (util {UTIL_WEIGHT:.0%},"
+            f" throughput {1 - UTIL_WEIGHT:.0%} against glibc's {reference / 1000:,.0f} Kops/s"
+            " through ctypes on the same traces, measured in this run; each part capped)"
+        )
+    elif args.index and not note:
+        print("Perf index: none, since not every trace was valid (as mdriver gives none)")
 
 
 def add_replay(subcommands: Subcommands) -> None:
@@ -688,6 +763,19 @@ def add_replay(subcommands: Subcommands) -> None:
         metavar="NAME",
         help=f"a system allocator instead of pyalloc: {', '.join(SYSTEM_ALLOCATORS)}, or the"
         " path of a shared object that exports malloc, free and realloc (./my.so)",
+    )
+    p.add_argument(
+        "--index",
+        action="store_true",
+        help="also mdriver's performance index: 60%% utilization, 40%% throughput against"
+        " glibc's on the same traces, measured in the same run",
+    )
+    which.add_argument(
+        "--mm",
+        metavar="MM.C",
+        help="a malloc-lab package (mm_init, mm_malloc, mm_free, mm_realloc over memlib):"
+        " compiled with the system compiler and replayed in a subprocess; utilization is"
+        " peak payload / peak mem_heapsize(), as mdriver computes it",
     )
     _add_output_options(p)
     p.add_argument(
@@ -762,7 +850,13 @@ def bench_command(args: argparse.Namespace) -> int:
         policies = list(known)
     else:
         policies = _split_names(args.policies)
-    unknown = [name for name in policies if name not in known]
+    for name in policies:
+        if ":" in name:
+            try:
+                load_policy(name)
+            except ValueError as e:
+                return _fail(str(e))
+    unknown = [name for name in policies if name not in known and ":" not in name]
     if unknown:
         return _unknown("policy", unknown, known)
     if args.allocators is None:
@@ -774,7 +868,13 @@ def bench_command(args: argparse.Namespace) -> int:
     unknown = [n for n in allocators if n not in SYSTEM_ALLOCATORS and not is_library_path(n)]
     if unknown:
         return _unknown("allocator", unknown, (*SYSTEM_ALLOCATORS, "none", "PATH.so"))
-    if not policies and not allocators:
+    packages = []
+    for source in args.mm or []:
+        package = _build_mm(source)
+        if isinstance(package, int):
+            return package
+        packages.append(package)
+    if not policies and not allocators and not packages:
         return _fail("nothing to compare: give at least one policy or allocator")
     if args.plot:  # refused before the run, not after it
         try:
@@ -799,7 +899,8 @@ def bench_command(args: argparse.Namespace) -> int:
         sources, note = default_sources()
         if note:
             notes.append(note)
-    work = sum(s.ops for s in sources) * (len(policies) + len(allocators)) * (1 + args.repeat)
+    columns = len(policies) + len(allocators) + len(packages)
+    work = sum(s.ops for s in sources) * columns * (1 + args.repeat)
     with _Progress(work) as progress:
         comparison = run_comparison(
             sources,
@@ -808,6 +909,7 @@ def bench_command(args: argparse.Namespace) -> int:
             timed_repeats=args.repeat,
             capacity=args.capacity,
             progress=progress,
+            packages=packages,
         )
     notes.extend(comparison.notes)
     rows = comparison.rows()
@@ -851,12 +953,21 @@ def _print_comparison(comparison: Comparison) -> None:
         rows.append(["average", *(average(name) for name in names)])
         return rows
 
+    def util(row: dict[str, Any]) -> str:
+        return f"{_percent(row['util'])}~" if tiny_peak(row) else _percent(row["util"])
+
+    resident = [c.name for c in comparison.columns if c.system and _resident(comparison, c.name)]
     print_table(
-        ["trace", *names],
-        table(lambda r: _percent(r["util"]), lambda n: _percent(comparison.average_util(n))),
+        ["trace", *(f"{n} (rss)" if n in resident else n for n in names)],
+        table(util, lambda n: _percent(comparison.average_util(n))),
         title="Utilization: peak live payload / peak heap footprint",
         summary_last=True,
     )
+    if resident:
+        print(
+            "(rss): the footprint is resident pages, page-granular; ~: a peak of less than"
+            f" {TINY_PEAK >> 10} KiB, a few pages, says little"
+        )
     print()
     print_table(
         ["trace", *names],
@@ -867,6 +978,12 @@ def _print_comparison(comparison: Comparison) -> None:
         title="Throughput: thousand ops per second (best timed run, no checks)",
         summary_last=True,
     )
+
+
+def _resident(comparison: Comparison, column: str) -> bool:
+    """Whether a column's footprints are resident pages (a system allocator's)."""
+    rows = [r for (_, name), r in comparison.cells.items() if name == column and r["footprint"]]
+    return any(r["footprint"] == FOOTPRINT_RESIDENT for r in rows)
 
 
 def add_bench(subcommands: Subcommands) -> None:
@@ -903,6 +1020,13 @@ def add_bench(subcommands: Subcommands) -> None:
         metavar="A,B",
         help=f"system allocators to compare, comma-separated, or none "
         f"(default: all: {', '.join(SYSTEM_ALLOCATORS)})",
+    )
+    p.add_argument(
+        "--mm",
+        metavar="MM.C",
+        action="append",
+        help="also a malloc-lab package (mm.c), compiled and graded as `replay --mm` does;"
+        " may be given more than once",
     )
     _add_output_options(p)
     p.add_argument("--plot", metavar="FILE.png", help="also draw grouped bar charts into FILE.png")
@@ -987,14 +1111,39 @@ def record_command(args: argparse.Namespace) -> int:
     except (OSError, RuntimeError, ValueError) as e:
         return _fail(f"record: {e}")
     status: int = result.returncode
+    stats = result.stats
     print(
         f"{result.output}: {result.ops:,} ops on {result.num_ids:,} ids, "
         f"peak live payload {human_bytes(result.peak_payload)}"
         + ("" if status == 0 else f" (the command exited with status {status})"),
         file=sys.stderr,
     )
+    details = [
+        f"{stats.live_at_end:,} blocks still live at exit (leaks, freed at the trace's end)",
+        f"{stats.unknown_frees:,} frees of pointers never seen allocated (dropped)",
+    ]
+    if stats.unknown_reallocs:
+        details.append(f"{stats.unknown_reallocs:,} reallocs of such pointers (written as 'a')")
+    if stats.failed_calls:
+        details.append(f"{stats.failed_calls:,} calls that returned NULL (dropped)")
+    if stats.truncated:
+        details.append(f"cut at --max-ops {args.max_ops:,}: the rest of the run is not in it")
+    for line in details:
+        print(f"  {line}", file=sys.stderr)
+    if _is_python(command[0]) and os.environ.get("PYTHONMALLOC") != "malloc":
+        print(
+            "  hint: a Python interpreter allocates most objects from its own pools, which"
+            " the trace does not see; run it with PYTHONMALLOC=malloc to record them",
+            file=sys.stderr,
+        )
     # The command's own status, as a shell reports it, so scripts see a failed run.
     return status if status >= 0 else 128 - status
+
+
+def _is_python(program: str) -> bool:
+    """Whether ``program`` names a Python interpreter (python, python3.11, ...)."""
+    name = os.path.basename(program)
+    return name.startswith("python") or name in ("pypy", "pypy3")
 
 
 def add_record(subcommands: Subcommands) -> None:
@@ -1078,6 +1227,12 @@ def add_viz(subcommands: Subcommands) -> None:
         "--allocator",
         metavar="NAME",
         help=f"a system allocator instead ({', '.join(SYSTEM_ALLOCATORS)}): the timeline alone",
+    )
+    which.add_argument(
+        "--mm",
+        metavar="MM.C",
+        help="a malloc-lab package instead (compiled as `replay --mm` does): the timeline"
+        " alone, its footprint the peak of mem_heapsize()",
     )
     which.add_argument(
         "--compare",

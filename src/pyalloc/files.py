@@ -32,9 +32,12 @@ def replacing(path: str | os.PathLike[str]) -> Iterator[str]:
     target = os.fspath(path)
     check_output_path(target)
     directory, base = os.path.split(os.path.abspath(target))
-    fd, temporary = tempfile.mkstemp(prefix=f".{base}.", suffix=".part", dir=directory)
+    # The target's suffix last: writers that choose a format by it (images) see it.
+    suffix = ".part" + os.path.splitext(base)[1]
+    fd, temporary = tempfile.mkstemp(prefix=f".{base}.", suffix=suffix, dir=directory)
     os.close(fd)
     try:
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 is not what an output needs
         yield temporary
         os.replace(temporary, target)
     except BaseException:
@@ -43,3 +46,9 @@ def replacing(path: str | os.PathLike[str]) -> Iterator[str]:
         except FileNotFoundError:
             pass
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

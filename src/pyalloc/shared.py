@@ -102,7 +102,7 @@ from .heap import DEFAULT_CAPACITY, Heap
 from .journal import DEFAULT_SLOTS, ENTRY_BYTES, Journal
 from .layout import HEADER
 from .lock import ClosedLock, HeapLock
-from .policies import policy_by_id, policy_class
+from .policies import is_builtin, policy_by_id, policy_class
 from .regions import (
     BUILDING_SUFFIX,
     FileRegion,
@@ -537,6 +537,11 @@ class SharedHeap(Heap):
         if journal_slots < 64:
             raise ValueError(f"journal_slots must be at least 64, got {journal_slots}")
         policy_cls = policy_class(policy)
+        if not is_builtin(policy_cls):
+            raise ValueError(
+                f"policy {policy!r} runs on private heaps only: a shared heap stores its"
+                " policy's id for every process to find, which only the built-in ones have"
+            )
         cls.layout_size(capacity, policy_cls)
         journal = page_round_up(capacity)
         size = journal + page_round_up(journal_slots * ENTRY_BYTES)

@@ -144,6 +144,20 @@ def map_ops(path: str) -> tuple[int, memoryview, memoryview, memoryview]:
     )
 
 
+def progress_word() -> memoryview:
+    """A word the parent reads if this process dies: the op the measured pass is at.
+
+    The file named by PYALLOC_REPLAY_PROGRESS, mapped shared; a private word
+    when there is none.
+    """
+    path = os.environ.get("PYALLOC_REPLAY_PROGRESS")
+    if not path:
+        return word_table(1)
+    with open(path, "r+b") as file:
+        mapping = mmap.mmap(file.fileno(), 8, flags=mmap.MAP_SHARED)
+    return memoryview(mapping).cast("Q")
+
+
 def word_table(length: int) -> memoryview:
     """``length`` zeroed 8-byte words in an anonymous mapping, already resident."""
     mapping = mmap.mmap(-1, max(length, 1) * 8, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -203,17 +217,63 @@ def bind_allocator(library: str, local: bool) -> tuple[Any, Any, Any]:
     return malloc, free, realloc
 
 
-def replay(ops_path: str, library: str, repeats: int, local: bool) -> dict[str, object]:
+class MallocLab:
+    """A malloc-lab package (mm.c over pyalloc's memlib), built into ``library``.
+
+    Its footprint is the peak of ``mem_heapsize()``, read after every op, as
+    mdriver computes it; every payload must lie inside
+    ``[mem_heap_lo(), mem_heap_hi()]``.
+    """
+
+    def __init__(self, library: str) -> None:
+        lib = ctypes.CDLL(library, mode=os.RTLD_LOCAL | os.RTLD_NOW)
+        self.init = lib.mm_init
+        self.init.restype = ctypes.c_int
+        self.reset = lib.mem_reset_brk
+        self.lo = lib.mem_heap_lo
+        self.lo.restype = ctypes.c_size_t
+        self.heapsize = lib.mem_heapsize
+        self.heapsize.restype = ctypes.c_size_t
+        self.functions = []
+        for name, args in (
+            ("mm_malloc", [ctypes.c_size_t]),
+            ("mm_free", [ctypes.c_size_t]),
+            ("mm_realloc", [ctypes.c_size_t, ctypes.c_size_t]),
+        ):
+            function = getattr(lib, name)
+            function.argtypes = args
+            function.restype = None if name == "mm_free" else ctypes.c_size_t
+            self.functions.append(function)
+
+    def start(self) -> None:
+        """An empty heap and mm_init, before every pass; ValidationError if mm_init fails."""
+        self.reset()
+        if self.init() < 0:
+            raise ValidationError("mm_init failed (returned -1)")
+
+
+def replay(ops_path: str, library: str, repeats: int, mode: str) -> dict[str, object]:
     """The measured pass and the timed passes; the report as a dict.
 
     Runs in a thread of its own (see "Passes" in the module docstring).
+    ``mode``: "preload" (the library is the process's allocator), "local"
+    (a shared object's own malloc, free and realloc) or "mm" (a malloc-lab
+    package).
     """
     num_ids, kinds, ids, sizes = map_ops(ops_path)
     num_ops = len(kinds)
+    lab = None
     try:
-        malloc, free, realloc = bind_allocator(library, local)
-    except ValueError as exc:
+        if mode == "mm":
+            lab = MallocLab(library)
+            malloc, free, realloc = lab.functions
+            lab.start()
+        else:
+            malloc, free, realloc = bind_allocator(library, mode == "local")
+    except (ValueError, AttributeError, OSError) as exc:
         return {"error": str(exc)}
+    except ValidationError as exc:
+        return {"error": f"op 0: {exc}"}
     memset = ctypes.memset
     memmove = ctypes.memmove
     string_at = ctypes.string_at
@@ -223,8 +283,18 @@ def replay(ops_path: str, library: str, repeats: int, local: bool) -> dict[str, 
     block_sizes = word_table(num_ids)
     stamps = word_table(num_ids)
 
-    anonymous_pages = statm_reader()
+    if lab is not None:  # mdriver's footprint: the peak of mem_heapsize(), in bytes
+        heap_lo = lab.lo()
+        heapsize = lab.heapsize
+
+        def anonymous_pages() -> int:
+            return int(heapsize())
+
+    else:
+        anonymous_pages = statm_reader()
     baseline = peak_pages = anonymous_pages()
+    if lab is not None:
+        baseline = 0  # mdriver divides by the whole heap, what mm_init took included
 
     error = None
     payload = 0
@@ -255,6 +325,11 @@ def replay(ops_path: str, library: str, repeats: int, local: bool) -> dict[str, 
         if pointer % alignment_for(size):
             alignment = alignment_for(size)
             raise ValidationError(f"{call} returned {pointer:#x}, not {alignment}-aligned")
+        if lab is not None and not heap_lo <= pointer <= pointer + size <= heap_lo + heapsize():
+            raise ValidationError(
+                f"{call} returned {pointer:#x}: the payload is not inside the heap"
+                f" [{heap_lo:#x}, {heap_lo + heapsize():#x})"
+            )
 
     def check_touchable(size: int) -> None:
         if size > physical_bytes:
@@ -262,8 +337,10 @@ def replay(ops_path: str, library: str, repeats: int, local: bool) -> dict[str, 
                 f"the block of {size} bytes is larger than physical memory: it cannot be touched"
             )
 
+    progress = progress_word()
     try:
         for index in range(num_ops):
+            progress[0] = index + 1  # the parent names this op if the process dies in it
             kind = kinds[index]
             block = ids[index]
             size = sizes[index]
@@ -314,11 +391,12 @@ def replay(ops_path: str, library: str, repeats: int, local: bool) -> dict[str, 
         error = f"op {index + 1} ({'afr'[kinds[index]]} {ids[index]} {sizes[index]}): {exc}"
 
     peak_pages = max(peak_pages, anonymous_pages())
+    unit = 1 if lab is not None else mmap.PAGESIZE
     result: dict[str, object] = {
         "error": error,
         "peak_payload": peak_payload,
-        "peak_footprint": (peak_pages - baseline) * mmap.PAGESIZE,
-        "baseline_footprint": baseline * mmap.PAGESIZE,
+        "peak_footprint": (peak_pages - baseline) * unit,
+        "baseline_footprint": baseline * unit,
         "seconds": 0.0,
     }
     if error is not None:
@@ -332,6 +410,8 @@ def replay(ops_path: str, library: str, repeats: int, local: bool) -> dict[str, 
     best = float("inf")
     clock = time.perf_counter
     for _ in range(repeats):
+        if lab is not None:
+            lab.start()
         started = clock()
         for kind, block, size in zip(kinds, ids, sizes, strict=True):
             if kind == KIND_ALLOC:
@@ -352,12 +432,12 @@ def replay(ops_path: str, library: str, repeats: int, local: bool) -> dict[str, 
 
 def main() -> None:
     ops_path, library, repeats_text = sys.argv[1:4]
-    local = sys.argv[4:5] == ["local"]
+    mode = sys.argv[4] if len(sys.argv) > 4 else "preload"
     reports: list[dict[str, object]] = []
 
     def run() -> None:
         try:
-            reports.append(replay(ops_path, library, int(repeats_text), local))
+            reports.append(replay(ops_path, library, int(repeats_text), mode))
         except Exception as exc:  # reported to the parent as the replay's error
             reports.append({"error": f"{type(exc).__name__}: {exc}"})
 

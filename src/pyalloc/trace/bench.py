@@ -67,8 +67,18 @@ JSON_KEYS: Final = (
     "seconds",
     "ops_per_sec",
     "error",
+    "footprint",
+    "internal_frag",
+    "external_frag",
 )
-ROW_KEYS: Final = (*JSON_KEYS, "internal_frag", "external_frag")
+ROW_KEYS: Final = JSON_KEYS  # the CSV's columns: the same
+# How a row's peak_heap was measured: the heap's own bytes (pyalloc), the
+# peak of mem_heapsize() (a malloc-lab package), or resident pages (a system
+# allocator: page-granular, so a trace whose peak is a few pages says little).
+FOOTPRINT_HEAP: Final = "heap bytes"
+FOOTPRINT_MEMLIB: Final = "mem_heapsize"
+FOOTPRINT_RESIDENT: Final = "resident pages"
+TINY_PEAK: Final = 64 << 10  # a resident-page peak below this is flagged, not trusted
 # The names ``pyalloc.trace.system`` serves; repeated here so that the command
 # can name them even when that module is missing.
 SYSTEM_ALLOCATORS: Final = ("glibc", "jemalloc", "mimalloc", "tcmalloc")
@@ -96,15 +106,17 @@ def row_from_replay(result: ReplayResult, trace: str | None = None) -> Row:
         "seconds": result.seconds,
         "ops_per_sec": result.ops_per_sec,
         "error": result.error,
+        "footprint": FOOTPRINT_HEAP,
         "internal_frag": result.internal_frag,
         "external_frag": result.external_frag,
     }
 
 
-def row_from_system(result: Any, trace: str | None = None) -> Row:
-    """The row of a ``pyalloc.trace.system.SystemResult``."""
+def row_from_system(result: Any, trace: str | None = None, malloc_lab: bool = False) -> Row:
+    """The row of a ``pyalloc.trace.system.SystemResult`` (of a malloc-lab package)."""
     seconds = float(result.seconds)
     return {
+        "footprint": FOOTPRINT_MEMLIB if malloc_lab else FOOTPRINT_RESIDENT,
         "trace": result.trace if trace is None else trace,
         "allocator": result.allocator,
         "policy": None,
@@ -118,6 +130,38 @@ def row_from_system(result: Any, trace: str | None = None) -> Row:
         "error": result.error,
         "internal_frag": None,
         "external_frag": None,
+    }
+
+
+UTIL_WEIGHT: Final = 0.6  # mdriver's weighting of utilization in the performance index
+
+
+def mdriver_summary(rows: Sequence[Row], reference_ops_per_sec: float | None) -> dict[str, Any]:
+    """Totals of an allocator's rows as mdriver prints them, and its performance index.
+
+    util is the mean of the traces' utilizations, Kops total ops over total
+    seconds; the index is 100 * (0.6 * util + 0.4 * min(1, throughput /
+    reference)), both terms capped at their weight, and only when every
+    trace was valid (mdriver gives none otherwise). ``reference_ops_per_sec``
+    is the throughput the index compares with (None: no index).
+    """
+    valid = [row for row in rows if row["valid"]]
+    ops = sum(int(row["ops"]) for row in valid)
+    seconds = sum(float(row["seconds"]) for row in valid)
+    util = sum(float(row["util"]) for row in valid) / len(valid) if valid else 0.0
+    ops_per_sec = ops / seconds if seconds > 0 else 0.0
+    index = None
+    if valid and len(valid) == len(rows) and reference_ops_per_sec:
+        throughput = min(1.0, ops_per_sec / reference_ops_per_sec)
+        index = 100 * (UTIL_WEIGHT * min(util, 1.0) + (1 - UTIL_WEIGHT) * throughput)
+    return {
+        "valid": len(valid),
+        "traces": len(rows),
+        "util": util,
+        "ops": ops,
+        "seconds": seconds,
+        "kops": ops_per_sec / 1000,
+        "perf_index": index,
     }
 
 
@@ -135,9 +179,15 @@ def failed_row(trace: str, allocator: str, policy: str | None, error: str, ops: 
         "seconds": 0.0,
         "ops_per_sec": 0.0,
         "error": error,
+        "footprint": None,
         "internal_frag": None,
         "external_frag": None,
     }
+
+
+def tiny_peak(row: Row) -> bool:
+    """A resident-page footprint too small to judge utilization by (a few pages)."""
+    return bool(row["footprint"] == FOOTPRINT_RESIDENT and 0 < row["peak_heap"] < TINY_PEAK)
 
 
 def write_csv(rows: Iterable[Row], stream: IO[str]) -> None:
@@ -307,13 +357,16 @@ def run_comparison(
     timed_repeats: int = 3,
     capacity: int | None = None,
     progress: Progress | None = None,
+    packages: Sequence[Any] = (),
 ) -> Comparison:
-    """Replay every source on every policy and system allocator.
+    """Replay every source on every policy, system allocator and malloc-lab package.
 
     A system allocator whose library is missing (or all of them, when
     ``pyalloc.trace.system`` is not installed) is left out with a note.
+    ``packages`` are built malloc-lab packages (``trace.mm.Package``).
     """
     comparison = Comparison(list(sources), [Column(name, False) for name in policies])
+    by_name = {package.name: package for package in packages}
     system: ModuleType | None = None
     if system_allocators:
         system, reason = load_system()
@@ -326,6 +379,7 @@ def run_comparison(
                     comparison.columns.append(Column(name, True))
                 else:
                     comparison.notes.append(f"{name}: skipped: {missing}")
+    comparison.columns.extend(Column(name, True) for name in by_name)
     for i, source in enumerate(comparison.sources):
         for column in comparison.columns:
             if progress is not None:
@@ -335,6 +389,11 @@ def run_comparison(
             trace = source.trace
             if trace is None:
                 row = failed_row(source.path, allocator, policy, source.error or "no trace")
+            elif column.name in by_name:
+                from .mm import replay_package
+
+                graded = replay_package(by_name[column.name], trace, timed_repeats=timed_repeats)
+                row = row_from_system(graded, source.path, malloc_lab=True)
             elif column.system:
                 assert system is not None
                 result = system.replay_system(trace, column.name, timed_repeats=timed_repeats)
@@ -399,7 +458,13 @@ def plot_comparison(comparison: Comparison, path: str | Path) -> None:
         util.append(100 * (comparison.average_util(name) or 0.0))
         speed.append((comparison.average_ops_per_sec(name) or 0.0) / 1e3)
         positions = [g - 0.4 + width * (k + 0.5) for g in range(len(groups))]
-        util_axes.bar(positions, util, width, label=name, **styles[name])
+        resident = any(
+            row["footprint"] == FOOTPRINT_RESIDENT
+            for (_, column), row in comparison.cells.items()
+            if column == name
+        )
+        label = f"{name} (resident pages)" if resident else name
+        util_axes.bar(positions, util, width, label=label, **styles[name])
         speed_axes.bar(
             positions, [s if s > 0 else float("nan") for s in speed], width, **styles[name]
         )

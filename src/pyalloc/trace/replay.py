@@ -212,7 +212,11 @@ def make_pyalloc(policy: str = "segregated", *, cache: bool = False) -> Allocato
     """
     from ..heap import POLICIES, Heap
 
-    if policy in POLICIES:
+    if ":" in policy:  # a class of the caller's: loaded (and refused) here, used as the others
+        from ..policies import load_policy
+
+        load_policy(policy)
+    if policy in POLICIES or ":" in policy:
 
         def make_engine_heap(capacity: int) -> Allocator:
             return Heap(capacity, policy=policy, cache=cache)

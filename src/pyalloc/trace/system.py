@@ -155,8 +155,22 @@ def _ldconfig_paths() -> dict[str, str]:
     return paths
 
 
+def _python_package_directories() -> list[str]:
+    """``lib`` directories of pip packages that ship C libraries (cmeel's prefix)."""
+    found = []
+    for entry in sys.path:
+        candidate = os.path.join(entry, "cmeel.prefix", "lib")
+        if os.path.isdir(candidate):
+            found.append(candidate)
+    return found
+
+
 def find_allocator_library(allocator: str) -> str | None:
-    """Path of the shared object to preload for ``allocator``, or None if not found."""
+    """Path of the shared object to preload for ``allocator``, or None if not found.
+
+    The system's libraries first, then those a pip package ships (``pip
+    install cmeel-mimalloc`` puts mimalloc under ``cmeel.prefix/lib``).
+    """
     soname, _package = PRELOAD_LIBRARIES[allocator]
     cached = _ldconfig_paths().get(soname)
     if cached and os.path.exists(cached):
@@ -165,6 +179,12 @@ def find_allocator_library(allocator: str) -> str | None:
         candidate = os.path.join(directory, soname)
         if os.path.exists(candidate):
             return candidate
+    unversioned = soname.partition(".so")[0] + ".so"  # a pip package's may be a newer major
+    for directory in _python_package_directories():
+        for name in (soname, unversioned):
+            candidate = os.path.join(directory, name)
+            if os.path.exists(candidate):
+                return candidate
     return None
 
 
@@ -213,13 +233,17 @@ def replay_system(
     *,
     timed_repeats: int = 1,
     timeout: float | None = _DEFAULT_TIMEOUT,
+    malloc_lab: str | None = None,
 ) -> SystemResult:
     """Replay ``trace`` through ``allocator`` in a subprocess; see the module docstring.
 
     Never raises for a missing library, an invalid trace, a failed
     validation, a crash or a timeout: the result has ``valid=False`` and
     ``error`` says why.  ``timeout`` (seconds, None for none) bounds the
-    whole subprocess.
+    whole subprocess. ``malloc_lab``: the shared object built from a
+    malloc-lab package (``trace.mm``), replayed through its mm_* functions
+    with mdriver's footprint (the peak of ``mem_heapsize()``); ``allocator``
+    is then only its name in the result.
     """
     name = trace.name or "<trace>"
 
@@ -238,7 +262,7 @@ def replay_system(
 
     if timed_repeats < 0:
         raise ValueError(f"timed_repeats must be >= 0, got {timed_repeats}")
-    reason = system_available(allocator)
+    reason = None if malloc_lab is not None else system_available(allocator)
     if reason is not None:
         return failed(reason)
     try:
@@ -254,7 +278,10 @@ def replay_system(
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
     mode = []
-    if is_library_path(allocator):
+    if malloc_lab is not None:
+        library = malloc_lab
+        mode = ["mm"]
+    elif is_library_path(allocator):
         library = os.path.abspath(allocator)
         mode = ["local"]  # dlopen'ed and called directly, not preloaded
     elif allocator == "glibc":
@@ -279,12 +306,25 @@ def replay_system(
             str(timed_repeats),
             *mode,
         ]
+        progress_path = Path(work) / "progress"
+        progress_path.write_bytes(bytes(8))
+        env["PYALLOC_REPLAY_PROGRESS"] = str(progress_path)
+
+        def at_op() -> str:
+            """Where the measured pass was, from the word the replayer keeps."""
+            index = int.from_bytes(progress_path.read_bytes()[:8], sys.byteorder)
+            if not 0 < index <= len(trace.ops):
+                return ""
+            kind, block, size = trace.ops[index - 1]
+            return f" at op {index} ({kind} {block}{'' if kind == 'f' else f' {size}'})"
+
         try:
             done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            return failed(f"the {allocator} replayer did not finish within {timeout} s")
+            return failed(f"the {allocator} replayer did not finish within {timeout} s{at_op()}")
         except OSError as exc:
             return failed(f"the {allocator} replayer could not start: {exc}")
+        where = at_op() if done.returncode != 0 else ""
 
     last_line = done.stdout.strip().rpartition("\n")[2]
     if done.returncode != 0 or not last_line:
@@ -294,7 +334,7 @@ def replay_system(
             else f"exited with status {done.returncode}"
         )
         detail = " / ".join(done.stderr.strip().splitlines()[-3:])
-        return failed(f"the {allocator} replayer {how}" + (f": {detail}" if detail else ""))
+        return failed(f"the {allocator} replayer {how}{where}" + (f": {detail}" if detail else ""))
     try:
         report = json.loads(last_line)
     except json.JSONDecodeError:

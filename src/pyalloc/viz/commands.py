@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ..trace.bench import SYSTEM_ALLOCATORS, load_source, load_system
 from ..trace.rep import Trace
@@ -101,13 +101,24 @@ def _viz(args: argparse.Namespace) -> int:
             raise UsageError("--compare needs allocator names, separated by commas")
     else:
         names = [args.allocator or args.policy]
-    known = (*policy_names(), *SYSTEM_ALLOCATORS)
+    packages: dict[str, Any] = {}
+    if getattr(args, "mm", None) is not None:
+        from ..trace import mm
+
+        try:
+            package = mm.build(args.mm)
+        except mm.BuildError as e:
+            raise VizError(f"--mm {args.mm}: the package did not compile:\n{e}") from None
+        packages[package.name] = package
+        names = [package.name]
+    known = (*policy_names(), *SYSTEM_ALLOCATORS, *packages)
     unknown = [n for n in names if n not in known]
     if unknown:
         raise UsageError(
             f"unknown allocator {', '.join(map(repr, unknown))}; choose from: {', '.join(known)}"
         )
-    if all(name in SYSTEM_ALLOCATORS for name in names) and (args.animate or args.at is not None):
+    invisible = (*SYSTEM_ALLOCATORS, *packages)  # allocators whose layout pyalloc cannot see
+    if all(name in invisible for name in names) and (args.animate or args.at is not None):
         option = "--animate" if args.animate else "--at"
         raise UsageError(f"{option} draws a map, and the layout of {names[0]} is not visible")
 
@@ -119,14 +130,26 @@ def _viz(args: argparse.Namespace) -> int:
         raise UsageError(f"--at {args.at}: the trace has {len(trace.ops):,} ops")
     if args.animate:
         return _draw_animation(args, trace, names[0], options)
-    return _draw_maps(args, trace, names, options)
+    return _draw_maps(args, trace, names, options, packages)
 
 
 def _cache(args: argparse.Namespace) -> str:
     return " with its cache of freed blocks" if args.cache else ""
 
 
-def _system_timeline(trace: Trace, name: str) -> Timeline:
+def _system_timeline(trace: Trace, name: str, package: Any = None) -> Timeline:
+    """The timeline of an allocator whose layout is not visible: a system
+    allocator (resident pages), or a malloc-lab ``package`` (mem_heapsize)."""
+    if package is not None:
+        from ..trace.mm import replay_package
+
+        result = replay_package(package, trace, timed_repeats=0)
+        if not result.valid:
+            raise VizError(f"{trace.name} on {name}: {result.error}")
+        timeline = payload_timeline(trace, name)
+        timeline.peak_footprint = int(result.peak_footprint)
+        timeline.measured_as = "mem_heapsize()"
+        return timeline
     system, reason = load_system()
     if system is None:
         raise VizError(f"{name}: {reason}")
@@ -142,15 +165,19 @@ def _system_timeline(trace: Trace, name: str) -> Timeline:
 
 
 def _draw_maps(
-    args: argparse.Namespace, trace: Trace, names: list[str], options: PictureOptions
+    args: argparse.Namespace,
+    trace: Trace,
+    names: list[str],
+    options: PictureOptions,
+    packages: dict[str, Any] | None = None,
 ) -> int:
     from .render import Panel, draw_picture, human_bytes
 
     timelines: list[Timeline] = []
     panels: list[Panel] = []
     for name in names:
-        if name in SYSTEM_ALLOCATORS:
-            timelines.append(_system_timeline(trace, name))
+        if name in SYSTEM_ALLOCATORS or name in (packages or {}):
+            timelines.append(_system_timeline(trace, name, (packages or {}).get(name)))
             if len(names) > 1:
                 panels.append(
                     Panel(name, None, "layout not visible to pyalloc, footprint in the timeline")
@@ -184,7 +211,9 @@ def _draw_maps(
             first = f"{trace.name}: heap map {moment}, pyalloc {names[0]}{_cache(args)}"
         else:
             first = f"{trace.name}: live payload and peak footprint over {ops:,} ops, {names[0]}"
-        measure = "resident pages" if not timeline.layout_visible else "bytes taken from the heap"
+        measure = (
+            timeline.measured_as if not timeline.layout_visible else "bytes taken from the heap"
+        )
         second = (
             f"utilization {timeline.util:.1%} = peak live payload "
             f"{human_bytes(timeline.peak_payload)} / peak footprint "
@@ -193,7 +222,7 @@ def _draw_maps(
     else:
         first = f"{trace.name}: heap maps {at}, one scale"
         second = "utilization = peak live payload / peak footprint: " + ", ".join(
-            f"{t.allocator} {t.util:.1%}" + ("" if t.layout_visible else " (resident pages)")
+            f"{t.allocator} {t.util:.1%}" + ("" if t.layout_visible else f" ({t.measured_as})")
             for t in timelines
         )
     map_op = args.at if args.at is not None else None

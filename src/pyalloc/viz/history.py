@@ -62,6 +62,7 @@ class Timeline:
     peak_footprint: int = 0
     peak_footprint_op: int | None = None  # None when the footprint was measured elsewhere
     measure: str = FOOTPRINT_HEAP
+    measured_as: str = "resident pages"  # how a footprint measured elsewhere was measured
 
     @property
     def util(self) -> float:

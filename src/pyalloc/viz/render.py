@@ -20,8 +20,6 @@ over it once complete.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from ..files import replacing
 from .history import Timeline, VizError
 from .snapshot import (
     FREE,
@@ -360,8 +359,8 @@ class _Picture:
                     color=colour,
                     linestyle=style,
                     linewidth=1.4,
-                    label=f"{timeline.allocator} peak footprint, measured as resident pages "
-                    f"({human_bytes(timeline.peak_footprint)}; {util})",
+                    label=f"{timeline.allocator} peak footprint, measured as "
+                    f"{timeline.measured_as} ({human_bytes(timeline.peak_footprint)}; {util})",
                 )
         if map_op is not None:
             self.cursor = axes.axvline(
@@ -421,25 +420,9 @@ def _per_pixel(bytes_per_cell: int, cell: int) -> str:
 
 
 def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(temporary path)`` and rename the result over ``path``."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 is not what a picture needs
+    """Call ``write(temporary path)`` and rename the result over ``path`` (files.replacing)."""
+    with replacing(path) as temporary:
         write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def draw_picture(

@@ -1,0 +1,150 @@
+"""Malloc-lab packages: a student's mm.c compiled against the lab's memlib and graded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pyalloc.cli import main
+from pyalloc.trace import mm
+from pyalloc.trace.generate import generate
+from pyalloc.trace.rep import parse_trace, write_trace
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "mm_implicit.c"
+
+if mm.compiler() is None:
+    pytest.skip("no C compiler on this machine", allow_module_level=True)
+
+# The example allocator, gone wrong on purpose, one fault per trigger size.
+BROKEN = EXAMPLE.read_text().replace(
+    "void *mm_malloc(size_t size) {",
+    "void *mm_malloc_ok(size_t size);\nvoid *mm_malloc(size_t size) {\n"
+    "    static char *last;\n"
+    "    if (size == 777) return (char *)mm_malloc_ok(size) + 8;   /* misaligned */\n"
+    "    if (size == 555) { if (!last) last = mm_malloc_ok(size); return last; } /* overlap */\n"
+    "    if (size == 4242) return *(void **)16;                    /* crash */\n"
+    "    if (size == 9999) for (;;) {}                              /* hang */\n"
+    "    return mm_malloc_ok(size);\n}\n"
+    "void *mm_malloc_ok(size_t size) {",
+)
+
+
+def trace_with(size: int) -> str:
+    return f"1\n3\n5\n1\na 0 100\na 1 {size}\na 2 {size}\nf 0\nf 1\n"
+
+
+def test_the_example_replays_validly() -> None:
+    package = mm.build(EXAMPLE)
+    for kind in ("uniform", "realistic"):
+        result = mm.replay_package(package, generate(kind, ops=3000, seed=2))
+        assert result.valid, result.error
+        assert 0.5 < result.util <= 1.0 and result.peak_footprint >= result.peak_payload
+
+
+@pytest.mark.parametrize(
+    "size, fault",
+    [
+        (777, "op 2 (a 1 777): malloc(777) returned"),  # misaligned
+        (555, "first bytes changed"),  # two live blocks at one address
+        (4242, "killed by signal 11 at op 2 (a 1 4242)"),  # a segfault
+    ],
+)
+def test_each_fault_is_reported_for_its_trace(size: int, fault: str) -> None:
+    package = mm.build(_write(BROKEN, "broken_mm.c"))
+    good = mm.replay_package(package, parse_trace(trace_with(64), "ok"))
+    assert good.valid, good.error
+    bad = mm.replay_package(package, parse_trace(trace_with(size), "bad"))
+    assert not bad.valid and bad.error is not None
+    assert fault in bad.error, bad.error
+
+
+def test_a_hang_is_cut_by_the_timeout() -> None:
+    package = mm.build(_write(BROKEN, "broken_mm.c"))
+    result = mm.replay_package(package, parse_trace(trace_with(9999), "hang"), timeout=3)
+    assert not result.valid and result.error is not None
+    assert "did not finish within 3 s at op 2 (a 1 9999)" in result.error
+
+
+def test_mm_init_failing_is_reported() -> None:
+    source = EXAMPLE.read_text().replace(
+        "int mm_init(void) {", "int mm_init(void) {\n    return -1;"
+    )
+    package = mm.build(_write(source, "failing_init.c"))
+    result = mm.replay_package(package, parse_trace(trace_with(64), "init"))
+    assert not result.valid and "mm_init failed" in (result.error or "")
+
+
+def test_the_command_grades_every_trace_and_shows_compiler_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ok = tmp_path / "ok.rep"
+    bad = tmp_path / "bad.rep"
+    ok.write_text(trace_with(64))
+    bad.write_text(trace_with(777))
+    write_trace(generate("uniform", ops=500, seed=3), tmp_path / "gen.rep")
+    broken = _write(BROKEN, "broken_mm.c")
+    status = main(["replay", "--mm", str(broken), str(ok), str(bad), str(tmp_path / "gen.rep")])
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "NO" in out and out.count("yes") == 2 and "not 16-aligned" in out
+    wrong = _write("int mm_init(void) { return oops; }\n", "wrong.c")
+    assert main(["replay", "--mm", str(wrong), str(ok)]) == 1
+    err = capsys.readouterr().err
+    assert "'oops' undeclared" in err or "oops" in err
+    assert "did not compile" in err
+
+
+_DIR: list[Path] = []
+
+
+def _write(text: str, name: str) -> Path:
+    if not _DIR:
+        import tempfile
+
+        _DIR.append(Path(tempfile.mkdtemp(prefix="pyalloc-mm-test-")))
+    path = _DIR[0] / name
+    path.write_text(text)
+    return path
+
+
+def test_bench_grades_a_package_beside_the_policies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    for seed in (1, 2):
+        write_trace(generate("uniform", ops=400, seed=seed), tmp_path / f"g{seed}.rep")
+    args = ["bench", str(tmp_path), "--policies", "segregated", "--allocators", "none"]
+    status = main([*args, "--mm", str(EXAMPLE), "--repeat", "0", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    graded = [row for row in rows if row["allocator"] == "mm_implicit.c"]
+    assert status == 0 and len(graded) == 2 and all(row["valid"] for row in graded)
+    assert all(0.3 < row["util"] <= 1.0 for row in graded)
+
+
+def test_the_summary_follows_mdriver() -> None:
+    from pyalloc.trace.bench import mdriver_summary
+
+    rows = [
+        {"valid": True, "ops": 100, "seconds": 0.001, "util": 0.9},
+        {"valid": True, "ops": 300, "seconds": 0.003, "util": 0.5},
+    ]
+    summary = mdriver_summary(rows, reference_ops_per_sec=200_000)
+    assert summary["util"] == pytest.approx(0.7) and summary["kops"] == pytest.approx(100)
+    assert summary["perf_index"] == pytest.approx(100 * (0.6 * 0.7 + 0.4 * 0.5))
+    faster = mdriver_summary(rows, reference_ops_per_sec=50_000)  # throughput capped at 1
+    assert faster["perf_index"] == pytest.approx(100 * (0.6 * 0.7 + 0.4))
+    rows.append({"valid": False, "ops": 0, "seconds": 0.0, "util": 0.0})
+    assert mdriver_summary(rows, 200_000)["perf_index"] is None
+
+
+def test_replay_prints_totals_and_the_index(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for seed in (1, 2):
+        write_trace(generate("uniform", ops=300, seed=seed), tmp_path / f"g{seed}.rep")
+    assert main(["replay", "--mm", str(EXAMPLE), str(tmp_path), "--index", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "Totals: 2 of 2 valid" in out and "Perf index = " in out and "/100" in out
