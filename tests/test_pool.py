@@ -284,10 +284,12 @@ TestPoolMachine.settings = settings(max_examples=60, stateful_step_count=40)
 
 def test_closed_pool_refuses_work() -> None:
     pool = Pool(64, 4)
+    p = pool.alloc()
     pool.close()
     pool.close()
     assert pool.closed
-    for call in (pool.alloc, lambda: pool.free(16), pool.available, pool.check):
+    calls = (pool.alloc, lambda: pool.free(p), pool.available, pool.check, lambda: pool.view(p))
+    for call in (*calls, lambda: pool.view(0), lambda: pool.free(0)):
         with pytest.raises(HeapError, match="the heap is closed"):
             call()
 

@@ -625,14 +625,19 @@ def test_a_dead_holder_does_not_block_through_its_children(heap: SharedHeap) -> 
     # A holder's forked child inherits its descriptors; the lock must still
     # be released when the holder dies while that child lives on.
     r, w = os.pipe()
+    forked_r, forked_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             grandchild = os.fork()
             if grandchild == 0:
+                # fork() returns here once the child's fork handlers have run:
+                # its copy of the holder's lock descriptor is closed by now.
+                os.write(forked_w, b"k")
                 time.sleep(30)
                 os._exit(0)
             os.write(w, str(grandchild).encode())
+            os.read(forked_r, 1)  # under load the child may not have run yet
             heap._lock.acquire()
             heap.meta.store(C.W_PEAK, heap.words[C.W_PEAK])  # a journaled store
             os.kill(os.getpid(), signal.SIGKILL)
@@ -652,8 +657,8 @@ def test_a_dead_holder_does_not_block_through_its_children(heap: SharedHeap) -> 
             probe.close()
     finally:
         os.kill(grandchild, signal.SIGKILL)
-        os.close(r)
-        os.close(w)
+        for fd in (r, w, forked_r, forked_w):
+            os.close(fd)
 
 
 def test_a_corrupted_journal_is_reported_not_followed(heap: SharedHeap) -> None:

@@ -67,7 +67,7 @@ def test_replacing_frees_the_old_block_and_objects_are_refused(heap: SharedHeap)
     assert heap.arrays["a"].dtype == np.dtype("int32")
     with pytest.raises(TypeError, match="Python objects"):
         heap.arrays["o"] = np.array([object()])
-    assert heap.arrays.specs() == {"a": ((10,), "<i4")}
+    assert heap.arrays.specs() == {"a": ((10,), "int32")}
 
 
 class Killed(BaseException):
@@ -121,4 +121,59 @@ def test_shm_info_lists_the_arrays(heap: SharedHeap, capsys: pytest.CaptureFixtu
     heap.arrays["frames"] = np.zeros((2, 3), "uint8")
     assert main(["shm", "info", heap.name]) == 0
     out = capsys.readouterr().out
-    assert "arrays:" in out and "frames  |u1  (2, 3)" in out
+    assert "arrays:" in out and "frames  uint8  (2, 3)" in out
+
+
+def test_every_dtype_comes_back_whole_in_another_attachment(heap: SharedHeap) -> None:
+    record = np.dtype([("x", "<f8"), ("tag", "S3"), ("pos", ">i2", (2,))], align=True)
+    values = {
+        "rec": np.array([(1.5, b"abc", (1, -2)), (2.5, b"de", (3, 4))], record),
+        "big": np.arange(5, dtype=">u4"),
+        "when": np.array(["2020-01-01", "2021-06-30"], "datetime64[D]"),
+        "text": np.array(["héllo", "x"]),
+        "cplx": np.array([[1 + 2j]], "complex64"),
+    }
+    for key, value in values.items():
+        heap.arrays[key] = value
+    other = SharedHeap.attach(heap.name)
+    try:
+        for key, value in values.items():
+            seen = other.arrays[key]
+            assert seen.dtype == value.dtype, key
+            assert seen.dtype.names == value.dtype.names, key
+            assert seen.tobytes() == value.tobytes() and seen.shape == value.shape, key
+        assert other.arrays["rec"]["tag"][1] == b"de"
+        specs = other.arrays.specs()
+        assert specs["big"] == ((5,), ">u4") and specs["when"] == ((2,), "datetime64[D]")
+        assert specs["rec"][0] == (2,) and "'names': ['x', 'tag', 'pos']" in specs["rec"][1]
+    finally:
+        other.close()
+
+
+def test_a_corrupted_dtype_descriptor_is_reported(heap: SharedHeap) -> None:
+    from pyalloc.errors import HeapCorruptionError
+
+    heap.arrays["a"] = np.zeros(4)
+    view = memoryview(heap.buf)
+    try:
+        at = bytes(view).find(b"'<f8'")
+        assert at > 0
+        view[at : at + 5] = b"'<q9'"  # not a dtype
+    finally:
+        view.release()
+    with pytest.raises(HeapCorruptionError, match="bad dtype descriptor"):
+        heap.arrays["a"]
+
+
+def test_shapes_come_back_as_numpy_makes_them(heap: SharedHeap) -> None:
+    heap.arrays["scalar"] = np.float32(3.5)
+    assert heap.arrays["scalar"].shape == () and heap.arrays["scalar"][()] == 3.5
+    heap.arrays["fortran"] = np.asfortranarray(np.arange(6).reshape(2, 3))
+    assert heap.arrays["fortran"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    heap.arrays["strided"] = np.arange(10)[::3]
+    assert heap.arrays["strided"].tolist() == [0, 3, 6, 9]
+    made = heap.arrays.create("sub", (2,), ("f8", (3,)))
+    expected = np.zeros((2,), ("f8", (3,)))
+    assert made.shape == expected.shape == (2, 3) and made.dtype == expected.dtype
+    assert heap.arrays["sub"].shape == (2, 3)
+    assert heap.arrays.get_or_create("sub", (2,), ("f8", (3,))).shape == (2, 3)

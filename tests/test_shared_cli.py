@@ -178,6 +178,10 @@ def test_info_on_a_file_here_hints_its_path(
     assert status == 1 and "./data.heap" in err
     status, out, _ = run(capsys, "shm", "info", "./data.heap")
     assert status == 0 and "policy: segregated" in out
+    (tmp_path / "sub").mkdir()
+    for name in ("sub", ".", ".."):  # directories: no heap file to point at
+        status, _, err = run(capsys, "shm", "info", name)
+        assert status == 1 and "say ./" not in err and err.count("\n") == 1, err
 
 
 def test_pools_are_listed_inspected_and_removed(capsys: pytest.CaptureFixture[str]) -> None:
@@ -207,3 +211,31 @@ def test_names_starting_with_a_dot_are_refused() -> None:
     for name in (".", "..", ".hidden"):
         with pytest.raises(ValueError, match="not starting with '.'"):
             SharedHeap.create(name, 1 << 20)
+
+
+def test_rm_removes_what_a_killed_create_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pyalloc.cli as cli
+    import pyalloc.regions as regions
+    from pyalloc.regions import BUILDING_SUFFIX
+
+    # A directory of its own: no other create removes the dead one here.
+    monkeypatch.setattr(cli, "SHM_DIR", str(tmp_path))
+    monkeypatch.setattr(regions, "_SHM_DIR", str(tmp_path))
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    dead = f".data.{pid}.abcd1234{BUILDING_SUFFIX}"
+    live = f".data.{os.getpid()}.abcd1234{BUILDING_SUFFIX}"
+    for name in (dead, live):
+        (tmp_path / name).write_bytes(b"half")
+    status, out, _ = run(capsys, "shm", "list", "--all")
+    assert dead in out and live not in out
+    status, _, err = run(capsys, "shm", "rm", dead)
+    assert status == 0 and err == "" and not (tmp_path / dead).exists()
+    status, _, err = run(capsys, "shm", "rm", live)  # its creator runs: a build under way
+    assert status == 1 and "running process" in err and (tmp_path / live).exists()
+    status, _, err = run(capsys, "shm", "rm", "--force", live)
+    assert status == 0 and not (tmp_path / live).exists()

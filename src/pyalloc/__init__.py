@@ -6,11 +6,25 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+
+def _runs_as_the_command() -> bool:
+    """True when this process is the ``pyalloc`` command (its script, or
+    ``python -m pyalloc.cli``) rather than a program importing the package."""
+    if os.path.basename(sys.argv[0]) == "pyalloc":
+        return True
+    argv = list(getattr(sys, "orig_argv", ()))
+    return "-m" in argv[:-1] and argv[argv.index("-m") + 1].startswith("pyalloc")
+
+
 if not sys.platform.startswith("linux"):
-    raise ImportError(
+    _why = (
         f"pyalloc runs on Linux only (it uses /dev/shm, /proc, madvise(MADV_REMOVE) and flock);"
         f" this system is {sys.platform!r}"
     )
+    if _runs_as_the_command():
+        # A command's user gets the one line, not the traceback of an import.
+        raise SystemExit(f"pyalloc: {_why}")
+    raise ImportError(_why)
 
 from . import _engine
 

@@ -8,8 +8,9 @@
     a = h.arrays.get_or_create("grid", (1000, 1000), "float64")
     del h.arrays["frames"]           # frees the block
 
-Each array is one heap block: a header (magic, the dtype's string, the
-shape) then, at a 64-byte offset, the elements. The names are a directory
+Each array is one heap block: a header (magic, the dtype's descriptor as
+the ``.npy`` format writes it, so that a record's field names and offsets
+survive, then the shape) then, at a 64-byte offset, the elements. The names are a directory
 block of their own (control word ``W_ARRAYS``), kept as the names of
 ``heap.names`` are. Unlike a name, an entry owns its block: replacing or
 deleting the entry frees it.
@@ -25,6 +26,7 @@ Arrays returned hold an export of the mapping: they outlive ``close()``.
 
 from __future__ import annotations
 
+import ast
 import math
 import struct
 import weakref
@@ -40,15 +42,27 @@ _HEAD = struct.Struct("<QQQ")  # magic, dtype string length, number of dimension
 _DIM = struct.Struct("<Q")
 DATA_ALIGN: Final = 64  # the elements start this far into the block, or a multiple
 MAX_DIMS: Final = 64
+MAX_DESCR: Final = 1 << 16  # bytes of a dtype's descriptor
 
 __all__ = ["SharedArrays"]
 
 
 def _header(dtype: Any, shape: tuple[int, ...]) -> bytes:
-    descr: bytes = dtype.str.encode()
+    # dtype.str would say only "|V12" of a record: its fields would be lost.
+    descr = repr(_numpy().lib.format.dtype_to_descr(dtype)).encode()
+    if len(descr) > MAX_DESCR:
+        raise ValueError(f"the dtype's description is over {MAX_DESCR} bytes")
     raw = _HEAD.pack(ARRAY_MAGIC, len(descr), len(shape)) + descr
     raw += b"".join(_DIM.pack(d) for d in shape)
     return raw + bytes(-len(raw) % DATA_ALIGN)
+
+
+def _dtype_from(np: Any, text: str) -> Any:
+    """The dtype of a descriptor written by ``_header``; ValueError if it is none."""
+    try:
+        return np.lib.format.descr_to_dtype(ast.literal_eval(text))
+    except Exception as e:  # whatever a corrupted descriptor makes the parsers raise
+        raise ValueError(f"bad dtype descriptor ({type(e).__name__})") from None
 
 
 class SharedArrays(MutableMapping[str, Any]):
@@ -70,10 +84,10 @@ class SharedArrays(MutableMapping[str, Any]):
         buf = heap.buf
         try:
             magic, length, ndim = _HEAD.unpack_from(buf, p)
-            if magic != ARRAY_MAGIC or ndim > MAX_DIMS or length > 256:
+            if magic != ARRAY_MAGIC or ndim > MAX_DIMS or length > MAX_DESCR:
                 raise ValueError("bad header")
             at = p + _HEAD.size
-            dtype = np.dtype(bytes(buf[at : at + length]).decode())
+            dtype = _dtype_from(np, bytes(buf[at : at + length]).decode())
             at += length
             shape = tuple(_DIM.unpack_from(buf, at + 8 * i)[0] for i in range(ndim))
             at += 8 * ndim
@@ -102,14 +116,14 @@ class SharedArrays(MutableMapping[str, Any]):
         return len(self.specs())
 
     def specs(self) -> dict[str, tuple[tuple[int, ...], str]]:
-        """Every entry's (shape, dtype string), without making arrays."""
+        """Every entry's (shape, dtype as numpy prints it), without making arrays."""
         heap = self._heap
         with heap._lock:
             table = heap._read_names(W_ARRAYS)
             out = {}
             for key, p in table.items():
                 dtype, shape, _, _ = self._spec(p)
-                out[key] = (shape, dtype.str)
+                out[key] = (shape, str(dtype))
             return out
 
     def _check_all(self) -> None:
@@ -121,7 +135,10 @@ class SharedArrays(MutableMapping[str, Any]):
 
     def __setitem__(self, key: str, value: Any) -> None:
         np = _numpy()
-        source = np.ascontiguousarray(value)
+        source = np.asarray(value)
+        if not source.flags.c_contiguous:
+            # Not ascontiguousarray: it makes a 0-d array 1-d.
+            source = source.copy(order="C")
         if source.dtype.hasobject:
             raise TypeError("arrays of Python objects cannot live in shared memory")
         self._put(key, source.shape, source.dtype, source, replace=True)
@@ -156,6 +173,11 @@ class SharedArrays(MutableMapping[str, Any]):
 
     def _checked(self, shape: int | tuple[int, ...], dtype: Any) -> tuple[Any, tuple[int, ...]]:
         dt, dims, _ = _array_spec(_numpy(), shape, dtype)
+        if dt.subdtype is not None:
+            # As numpy does: a (3,)-float64 element makes the array one
+            # dimension more, of float64 (its descriptor would lose the 3).
+            dt, inner = dt.subdtype
+            dims += inner
         if len(dims) > MAX_DIMS:
             raise ValueError(f"at most {MAX_DIMS} dimensions")
         return dt, dims

@@ -55,7 +55,7 @@ from .errors import HeapCorruptionError, HeapError
 from .files import check_output_path
 from .mapped import MappedHeap
 from .policies import load_policy
-from .regions import SHM_DIR, abandoned_builds, list_shared, unlink_shared
+from .regions import BUILDING_SUFFIX, SHM_DIR, abandoned_builds, list_shared, unlink_shared
 from .shared import SharedHeap, describe_file, describe_segment, list_heaps
 from .trace.bench import (
     FOOTPRINT_RESIDENT,
@@ -218,7 +218,7 @@ def _attach(name: str) -> SharedHeap | str:
         return SharedHeap.attach(name)
     except (HeapError, OSError, ValueError) as e:
         message = str(e)
-        if not _is_path(name) and os.path.exists(name):
+        if not _is_path(name) and os.path.isfile(name):  # ".." is no heap file
             message += f" (for the heap file in this directory, say ./{name})"
         return message
 
@@ -347,6 +347,8 @@ def shm_rm(args: argparse.Namespace) -> int:
     target = name if path else os.path.join(SHM_DIR, name)
     if not os.path.lexists(target):
         return _fail(f"no {'file' if path else 'shared-memory segment'} named {name!r}")
+    if not path and name.endswith(BUILDING_SUFFIX):
+        return _rm_temporary(target, args.force)
     info = describe_file(name) if path else describe_segment(name)
     is_pool = not path and _is_pool(name)
     if info is None and not is_pool and not args.force:
@@ -357,6 +359,23 @@ def shm_rm(args: argparse.Namespace) -> int:
         else:
             unlink_shared(name)
     except (OSError, ValueError) as e:
+        return _fail(str(e))
+    return 0
+
+
+def _rm_temporary(target: str, force: bool) -> int:
+    """Remove what a create left (``shm list --all`` shows them); one whose
+    creator still runs is a build under way, removed only with --force."""
+    if target not in abandoned_builds(os.path.dirname(target)) and not force:
+        return _fail(
+            f"{os.path.basename(target)} is being built by a running process;"
+            " use --force to remove it anyway"
+        )
+    try:
+        os.unlink(target)
+    except FileNotFoundError:
+        pass  # a create in this directory removed it first
+    except OSError as e:
         return _fail(str(e))
     return 0
 

@@ -377,9 +377,17 @@ class Pool:
 
     @classmethod
     def create(cls, name: str, block_size: int, count: int) -> Self:
-        """Make a pool in a new shared-memory segment ``name`` (FileExistsError if taken)."""
+        """Make a pool in a new shared-memory segment ``name`` (FileExistsError if taken).
+
+        The segment's storage is reserved whole: MemoryError, naming the
+        filesystem and its free space, when ``/dev/shm`` cannot hold it.
+        """
         layout = _Layout.for_blocks(block_size, count)
-        region = SharedRegion.create(name, layout.end, lambda r: cls._format(r, layout))
+        # Every block is reserved up front: a pool never grows, and a block
+        # written where the filesystem has no page to give would be a SIGBUS.
+        region = SharedRegion.create(
+            name, layout.end, lambda r: cls._format(r, layout), reserve_all=True
+        )
         try:
             pool = cls.__new__(cls)
             pool._open(region, layout, name)
@@ -466,6 +474,8 @@ class Pool:
 
     def view(self, ptr: int) -> memoryview:
         """The ``block_size`` bytes of the allocated block at ``ptr``, writable."""
+        if self._closed:
+            _closed()
         index = self._index_of(ptr)
         if self._view.load_u8(self._states + index) != STATE_ALLOCATED:
             raise InvalidPointerError(f"block at {ptr} is not allocated")

@@ -56,6 +56,17 @@ def storage_report(path: str) -> str:
     return f"the filesystem of {directory} has {free >> 10} KiB free of {total >> 10} KiB{hint}"
 
 
+def allocate_blocks(fd: int, start: int, end: int, path: str, what: str) -> None:
+    """``posix_fallocate`` over ``[start, end)`` of the file ``fd``; ENOSPC (or
+    EDQUOT) becomes MemoryError("cannot WHAT: " and what the filesystem has free)."""
+    try:
+        os.posix_fallocate(fd, start, end - start)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise MemoryError(f"cannot {what}: {storage_report(path)}") from None
+
+
 # -- build, then link ------------------------------------------------------------------
 # A heap or pool file is built under a hidden temporary name beside its final
 # one and linked to that name only when complete (link is atomic and refuses
@@ -226,14 +237,7 @@ class FileRegion(Region):
         ENOSPC (or EDQUOT) becomes MemoryError naming the filesystem and what
         it has free; nothing is written to the mapping either way.
         """
-        try:
-            os.posix_fallocate(self.reserve_fd, start, end - start)
-        except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            raise MemoryError(
-                f"cannot grow the heap to {end} bytes: {storage_report(self.path)}"
-            ) from None
+        allocate_blocks(self.reserve_fd, start, end, self.path, f"grow the heap to {end} bytes")
 
 
 class SharedRegion(FileRegion):
@@ -249,13 +253,23 @@ class SharedRegion(FileRegion):
 
     @classmethod
     def create(
-        cls, name: str, size: int, fill: Callable[[SharedRegion], None] | None = None
+        cls,
+        name: str,
+        size: int,
+        fill: Callable[[SharedRegion], None] | None = None,
+        *,
+        reserve_all: bool = False,
     ) -> SharedRegion:
         """A new segment ``name`` of ``size`` bytes, written by ``fill`` before it
         gets its name: built under a temporary name and linked when complete,
         so a process never attaches to a half-made segment, and a creator
         killed mid-way leaves only a temporary that the next create removes.
-        FileExistsError if the name is taken."""
+        FileExistsError if the name is taken.
+
+        ``reserve_all`` allocates every block of the segment first, for a
+        segment that never grows: MemoryError, leaving nothing behind, when
+        the filesystem cannot hold it (its pages would otherwise be SIGBUS
+        the first time one is written)."""
         path = _shm_path(name)
         size = _check_size(size)
         remove_abandoned_builds(_SHM_DIR)
@@ -264,6 +278,8 @@ class SharedRegion(FileRegion):
         region: SharedRegion | None = None
         try:
             os.ftruncate(fd, size)
+            if reserve_all:
+                allocate_blocks(fd, 0, size, path, f"make a segment of {size} bytes")
             region = cls(name, mmap.mmap(fd, size, flags=mmap.MAP_SHARED))
             if fill is not None:
                 fill(region)

@@ -108,6 +108,7 @@ from .regions import (
     FileRegion,
     Words,
     _shm_path,
+    allocate_blocks,
     building_path,
     list_shared,
     page_round_up,
@@ -553,13 +554,15 @@ class SharedHeap(Heap):
         try:
             os.ftruncate(fd, size)
             region = _Segment(path, _map(fd, size), name, fd)
-            cls._format(region, capacity, policy_cls)
             # The file is sparse: its first pages (control record, policy words,
-            # the epilogue) and the journal get their blocks now, the rest as
-            # the break reaches them (Heap._grow_to).
+            # the epilogue) and the journal get their blocks now, before the
+            # format writes there (a store to a page without a block is a
+            # SIGBUS); the rest as the break reaches them (Heap._grow_to).
             committed = page_round_up(cls.control_bytes(capacity, policy_cls) + 2 * HEADER)
-            region.reserve(0, committed)
-            region.reserve(journal, size)
+            what = f"make {cls._KIND} {name!r}"
+            allocate_blocks(fd, 0, committed, path, what)
+            allocate_blocks(fd, journal, size, path, what)
+            cls._format(region, capacity, policy_cls)
             words = region.words
             words[C.W_COMMITTED] = committed
             words[W_SHARED_VERSION] = SHARED_VERSION
