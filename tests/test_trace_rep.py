@@ -288,3 +288,12 @@ def test_gzip_trace_read_from_a_pipe(tmp_path: Path) -> None:
         writer.join()
         os.close(read_end)
     assert trace.ops == [Op("a", 0, 8), Op("f", 0, 0)]
+
+
+def test_a_number_too_long_says_why() -> None:
+    # Python cannot even convert past 4300 digits; the message names the limit.
+    with pytest.raises(TraceFormatError) as info:
+        parse_trace("1\n1\n1\n1\na 0 " + "9" * 5000 + "\n", name="t")
+    assert "at most 20 digits (this one has 5,000)" in str(info.value)
+    with pytest.raises(TraceFormatError, match=r"^t:2: .*at most 20 digits \(this one has 21\)"):
+        parse_trace("1\n" + "1" * 21 + "\n1\n1\na 0 1\n", name="t")

@@ -161,6 +161,13 @@ def _parse_count(token: str) -> int | None:
     return None
 
 
+def _too_long(token: str) -> str:
+    """Why ``token``, refused as a number, was refused, when its length is the reason."""
+    if token.isascii() and token.isdigit() and len(token) > MAX_DIGITS:
+        return f" of at most {MAX_DIGITS} digits (this one has {len(token):,})"
+    return ""
+
+
 def _quote(line: str) -> str:
     """``line`` for a message: repr, cut to QUOTE_LIMIT characters."""
     if len(line) <= QUOTE_LIMIT:
@@ -196,7 +203,8 @@ def _parse_lines(lines: list[str], source: str, name: str) -> Trace:
             raise TraceFormatError(
                 source,
                 index + 1,
-                f"expected {field_name} as a non-negative integer, got {_quote(lines[index])}",
+                f"expected {field_name} as a non-negative integer{_too_long(text)}, "
+                f"got {_quote(lines[index])}",
             )
         header.append(value)
     heap_hint, num_ids, num_ops, weight = header
@@ -249,7 +257,8 @@ def _parse_lines(lines: list[str], source: str, name: str) -> Trace:
             raise TraceFormatError(
                 source,
                 first_op_line + offset,
-                f"expected a size as a non-negative integer, got {_quote(parts[2])}",
+                f"expected a size as a non-negative integer{_too_long(parts[2])}, "
+                f"got {_quote(parts[2])}",
             )
         append(Op(kind, block_id, size))
     # mdriver's conventions: the header's counts are hints. The body decides;
