@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import os
+import threading
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
+from pyalloc.trace import rep
 from pyalloc.trace.rep import Op, Trace, TraceFormatError, parse_trace, read_trace, write_trace
 
 CLASSIC = Path(__file__).resolve().parents[1].parent / "shared" / "traces" / "classic"
@@ -235,10 +239,61 @@ def test_endless_or_exploding_input_is_refused(
     import pyalloc.trace.rep as rep
 
     monkeypatch.setattr(rep, "MAX_TRACE_BYTES", 1 << 20)
-    with pytest.raises(TraceFormatError, match="more than 1 MiB"):
-        read_trace("/dev/zero")
+    # /dev/zero: see test_dev_zero_is_refused_at_its_first_chunk.
     bomb = tmp_path / "bomb.rep.gz"
     bomb.write_bytes(gzip.compress(b"1\n1\n1\n1\n" + b" " * (64 << 20)))
     assert bomb.stat().st_size < 1 << 20
     with pytest.raises(TraceFormatError, match="more than 1 MiB"):
         read_trace(bomb)
+
+
+def test_dev_zero_is_refused_at_its_first_chunk() -> None:
+    # A NUL byte ends the read: nothing near MAX_TRACE_BYTES is read or held.
+    tracemalloc.start()
+    try:
+        with pytest.raises(TraceFormatError, match=r"^/dev/zero:1: expected text, got a NUL"):
+            read_trace("/dev/zero")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
+
+
+def test_gzip_of_nul_bytes_is_refused_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "zeros.rep.gz"
+    path.write_bytes(gzip.compress(b"0\n1\n" + bytes(1 << 22)))
+    with pytest.raises(TraceFormatError, match=rf"^{path}:3: expected text, got a NUL"):
+        read_trace(path)
+
+
+def test_endless_text_is_refused_past_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rep, "MAX_TRACE_BYTES", 1 << 20)
+    path = tmp_path / "long.rep"
+    path.write_bytes(b"0\n1\n1\n1\n" + b"a 0 1\n" * 400_000)
+    with pytest.raises(TraceFormatError, match=rf"^{path}: more than 1 MiB of text"):
+        read_trace(path)
+
+
+def test_gzip_trace_read_from_a_pipe(tmp_path: Path) -> None:
+    # <(zcat t.rep.gz) and FIFOs cannot seek; the gzip magic must be seen without it.
+    packed = gzip.compress(b"0\n1\n2\n1\na 0 8\nf 0\n")
+    read_end, write_end = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(write_end, packed), os.close(write_end)))
+    writer.start()
+    try:
+        trace = read_trace(f"/dev/fd/{read_end}")
+    finally:
+        writer.join()
+        os.close(read_end)
+    assert trace.ops == [Op("a", 0, 8), Op("f", 0, 0)]
+
+
+def test_a_number_too_long_says_why() -> None:
+    # Python cannot even convert past 4300 digits; the message names the limit.
+    with pytest.raises(TraceFormatError) as info:
+        parse_trace("1\n1\n1\n1\na 0 " + "9" * 5000 + "\n", name="t")
+    assert "at most 20 digits (this one has 5,000)" in str(info.value)
+    with pytest.raises(TraceFormatError, match=r"^t:2: .*at most 20 digits \(this one has 21\)"):
+        parse_trace("1\n" + "1" * 21 + "\n1\n1\na 0 1\n", name="t")

@@ -3,25 +3,35 @@
 File layout
 -----------
 
-A ``.rep`` file is plain ASCII text, one item a line (``\\n`` or ``\\r\\n``)::
+A ``.rep`` file is plain ASCII text, one item a line (``\\n`` or ``\\r\\n``; a form
+feed or another separator ``str.splitlines`` knows does not end a line)::
 
     line 1   heap_hint     suggested heap size in bytes (informational)
-    line 2   num_ids       number of distinct block ids; every id is in [0, num_ids)
-    line 3   num_ops       number of op lines that follow; must match exactly
+    line 2   num_ids       number of distinct block ids; ids are in [0, num_ids)
+    line 3   num_ops       number of op lines that follow
     line 4   weight        how much the trace counts in an average (>= 0)
     line 5.. one op a line:
                a ID SIZE   allocate SIZE bytes and call the block ID
                f ID        free block ID
                r ID SIZE   reallocate block ID to SIZE bytes
 
-Every number is a non-negative decimal integer written with ASCII digits only
-(no sign, no underscores).  Fields are separated by any run of blanks.  Blank
-lines are accepted only after the last op.  A file whose name ends in ``.gz``
-(or that starts with the gzip magic bytes) is read through gzip.
+Every number is a non-negative decimal integer of at most ``MAX_DIGITS``
+digits written with ASCII digits only (no sign, no underscores); an id is
+below ``MAX_ID``, except that ``-1`` in an ``f`` or ``r`` line is NULL, as in
+mdriver's traces: ``f -1`` (free(NULL)) is dropped and ``r -1 SIZE``
+(realloc(NULL, SIZE)) gets an id of its own above the others.  Fields are
+separated by any run of blanks.  Blank lines are accepted only after the
+last op.  A file whose name ends in ``.gz`` (or that starts with the gzip
+magic bytes) is read through gzip; at most ``MAX_TRACE_BYTES`` of text are
+read, and a NUL byte ends the read.
+
+The ops decide, as in mdriver: a header whose op count or id count
+disagrees with them is reported in ``Trace.warnings``, not refused, and the
+id count becomes the one the ops use when the header's is too small or
+above ``MAX_ID``.
 
 Invariants of a ``Trace`` returned by :func:`read_trace` / :func:`parse_trace`::
 
-    len(trace.ops) == num_ops from the header
     0 <= op.id < trace.num_ids                 for every op
     op.size >= 0, and op.size == 0 when op.kind == 'f'
     op.kind in {'a', 'f', 'r'}
@@ -55,7 +65,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 from ..files import replacing
 
@@ -67,6 +77,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 MAX_TRACE_BYTES = 1 << 28  # text read from one trace (after gunzip): /dev/zero stops here
 MAX_DIGITS = 20  # a number of a trace: 2**64 has 20 digits
 MAX_ID = 1 << 26  # ids index the replay's tables: a larger one is refused, not allocated
+_READ_CHUNK = 1 << 20  # bytes read at a time, so a bad input is refused early
 QUOTE_LIMIT = 80  # characters of a rejected line quoted in a message
 NULL_ID = "-1"  # mdriver's id of a NULL pointer in an f or r line
 
@@ -150,6 +161,13 @@ def _parse_count(token: str) -> int | None:
     return None
 
 
+def _too_long(token: str) -> str:
+    """Why ``token``, refused as a number, was refused, when its length is the reason."""
+    if token.isascii() and token.isdigit() and len(token) > MAX_DIGITS:
+        return f" of at most {MAX_DIGITS} digits (this one has {len(token):,})"
+    return ""
+
+
 def _quote(line: str) -> str:
     """``line`` for a message: repr, cut to QUOTE_LIMIT characters."""
     if len(line) <= QUOTE_LIMIT:
@@ -185,7 +203,8 @@ def _parse_lines(lines: list[str], source: str, name: str) -> Trace:
             raise TraceFormatError(
                 source,
                 index + 1,
-                f"expected {field_name} as a non-negative integer, got {_quote(lines[index])}",
+                f"expected {field_name} as a non-negative integer{_too_long(text)}, "
+                f"got {_quote(lines[index])}",
             )
         header.append(value)
     heap_hint, num_ids, num_ops, weight = header
@@ -238,7 +257,8 @@ def _parse_lines(lines: list[str], source: str, name: str) -> Trace:
             raise TraceFormatError(
                 source,
                 first_op_line + offset,
-                f"expected a size as a non-negative integer, got {_quote(parts[2])}",
+                f"expected a size as a non-negative integer{_too_long(parts[2])}, "
+                f"got {_quote(parts[2])}",
             )
         append(Op(kind, block_id, size))
     # mdriver's conventions: the header's counts are hints. The body decides;
@@ -280,6 +300,36 @@ def _trace_name(path: Path) -> str:
     return name
 
 
+def _read_text(stream: IO[bytes] | gzip.GzipFile, source: str) -> bytes:
+    """All of ``stream``, read a chunk at a time and refused as soon as it cannot be a trace.
+
+    A NUL byte is in no text file (and /dev/zero is nothing else), so it
+    ends the read at the first chunk; past MAX_TRACE_BYTES the read ends
+    too.  Either way no more than a chunk beyond the bound is held.
+    """
+    chunks: list[bytes] = []
+    total = 0
+    lines = 0
+    while True:
+        chunk = stream.read(_READ_CHUNK)
+        if not chunk:
+            return b"".join(chunks)
+        nul = chunk.find(0)
+        if nul >= 0:
+            lineno = lines + chunk.count(b"\n", 0, nul) + 1
+            raise TraceFormatError(source, lineno, "expected text, got a NUL byte")
+        total += len(chunk)
+        if total > MAX_TRACE_BYTES:
+            raise TraceFormatError(
+                source,
+                0,
+                f"more than {MAX_TRACE_BYTES >> 20} MiB of text (uncompressed): not read "
+                "further; a trace this large is more likely a wrong file",
+            )
+        lines += chunk.count(b"\n")
+        chunks.append(chunk)
+
+
 def read_trace(path: str | os.PathLike[str]) -> Trace:
     """Read and validate a ``.rep`` file, plain or gzip-compressed.
 
@@ -291,25 +341,17 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
     file_path = Path(path)
     source = str(file_path)
     with open(file_path, "rb") as f:
-        raw = f.read(2)
-        if raw == GZIP_MAGIC:
-            f.seek(0)
+        # peek, not read and seek: a pipe (``<(zcat t.rep.gz)``) cannot seek.
+        if f.peek(2)[:2] == GZIP_MAGIC:
             try:
                 with gzip.GzipFile(fileobj=f) as gz:
-                    raw = gz.read(MAX_TRACE_BYTES + 1)
+                    raw = _read_text(gz, source)
             except (OSError, EOFError, zlib.error) as exc:
                 raise TraceFormatError(source, 0, f"expected a gzip stream: {exc}") from None
         elif source.endswith(".gz"):
             raise TraceFormatError(source, 0, "expected a gzip stream (name ends in .gz)")
         else:
-            raw += f.read(MAX_TRACE_BYTES - 1)
-    if len(raw) > MAX_TRACE_BYTES:
-        raise TraceFormatError(
-            source,
-            0,
-            f"more than {MAX_TRACE_BYTES >> 20} MiB of text (uncompressed): not read further;"
-            " a trace this large is more likely a wrong file",
-        )
+            raw = _read_text(f, source)
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError as exc:
