@@ -108,6 +108,10 @@ def test_replay_prints_a_plain_table_when_not_on_a_terminal(
     assert lines[-1].startswith("Totals: 2 of 2 valid")  # mdriver's totals line
     assert {line.split()[0] for line in lines[1:-1]} == {"uniform", "realistic"}
     assert all("best-fit" in line for line in lines[1:-1])
+    header = lines[0].split()
+    assert {"valid", "util", "ops", "secs", "kops/s"} <= set(header)  # mdriver's columns
+    secs = header.index("secs") - len(header)  # counted from the right: names hold spaces
+    assert all(float(line.split()[secs]) > 0 for line in lines[1:-1])
     assert "\x1b[" not in out  # no terminal escapes
 
 

@@ -672,6 +672,7 @@ def replay_command(args: argparse.Namespace) -> int:
                     human_bytes(row["peak_heap"]) if row["valid"] else "-",
                     _percent(row["internal_frag"]) if frag else "-",
                     _percent(row["external_frag"]) if frag else "-",
+                    f"{row['seconds']:.6f}" if row["valid"] else "-",
                     _thousands(row["ops_per_sec"]) if row["valid"] else "-",
                 ]
             )
@@ -686,6 +687,7 @@ def replay_command(args: argparse.Namespace) -> int:
                 "peak heap",
                 "int frag",
                 "ext frag",
+                "secs",
                 "kops/s",
             ],
             table,
