@@ -477,16 +477,19 @@ class OverflowTally:
     detected_by_final_check: int = 0
     silent: int = 0
     silent_payload_damage: int = 0
+    unchanged: int = 0  # the junk equalled the bytes it overwrote: nothing to detect
     memory_errors: int = 0
     by_error: dict[str, int] = field(default_factory=dict)
 
     @property
     def trials(self) -> int:
-        return self.detected_in_ops + self.detected_by_final_check + self.silent
+        return self.detected_in_ops + self.detected_by_final_check + self.silent + self.unchanged
 
     @property
     def detection_rate(self) -> float:
-        return (self.detected_in_ops + self.detected_by_final_check) / self.trials
+        """Detected among the trials whose overflow changed at least one byte."""
+        detected = self.detected_in_ops + self.detected_by_final_check
+        return detected / (detected + self.silent)
 
 
 @contextlib.contextmanager
@@ -534,6 +537,7 @@ def _overflow_trial(heap: Any, rng: random.Random, tally: OverflowTally) -> None
     # the header of whatever follows it (and, past 8 bytes, its first word).
     start = victim + live.blocks[victim].usable
     junk = rng.randbytes(rng.randrange(1, 17))
+    unchanged = bytes(heap.region.buf[start : start + len(junk)]) == junk
     heap.region.buf[start : start + len(junk)] = junk
     for p, b in live.blocks.items():  # keep the model of live payloads exact
         lo, hi = max(start, p), min(start + len(junk), p + len(b.data))
@@ -601,7 +605,10 @@ def _overflow_trial(heap: Any, rng: random.Random, tally: OverflowTally) -> None
     except HeapError:
         tally.detected_by_final_check += 1
     else:
-        tally.silent += 1
+        if unchanged:
+            tally.unchanged += 1
+        else:
+            tally.silent += 1
         tally.silent_payload_damage += damaged
 
 
@@ -621,8 +628,9 @@ def test_overflow_into_neighbour_metadata_never_yields_overlapping_blocks(
         f"overflow simulation [{policy}]: {tally.trials} trials, "
         f"detected {tally.detected_in_ops} during operations + "
         f"{tally.detected_by_final_check} by the final check "
-        f"= {tally.detection_rate:.1%}; silently accepted {tally.silent} "
-        f"(payload damage seen in {tally.silent_payload_damage}); "
+        f"= {tally.detection_rate:.2%} of those that changed a byte; "
+        f"silently accepted {tally.silent} (payload damage seen in "
+        f"{tally.silent_payload_damage}); junk equal to the bytes it overwrote {tally.unchanged}; "
         f"MemoryError {tally.memory_errors}; errors {dict(sorted(tally.by_error.items()))}"
     )
     print(summary)
