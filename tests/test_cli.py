@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sys
 import types
 from dataclasses import dataclass
@@ -112,6 +113,8 @@ def test_replay_prints_a_plain_table_when_not_on_a_terminal(
     assert {"valid", "util", "ops", "secs", "kops/s"} <= set(header)  # mdriver's columns
     secs = header.index("secs") - len(header)  # counted from the right: names hold spaces
     assert all(float(line.split()[secs]) > 0 for line in lines[1:-1])
+    total = re.search(r" ([0-9.]+) s, ", lines[-1])
+    assert total and float(total[1]) > 0  # with mdriver's six decimals, never "0.000 s"
     assert "\x1b[" not in out  # no terminal escapes
 
 

@@ -723,7 +723,7 @@ def _print_totals(
     summary = mdriver_summary(rows, reference)
     print(
         f"Totals: {summary['valid']} of {summary['traces']} valid, util {summary['util']:.1%},"
-        f" {summary['ops']:,} ops, {summary['seconds']:.3f} s, {summary['kops']:,.0f} Kops/s" + note
+        f" {summary['ops']:,} ops, {summary['seconds']:.6f} s, {summary['kops']:,.0f} Kops/s" + note
     )
     if summary["perf_index"] is not None and reference:
         print(
