@@ -41,3 +41,16 @@ def test_gen_killed_while_writing_leaves_the_old_trace(tmp_path: Path) -> None:
     assert child.returncode == -signal.SIGKILL, "gen finished before it could be killed"
     assert target.read_bytes() == before
     assert read_trace(target).ops == old.ops
+    left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".t.rep.gz.")]
+    assert left, "the killed write left no temporary, so nothing below is tested"
+
+    # The next write to the target removes what the killed writer left, and
+    # only that: a live writer's temporary and other files stay.
+    live = tmp_path / f".t.rep.gz.{os.getpid()}.abcd1234.part.gz"
+    live.write_bytes(b"a write under way")
+    other = tmp_path / f".u.rep.gz.{child.pid}.abcd1234.part.gz"  # its writer is dead too
+    other.write_bytes(b"another target's")
+    new = generate("uniform", ops=50, seed=9)
+    write_trace(new, target)
+    assert read_trace(target).ops == new.ops
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["t.rep.gz", live.name, other.name])

@@ -3,7 +3,9 @@
 ``replacing(path)`` gives a temporary name beside ``path``; the caller writes
 the whole file there, and only when that succeeded is it renamed onto
 ``path`` (a rename within a directory is atomic). A write that fails or is
-killed leaves ``path`` as it was: the old file, or none.
+killed leaves ``path`` as it was: the old file, or none. A temporary's name
+carries its writer's pid, so the next write to ``path`` removes what a killed
+writer left.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from .regions import process_alive
 
 
 def check_output_path(path: str | os.PathLike[str]) -> None:
@@ -34,7 +38,9 @@ def replacing(path: str | os.PathLike[str]) -> Iterator[str]:
     directory, base = os.path.split(os.path.abspath(target))
     # The target's suffix last: writers that choose a format by it (images) see it.
     suffix = ".part" + os.path.splitext(base)[1]
-    fd, temporary = tempfile.mkstemp(prefix=f".{base}.", suffix=suffix, dir=directory)
+    _remove_abandoned(directory, base, suffix)
+    prefix = f".{base}.{os.getpid()}."
+    fd, temporary = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
     os.close(fd)
     try:
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 is not what an output needs
@@ -46,6 +52,24 @@ def replacing(path: str | os.PathLike[str]) -> Iterator[str]:
         except FileNotFoundError:
             pass
         raise
+
+
+def _remove_abandoned(directory: str, base: str, suffix: str) -> None:
+    """Remove the temporaries for ``base`` whose writer is dead (killed mid-write)."""
+    prefix = f".{base}."
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return
+    for entry in entries:
+        if not (entry.startswith(prefix) and entry.endswith(suffix)):
+            continue
+        pid, dot, _token = entry[len(prefix) : len(entry) - len(suffix)].partition(".")
+        if dot and pid.isdigit() and int(pid) > 0 and not process_alive(int(pid)):
+            try:
+                os.unlink(os.path.join(directory, entry))
+            except OSError:
+                pass  # gone already, or not ours to remove
 
 
 def _umask() -> int:

@@ -94,7 +94,8 @@ def _builder_pid(entry: str) -> int:
     return int(parts[1])
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -113,7 +114,7 @@ def abandoned_builds(directory: str) -> list[str]:
     found = []
     for entry in sorted(entries):
         pid = _builder_pid(entry)
-        if pid > 0 and pid != os.getpid() and not _alive(pid):
+        if pid > 0 and pid != os.getpid() and not process_alive(pid):
             found.append(os.path.join(directory, entry))
     return found
 
