@@ -450,6 +450,21 @@ def test_ndarray_options(heap: SharedHeap) -> None:
     assert heap.stats()["live_blocks"] == 0
 
 
+@needs_numpy
+def test_ndarray_with_a_subarray_dtype_has_numpy_shape(heap: SharedHeap) -> None:
+    # A (3,)-float64 element is an inner dimension of float64, as np.zeros makes it.
+    kind = np.dtype(("f8", (3,)))
+    a = heap.ndarray((4,), kind, zero=True)
+    assert a.shape == np.zeros(4, kind).shape == (4, 3) and a.dtype == np.float64
+    a[:] = np.arange(12.0).reshape(4, 3)
+    p = heap.offset_of(a)
+    b = heap.ndarray_at(p, 4, kind)
+    assert b.shape == (4, 3) and (b == a).all()
+    del a, b
+    heap.free(p)
+    heap.check()
+
+
 def test_ndarray_without_numpy_names_the_extra(
     heap: SharedHeap, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -173,11 +173,6 @@ class SharedArrays(MutableMapping[str, Any]):
 
     def _checked(self, shape: int | tuple[int, ...], dtype: Any) -> tuple[Any, tuple[int, ...]]:
         dt, dims, _ = _array_spec(_numpy(), shape, dtype)
-        if dt.subdtype is not None:
-            # As numpy does: a (3,)-float64 element makes the array one
-            # dimension more, of float64 (its descriptor would lose the 3).
-            dt, inner = dt.subdtype
-            dims += inner
         if len(dims) > MAX_DIMS:
             raise ValueError(f"at most {MAX_DIMS} dimensions")
         return dt, dims

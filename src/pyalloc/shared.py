@@ -1039,4 +1039,9 @@ def _array_spec(
             raise TypeError(f"array dimensions must be ints, got {d!r}")
         if d < 0:
             raise ValueError(f"array dimensions must be >= 0, got {d}")
+    if dt.subdtype is not None:
+        # As numpy does: a (3,)-float64 element makes the array one dimension
+        # more, of float64 (a descriptor of the element would lose the 3).
+        dt, inner = dt.subdtype
+        dims += inner
     return dt, dims, math.prod(dims) * dt.itemsize
