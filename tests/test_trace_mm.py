@@ -148,3 +148,30 @@ def test_replay_prints_totals_and_the_index(
     assert main(["replay", "--mm", str(EXAMPLE), str(tmp_path), "--index", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
     assert "Totals: 2 of 2 valid" in out and "Perf index = " in out and "/100" in out
+
+
+def test_builds_are_cached_by_everything_that_goes_into_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    package_dir = tmp_path / "pkg"
+    package_dir.mkdir()
+    source = package_dir / "mm.c"
+    source.write_text(EXAMPLE.read_text())
+    first = mm.build(source)
+    assert Path(first.library).parent == tmp_path / "cache" / "pyalloc" / "mm"
+    built_at = Path(first.library).stat().st_mtime_ns
+    again = mm.build(source)
+    assert again.library == first.library  # not compiled twice
+    assert Path(again.library).stat().st_mtime_ns == built_at
+    (package_dir / "extra.h").write_text("/* a header beside mm.c may be included */\n")
+    assert mm.build(source).library != first.library  # a changed header builds afresh
+
+    # A cache directory that cannot be made: the build still works, uncached.
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    elsewhere = mm.build(source)
+    assert not Path(elsewhere.library).is_relative_to(blocker)
+    result = mm.replay_package(elsewhere, generate("uniform", ops=300, seed=3))
+    assert result.valid, result.error

@@ -76,7 +76,7 @@ def build(source: str | os.PathLike[str], directory: str | None = None) -> Packa
     digest = hashlib.sha256(shlex.join([*cc, *flags]).encode())
     for each in inputs:
         digest.update(each.name.encode() + b"\0" + each.read_bytes())
-    out_dir = Path(directory) if directory is not None else user_cache_dir() / "mm"
+    out_dir = Path(directory) if directory is not None else user_cache_dir("mm")
     library = out_dir / f"{path.stem}-{digest.hexdigest()[:16]}.so"
 
     def compile_into(built: Path) -> None:

@@ -176,10 +176,19 @@ class RecordResult:
 # ---- building the interposer ------------------------------------------------
 
 
-def user_cache_dir() -> Path:
-    """Where compiled helpers are kept: ``$XDG_CACHE_HOME/pyalloc`` (or ``~/.cache``)."""
+def user_cache_dir(part: str = "") -> Path:
+    """Where compiled helpers are kept: ``$XDG_CACHE_HOME/pyalloc`` (or ``~/.cache``).
+
+    Created if missing; where it cannot be (a read-only home), a new private
+    temporary directory serves instead, so a build still works, uncached.
+    """
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "pyalloc"
+    directory = Path(base) / "pyalloc" / part
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return Path(tempfile.mkdtemp(prefix="pyalloc-cache-"))
+    return directory
 
 
 def find_compiler(
