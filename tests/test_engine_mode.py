@@ -135,18 +135,23 @@ print(hashlib.sha256(bytes(h.region.buf[:end])).hexdigest(), pyalloc.COMPILED)
 """
 
 
-def run_mode(pure: bool, *args: str) -> tuple[str, bool]:
+def run_in_mode(pure: bool, script: str, *args: str) -> list[str]:
+    """The words ``script`` prints, run in a child with the engine mode chosen."""
     env = {k: v for k, v in os.environ.items() if k != _engine.PURE_ENV}
     if pure:
         env[_engine.PURE_ENV] = "1"
-    out = subprocess.run(
-        [sys.executable, "-c", SCRIPT, *args],
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
         env=env,
         capture_output=True,
         text=True,
         check=True,
         timeout=120,
     ).stdout.split()
+
+
+def run_mode(pure: bool, *args: str) -> tuple[str, bool]:
+    out = run_in_mode(pure, SCRIPT, *args)
     return out[0], out[1] == "True"
 
 
@@ -196,18 +201,7 @@ def test_processes_of_either_mode_share_one_heap(child_pure: bool) -> None:
         h.view(p)[:5] = b"hello"
         h.names["from-parent"] = p
         mine = [h.malloc(n) for n in range(10, 2000, 97)]
-        env = {k: v for k, v in os.environ.items() if k != _engine.PURE_ENV}
-        if child_pure:
-            env[_engine.PURE_ENV] = "1"
-        out = subprocess.run(
-            [sys.executable, "-c", SHARER, name],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=120,
-        ).stdout.split()
-        assert out == [str(not child_pure)]
+        assert run_in_mode(child_pure, SHARER, name) == [str(not child_pure)]
         q = h.names["from-child"]
         assert h.usable_size(q) >= 8
         for p in mine:
