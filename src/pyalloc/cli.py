@@ -69,13 +69,13 @@ from .trace.bench import (
     expand_paths,
     failed_row,
     load_source,
-    load_system,
     mdriver_summary,
     plot_comparison,
     plot_format,
     row_from_replay,
     row_from_system,
     run_comparison,
+    system_for,
     tiny_peak,
     write_csv,
 )
@@ -610,12 +610,9 @@ def replay_command(args: argparse.Namespace) -> int:
         return _unknown("allocator", [system_name], ("pyalloc", *SYSTEM_ALLOCATORS, "PATH.so"))
     system = None
     if system_name is not None:
-        system, reason = load_system()
+        system, reason = system_for(system_name)
         if system is None:
             return _fail(f"--allocator {system_name}: {reason}")
-        missing = system.system_available(system_name)
-        if missing is not None:
-            return _fail(f"--allocator {system_name}: {missing}")
     else:
         policies = policy_names()
         if ":" in args.policy:
@@ -710,10 +707,10 @@ def _print_totals(
     reference = None
     note = ""
     if args.index:
-        system, reason = load_system()
+        system, reason = system_for("glibc")
         traces = [s.trace for s in sources if s.trace is not None]
-        if system is None or system.system_available("glibc") is not None or not traces:
-            note = f" (no index: glibc cannot be measured here: {reason or 'not glibc'})"
+        if system is None or not traces:
+            note = f" (no index: glibc cannot be measured here: {reason or 'no trace was read'})"
         else:
             results = [
                 system.replay_system(t, "glibc", timed_repeats=max(1, args.repeat)) for t in traces

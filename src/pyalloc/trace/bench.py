@@ -52,6 +52,7 @@ __all__ = [
     "row_from_replay",
     "row_from_system",
     "run_comparison",
+    "system_for",
     "write_csv",
 ]
 
@@ -284,6 +285,14 @@ def load_system() -> tuple[ModuleType | None, str | None]:
         return importlib.import_module("pyalloc.trace.system"), None
     except ImportError as e:
         return None, f"replay through system allocators is not available ({e})"
+
+
+def system_for(name: str) -> tuple[ModuleType | None, str | None]:
+    """``pyalloc.trace.system`` if allocator ``name`` can be replayed, else None and why."""
+    system, reason = load_system()
+    if system is not None:
+        reason = system.system_available(name)
+    return (system, None) if reason is None else (None, reason)
 
 
 # -- the comparison -------------------------------------------------------------------

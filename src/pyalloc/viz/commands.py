@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from ..trace.bench import SYSTEM_ALLOCATORS, load_source, load_system
+from ..trace.bench import SYSTEM_ALLOCATORS, load_source, system_for
 from ..trace.rep import Trace
 from ..trace.replay import policy_names
 from .history import (
@@ -150,12 +150,9 @@ def _system_timeline(trace: Trace, name: str, package: Any = None) -> Timeline:
         timeline.peak_footprint = int(result.peak_footprint)
         timeline.measured_as = "mem_heapsize()"
         return timeline
-    system, reason = load_system()
+    system, reason = system_for(name)
     if system is None:
         raise VizError(f"{name}: {reason}")
-    missing = system.system_available(name)
-    if missing is not None:
-        raise VizError(f"{name}: {missing}")
     result = system.replay_system(trace, name, timed_repeats=0)
     if not result.valid:
         raise VizError(f"{trace.name} on {name}: {result.error}")
