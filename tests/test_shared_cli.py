@@ -14,7 +14,8 @@ import pytest
 
 from pyalloc import SharedHeap
 from pyalloc import control as C
-from pyalloc.cli import human_bytes, main
+from pyalloc.cli import main
+from pyalloc.units import human_bytes
 
 
 @pytest.fixture

@@ -83,20 +83,11 @@ from .trace.generate import GENERATORS, generate
 from .trace.rep import write_trace
 from .trace.replay import policy_names, replay
 from .trace.system import is_library_path, system_available
+from .units import human_bytes
 
 Subcommands = Any  # argparse's private _SubParsersAction
 
 PROGRESS_MIN_OPS: Final = 200_000  # runs shorter than this show no progress bar
-
-
-def human_bytes(n: int) -> str:
-    """``n`` bytes in the largest binary unit that keeps it at least 1."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def _fail(message: str) -> int:

@@ -233,6 +233,7 @@ def build_interposer(cache_dir: Path | None = None) -> Path:
     digest = hashlib.sha256(source).hexdigest()[:16]
     directory = cache_dir if cache_dir is not None else user_cache_dir()
     library = directory / f"librecord-{digest}.so"
+
     def compile_into(built: Path) -> None:
         compiler = find_compiler()
         source_path = built.with_name(INTERPOSER_SOURCE)

@@ -271,9 +271,7 @@ def replay_system(
         return failed(f"invalid trace: {exc}")
     for index, op in enumerate(trace.ops):
         if op[2] >= SIZE_T_LIMIT:
-            return failed(
-                f"op {index + 1} asks for {op[2]} bytes, more than a C size_t can hold"
-            )
+            return failed(f"op {index + 1} asks for {op[2]} bytes, more than a C size_t can hold")
 
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ..trace.bench import SYSTEM_ALLOCATORS, load_source, system_for
 from ..trace.rep import Trace
 from ..trace.replay import policy_names
+from ..units import human_bytes
 from .history import (
     FOOTPRINT_RESIDENT,
     Replayer,
@@ -168,7 +169,7 @@ def _draw_maps(
     options: PictureOptions,
     packages: dict[str, Any] | None = None,
 ) -> int:
-    from .render import Panel, draw_picture, human_bytes
+    from .render import Panel, draw_picture
 
     timelines: list[Timeline] = []
     panels: list[Panel] = []

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import HeapCorruptionError, HeapError
 from ..layout import HEADER
+from ..units import human_bytes
 from .history import VizError
 from .snapshot import (
     FREE,
@@ -103,16 +104,11 @@ def view_title(view: LiveView) -> list[str]:
     moment = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(view.taken_at))
     return [
         f"shared heap {view.name}: heap map at {moment}, {view.policy}",
-        f"{stats['live_blocks']:,} live blocks, {_human(stats['live_bytes'])} usable in them; "
-        f"footprint {_human(stats['heap_bytes'])} (peak {_human(stats['peak_heap_bytes'])}) "
-        f"of {_human(stats['capacity'])}; payload drawn as each block's usable bytes",
+        f"{stats['live_blocks']:,} live blocks, {human_bytes(stats['live_bytes'])} usable in them; "
+        f"footprint {human_bytes(stats['heap_bytes'])} "
+        f"(peak {human_bytes(stats['peak_heap_bytes'])}) "
+        f"of {human_bytes(stats['capacity'])}; payload drawn as each block's usable bytes",
     ]
-
-
-def _human(n: int) -> str:
-    from .render import human_bytes
-
-    return human_bytes(n)
 
 
 # -- the terminal view -------------------------------------------------------------------
@@ -137,14 +133,14 @@ def render_view(view: LiveView, columns: int, rows: int = TOP_ROWS) -> Renderabl
     free = stats["free_bytes"]
     external = 1.0 - stats["largest_free"] / free if free else 0.0
     pairs = [
-        ("footprint", _human(stats["heap_bytes"])),
-        ("peak", _human(stats["peak_heap_bytes"])),
-        ("capacity", _human(stats["capacity"])),
+        ("footprint", human_bytes(stats["heap_bytes"])),
+        ("peak", human_bytes(stats["peak_heap_bytes"])),
+        ("capacity", human_bytes(stats["capacity"])),
         ("live blocks", f"{stats['live_blocks']:,}"),
-        ("live bytes", _human(stats["live_bytes"])),
+        ("live bytes", human_bytes(stats["live_bytes"])),
         ("named", f"{len(view.names):,}"),
         ("free blocks", f"{stats['free_blocks']:,}"),
-        ("free bytes", _human(free)),
+        ("free bytes", human_bytes(free)),
         ("external frag", f"{external:.1%}"),
     ]
     for i in range(0, len(pairs), 3):
@@ -156,7 +152,7 @@ def render_view(view: LiveView, columns: int, rows: int = TOP_ROWS) -> Renderabl
     styles = {s: as_rgb(STATE_COLOURS[s]) for s in STATES}
     heap_map = Text()
     for r, row in enumerate(grid):
-        heap_map.append(f"{_human(r * scale.row_bytes):>10} ", style="dim")
+        heap_map.append(f"{human_bytes(r * scale.row_bytes):>10} ", style="dim")
         for state in row:
             state = int(state)
             heap_map.append(STATE_CHARS[state], style=styles[state] if state else "")
@@ -165,7 +161,7 @@ def render_view(view: LiveView, columns: int, rows: int = TOP_ROWS) -> Renderabl
     for state in (PAYLOAD, OVERHEAD, FREE):
         legend.append(STATE_CHARS[state], style=styles[state])
         legend.append(f" {STATE_NAMES[state]}   ")
-    legend.append(f"1 character = {_human(scale.bytes_per_cell)}", style="dim")
+    legend.append(f"1 character = {human_bytes(scale.bytes_per_cell)}", style="dim")
 
     parts: list[RenderableType] = [header, numbers, Text(""), legend, heap_map]
     if view.names:

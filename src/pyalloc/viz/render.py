@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..files import replacing
+from ..units import human_bytes
 from .history import Timeline, VizError
 from .snapshot import (
     FREE,
@@ -122,16 +123,6 @@ class MapPlacement:
         row, column = divmod(index, self.scale.columns)
         half = self.cell // 2
         return self.left + column * self.cell + half, self.top + row * self.cell + half
-
-
-def human_bytes(n: float) -> str:
-    """``n`` bytes in the largest binary unit that keeps it at least 1."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024 or unit == "GiB":
-            return f"{int(n)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def check_output(path: str | Path, animate: bool) -> str:
