@@ -27,6 +27,7 @@ from pyalloc.trace.record import (
     RecordError,
     build_interposer,
     convert_records,
+    find_compiler,
     read_log,
     record,
 )
@@ -115,8 +116,12 @@ int main(int argc, char **argv)
 """
 
 
-def _compiler() -> str | None:
-    return shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+def _compiler() -> list[str] | None:
+    """The compiler the interposer is built with, or None without one."""
+    try:
+        return find_compiler()
+    except CompilerNotFoundError:
+        return None
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +143,7 @@ def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source.write_text(PROGRAM)
     binary = directory / "program"
     subprocess.run(
-        [compiler, "-O0", "-pthread", "-o", str(binary), str(source)],
+        [*compiler, "-O0", "-pthread", "-o", str(binary), str(source)],
         check=True,
         capture_output=True,
     )
@@ -262,7 +267,7 @@ def test_statically_linked_program_is_an_error(interposer_cache: Path, tmp_path:
     source.write_text("#include <stdlib.h>\nint main(void) { free(malloc(8)); return 0; }\n")
     binary = tmp_path / "static"
     built = subprocess.run(
-        [compiler, "-static", "-o", str(binary), str(source)], capture_output=True
+        [*compiler, "-static", "-o", str(binary), str(source)], capture_output=True
     )
     if built.returncode != 0:
         pytest.skip("no static C library to link against")

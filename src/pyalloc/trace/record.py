@@ -92,10 +92,13 @@ __all__ = [
     "RawRecord",
     "RecordError",
     "RecordResult",
+    "build_cached",
     "build_interposer",
     "convert_records",
+    "find_compiler",
     "read_log",
     "record",
+    "user_cache_dir",
 ]
 
 INTERPOSER_SOURCE = "interpose.c"
