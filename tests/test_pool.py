@@ -87,7 +87,7 @@ def allocated_state(pool: Pool) -> int:
     """The state byte of an allocated block, as the pool writes it."""
     with Pool(16, 1) as scratch:
         ptr = scratch.alloc()
-        return scratch._bytes[scratch._layout.states + scratch._index_of(ptr)]
+        return scratch._bytes[scratch._layout.state(scratch._index_of(ptr))]
 
 
 # --- Construction ------------------------------------------------------------
@@ -488,7 +488,7 @@ def test_check_finds_a_wrong_depth() -> None:
 
 def test_check_finds_an_allocated_block_on_the_stack_and_alloc_refuses_it() -> None:
     with Pool(64, 10) as pool:
-        pool._bytes[pool._layout.states] = allocated_state(pool)
+        pool._bytes[pool._layout.state(0)] = allocated_state(pool)
         with pytest.raises(HeapCorruptionError, match="on the free stack"):
             pool.check()
         with pytest.raises(HeapCorruptionError):
@@ -498,7 +498,7 @@ def test_check_finds_an_allocated_block_on_the_stack_and_alloc_refuses_it() -> N
 def test_check_finds_an_unknown_state() -> None:
     with Pool(64, 10) as pool:
         held = [pool.alloc() for _ in range(3)]
-        pool._bytes[pool._layout.states + pool._index_of(held[1])] = 0
+        pool._bytes[pool._layout.state(pool._index_of(held[1]))] = 0
         with pytest.raises(HeapCorruptionError, match="unknown state"):
             pool.check()
 
@@ -508,7 +508,7 @@ def test_check_counts_a_block_freed_but_not_pushed_as_stranded() -> None:
         p = pool.alloc()
         pool.alloc()
         # What a process killed between the two steps of free leaves behind.
-        pool._bytes[pool._layout.states] = 1
+        pool._bytes[pool._layout.state(0)] = 1
         report = pool.check()
         assert (report.free, report.allocated, report.stranded) == (8, 1, 1)
         with pytest.raises(DoubleFreeError):

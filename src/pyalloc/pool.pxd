@@ -7,6 +7,9 @@ ctypedef unsigned long long u64
 ctypedef long long i64
 
 cdef int STATE_FREE, STATE_ALLOCATED
+cdef i64 STRIPE_SHIFT, STRIPES
+
+cdef i64 _state_offset(i64 states, i64 row, i64 index) noexcept
 
 # The compiler's __atomic builtins, sequentially consistent like atomicshm's
 # defaults: a compiled and an interpreted process share a pool through the same
@@ -64,12 +67,42 @@ cdef class CAtomics:
     cpdef close(self)
 
 
+cdef class _Stack:
+    cdef readonly CAtomics atomics
+    cdef readonly object layout
+    cdef readonly i64 magazine, magazine_end
+    cdef i64 head, links, states, state_row, blocks, stride
+    cdef u64 count
+    cdef list entries
+    @cython.locals(h=u64, seen=u64, desired=u64, index=u64, mask=u64, tag_one=u64, tag_mask=u64)
+    cpdef i64 pop(self) except -1
+    @cython.locals(h=u64, seen=u64, top=u64, depth=u64, mask=u64, tag_one=u64, tag_mask=u64,
+                   slot=i64)
+    cpdef push(self, u64 index)
+    @cython.locals(h=u64, again=u64, top=u64, depth=u64, mask=u64)
+    cpdef i64 depth(self) except -1
+    @cython.locals(index=i64, state=int)
+    cpdef take(self, u64 entry)
+    @cython.locals(fill=i64, entry=u64, index=i64, more=i64)
+    cpdef tuple alloc_slow(self)
+    @cython.locals(offset=i64, entry=u64, index=i64)
+    cpdef u64 steal(self) except 0
+    @cython.locals(fill=i64, half=i64)
+    cpdef i64 free_slow(self, i64 index) except -1
+    @cython.locals(offset=i64, entry=u64)
+    cpdef drain(self, i64 start, i64 end)
+    @cython.locals(first=i64)
+    cpdef drain_slot(self, i64 slot)
+    @cython.locals(offset=i64, entry=u64)
+    cpdef list cached(self)
+
+
 @cython.final
 cdef class CHotPaths(CAtomics):
-    cdef i64 _states, _blocks, _stride, _count
+    cdef i64 _states, _state_row, _blocks, _stride, _count
     cdef i64 _magazine, _magazine_end, _fill
-    cdef object _stack
-    @cython.locals(v=u64, fill=i64)
+    cdef _Stack _stack
+    @cython.locals(v=i64, fill=i64)
     cpdef alloc(self)
     @cython.locals(offset=i64, index=i64, state=int, fill=i64, overflow=int)
     cpdef free(self, object ptr)

@@ -54,7 +54,7 @@ Layout of the region (offsets in bytes)::
     128   head word                       alone on its 128-byte stretch
     352   attach table: 4 words, then SLOTS slots of 16 words (the first at 384)
     ..    links[count]                    8 bytes each
-    ..    states[count]                   1 byte each
+    ..    states: STRIPES rows            1 byte a block, see _state_offset
     ..    blocks[count]                   stride bytes each, 64-byte aligned start
     end
 
@@ -164,6 +164,8 @@ TABLE_END = TABLE_OFFSET + 8 * table_words(SLOTS, SLOT_WORDS)
 
 STATE_FREE = 1
 STATE_ALLOCATED = 2  # 0 never appears in a formatted pool: it means "not a pool"
+STRIPE_SHIFT = 6
+STRIPES = 1 << STRIPE_SHIFT  # state bytes of neighbouring blocks are on this many lines
 
 MAGIC = int.from_bytes(b"pyaPOOL\x01", "little")
 VERSION = 2  # 2: the attach table and the magazines
@@ -204,6 +206,7 @@ class _Layout:
     table: int
     links: int
     states: int
+    state_row: int
     blocks: int
     end: int
 
@@ -220,9 +223,32 @@ class _Layout:
         stride = _round_up(block_size, BLOCK_ALIGN)
         links = _round_up(TABLE_END, LINE)
         states = links + 8 * count
-        blocks = _round_up(states + count, LINE)
+        state_row = _round_up((count + STRIPES - 1) >> STRIPE_SHIFT, LINE)
+        blocks = _round_up(states + STRIPES * state_row, LINE)
         end = blocks + stride * count
-        return cls(block_size, stride, count, HEAD_OFFSET, TABLE_OFFSET, links, states, blocks, end)
+        return cls(
+            block_size,
+            stride,
+            count,
+            HEAD_OFFSET,
+            TABLE_OFFSET,
+            links,
+            states,
+            state_row,
+            blocks,
+            end,
+        )
+
+    def state(self, index: int) -> int:
+        """The offset of block ``index``'s state byte."""
+        return _state_offset(self.states, self.state_row, index)
+
+    def stripe(self, stripe: int) -> tuple[int, int]:
+        """``(offset, blocks)``: where stripe ``stripe``'s state bytes are, and how many."""
+        return (
+            self.states + stripe * self.state_row,
+            (self.count - stripe + STRIPES - 1) >> STRIPE_SHIFT,
+        )
 
     def header_words(self) -> list[int]:
         words = [0] * _H_USED
@@ -276,6 +302,17 @@ class _Layout:
         return HeapCorruptionError(
             f"block {entry - 1} was in a magazine with state {state}, not FREE"
         )
+
+
+def _state_offset(states: int, row: int, index: int) -> int:
+    """Where block ``index``'s state byte is, with ``row`` bytes per stripe.
+
+    Block ``i`` is in stripe ``i % STRIPES``, at position ``i // STRIPES``:
+    blocks next to each other, which processes take from the stack in
+    batches, have their state bytes on different cache lines, so that two
+    processes allocating and freeing them do not compare-and-swap one line.
+    """
+    return states + (index & (STRIPES - 1)) * row + (index >> STRIPE_SHIFT)
 
 
 def _checksum(words: list[int]) -> int:
@@ -397,6 +434,13 @@ class _Stack:
         self.layout = layout
         self.magazine = magazine
         self.magazine_end = magazine_end
+        self.head = layout.head
+        self.links = layout.links
+        self.states = layout.states
+        self.state_row = layout.state_row
+        self.blocks = layout.blocks
+        self.stride = layout.stride
+        self.count = layout.count
         first = layout.table + 8 * 4 + 16  # the first payload word of slot 0
         self.entries = [
             first + slot * SLOT_BYTES + 8 * e for slot in range(SLOTS) for e in range(MAGAZINE)
@@ -407,17 +451,18 @@ class _Stack:
     def pop(self) -> int:
         """Take the top block off the stack: its index, or EMPTY."""
         a = self.atomics
-        head = self.layout.head
-        links = self.layout.links
-        h = a.load_u64(head)
+        mask = INDEX_MASK  # also EMPTY
+        tag_one = TAG_ONE
+        tag_mask = TAG_MASK
+        h = a.load_u64(self.head)
         while True:
-            index = h & INDEX_MASK
-            if index == EMPTY:
+            index = h & mask
+            if index == mask:
                 return EMPTY
-            if index >= self.layout.count:
+            if index >= self.count:
                 raise self.layout.bad_top(index)
-            desired = ((h + TAG_ONE) & TAG_MASK) | (a.load_u64(links + (index << 3)) & INDEX_MASK)
-            seen = a.cas_u64(head, h, desired)
+            desired = ((h + tag_one) & tag_mask) | (a.load_u64(self.links + (index << 3)) & mask)
+            seen = a.cas_u64(self.head, h, desired)
             if seen == h:
                 return index
             h = seen
@@ -425,20 +470,21 @@ class _Stack:
     def push(self, index: int) -> None:
         """Put the FREE block ``index`` on top of the stack. Its link is ours until the CAS."""
         a = self.atomics
-        head = self.layout.head
-        links = self.layout.links
-        slot = links + (index << 3)
-        h = a.load_u64(head)
+        mask = INDEX_MASK
+        tag_one = TAG_ONE
+        tag_mask = TAG_MASK
+        slot = self.links + (index << 3)
+        h = a.load_u64(self.head)
         while True:
-            top = h & INDEX_MASK
-            if top < self.layout.count:
-                depth = (a.load_u64(links + (top << 3)) >> INDEX_BITS) + 1
-            elif top == EMPTY:
+            top = h & mask
+            if top < self.count:
+                depth = (a.load_u64(self.links + (top << 3)) >> INDEX_BITS) + 1
+            elif top == mask:
                 depth = 1
             else:
                 raise self.layout.bad_top(top)
             a.store_u64(slot, (depth << INDEX_BITS) | top)
-            seen = a.cas_u64(head, h, ((h + TAG_ONE) & TAG_MASK) | index)
+            seen = a.cas_u64(self.head, h, ((h + tag_one) & tag_mask) | index)
             if seen == h:
                 return
             h = seen
@@ -446,16 +492,17 @@ class _Stack:
     def depth(self) -> int:
         """The number of blocks on the stack, exact at one instant."""
         a = self.atomics
-        h = a.load_u64(self.layout.head)
+        mask = INDEX_MASK
+        h = a.load_u64(self.head)
         while True:
-            top = h & INDEX_MASK
-            if top == EMPTY:
+            top = h & mask
+            if top == mask:
                 return 0
-            if top >= self.layout.count:
+            if top >= self.count:
                 raise self.layout.bad_top(top)
-            depth: int = a.load_u64(self.layout.links + (top << 3)) >> INDEX_BITS
+            depth = a.load_u64(self.links + (top << 3)) >> INDEX_BITS
             # The top's link cannot change while the head word stays the same.
-            again = a.load_u64(self.layout.head)
+            again = a.load_u64(self.head)
             if again == h:
                 return depth
             h = again
@@ -464,23 +511,27 @@ class _Stack:
 
     def take(self, entry: int) -> int:
         """Mark the block of magazine ``entry`` (index + 1) ALLOCATED; its pointer."""
-        layout = self.layout
-        if 0 < entry <= layout.count:
+        state = 0
+        if 0 < entry <= self.count:
             index = entry - 1
-            state = self.atomics.cas_u8(layout.states + index, STATE_FREE, STATE_ALLOCATED)
+            state = self.atomics.cas_u8(
+                _state_offset(self.states, self.state_row, index), STATE_FREE, STATE_ALLOCATED
+            )
             if state == STATE_FREE:
-                return layout.blocks + index * layout.stride
-        else:
-            state = 0
-        raise layout.bad_entry(entry, state)
+                return self.blocks + index * self.stride
+        raise self.layout.bad_entry(entry, state)
 
     def alloc_slow(self) -> tuple[int, int]:
         """``alloc`` when the hinted entry was empty: (pointer, new hint)."""
         a = self.atomics
         # Another entry of ours: the hint is a guess, and the process's threads share it.
-        for fill in range(self.magazine_end - 8, self.magazine - 8, -8):
-            if a.load_u64(fill) and (entry := a.exchange_u64(fill, 0)):
-                return self.take(entry), fill
+        fill = self.magazine_end - 8
+        while fill >= self.magazine:
+            if a.load_u64(fill):
+                entry = a.exchange_u64(fill, 0)
+                if entry:
+                    return self.take(entry), fill
+            fill -= 8
         index = self.pop()
         if index == EMPTY:
             return self.take(self.steal()), self.magazine
@@ -500,8 +551,10 @@ class _Stack:
         """With the stack empty: a block from any magazine, as an entry; else MemoryError."""
         a = self.atomics
         for offset in self.entries:
-            if a.load_u64(offset) and (entry := a.exchange_u64(offset, 0)):
-                return entry
+            if a.load_u64(offset):
+                entry = a.exchange_u64(offset, 0)
+                if entry:
+                    return entry
         # Someone may have pushed since the stack was seen empty.
         index = self.pop()
         if index == EMPTY:
@@ -511,9 +564,11 @@ class _Stack:
     def free_slow(self, index: int) -> int:
         """``free`` (the state already FREE) when the hinted entry was taken: the new hint."""
         a = self.atomics
-        for fill in range(self.magazine, self.magazine_end, 8):
+        fill = self.magazine
+        while fill < self.magazine_end:
             if not a.load_u64(fill) and not a.cas_u64(fill, 0, index + 1):
                 return fill + 8
+            fill += 8
         # Full: the upper half goes to the stack with this block.
         half = self.magazine + 8 * ((self.magazine_end - self.magazine) // 16)
         self.drain(half, self.magazine_end)
@@ -523,12 +578,14 @@ class _Stack:
     def drain(self, start: int, end: int) -> None:
         """Push every block cached in the entries at ``[start, end)`` onto the stack."""
         a = self.atomics
-        for offset in range(start, end, 8):
+        offset = start
+        while offset < end:
             entry = a.exchange_u64(offset, 0)
             if entry:
-                if not 0 < entry <= self.layout.count:
+                if not 0 < entry <= self.count:
                     raise self.layout.bad_entry(entry, 0)
                 self.push(entry - 1)
+            offset += 8
 
     def drain_slot(self, slot: int) -> None:
         """Give a slot's magazine back to the stack (a dead process's, or ours at close)."""
@@ -538,7 +595,12 @@ class _Stack:
     def cached(self) -> list[int]:
         """The indices in every magazine, read one entry at a time."""
         a = self.atomics
-        return [entry - 1 for offset in self.entries if (entry := a.load_u64(offset))]
+        found = []
+        for offset in self.entries:
+            entry = a.load_u64(offset)
+            if entry:
+                found.append(entry - 1)
+        return found
 
 
 def _interpreted_hot_paths(
@@ -559,6 +621,8 @@ def _interpreted_hot_paths(
     free_slow = stack.free_slow
     take = stack.take
     states = layout.states
+    state_row = layout.state_row
+    stripe_mask = STRIPES - 1
     blocks = layout.blocks
     stride = layout.stride
     count = layout.count
@@ -587,7 +651,12 @@ def _interpreted_hot_paths(
         index = offset // stride
         if offset < 0 or index >= count or offset - index * stride:
             raise layout.invalid(ptr)
-        state = cas_state(states + index, STATE_ALLOCATED, STATE_FREE)
+        # Inlines _state_offset.
+        state = cas_state(
+            states + (index & stripe_mask) * state_row + (index >> STRIPE_SHIFT),
+            STATE_ALLOCATED,
+            STATE_FREE,
+        )
         if state != STATE_ALLOCATED:
             raise _not_allocated(ptr, state)
         if fill != magazine_end and not cas_entry(fill, 0, index + 1):
@@ -609,6 +678,7 @@ class CHotPaths(CAtomics):
     def __init__(self, buf: Any, layout: _Layout, magazine: int, magazine_end: int) -> None:
         CAtomics.__init__(self, buf)
         self._states = layout.states
+        self._state_row = layout.state_row
         self._blocks = layout.blocks
         self._stride = layout.stride
         self._count = layout.count
@@ -624,8 +694,10 @@ class CHotPaths(CAtomics):
             self._fill = fill
             v = c_xchg64(self._base + fill, 0)
             if v:
-                if v <= self._count and c_cas8(
-                    self._base + self._states + (v - 1), STATE_FREE, STATE_ALLOCATED
+                if 0 < v <= self._count and c_cas8(
+                    self._base + _state_offset(self._states, self._state_row, v - 1),
+                    STATE_FREE,
+                    STATE_ALLOCATED,
                 ) == STATE_FREE:
                     return self._blocks + (v - 1) * self._stride
                 return self._stack.take(v)  # raises: the entry or its state is wrong
@@ -641,7 +713,11 @@ class CHotPaths(CAtomics):
         index = offset // self._stride
         if overflow or offset < 0 or index >= self._count or offset - index * self._stride:
             raise self._stack.layout.invalid(ptr)
-        state = c_cas8(self._base + self._states + index, STATE_ALLOCATED, STATE_FREE)
+        state = c_cas8(
+            self._base + _state_offset(self._states, self._state_row, index),
+            STATE_ALLOCATED,
+            STATE_FREE,
+        )
         if state != STATE_ALLOCATED:
             raise _not_allocated(ptr, state)
         fill = self._fill
@@ -776,7 +852,9 @@ class Pool:
             "Q", [((count - i) << INDEX_BITS) | (i + 1) for i in range(count)]
         )
         words[first_link + count - 1] = (1 << INDEX_BITS) | EMPTY
-        region.buf[layout.states : layout.states + count] = bytes([STATE_FREE]) * count
+        for stripe in range(STRIPES):
+            start, blocks = layout.stripe(stripe)
+            region.buf[start : start + blocks] = bytes([STATE_FREE]) * blocks
         layout.table_over(words, -1).format()
         header = layout.header_words()
         words[layout.head // 8] = 0  # tag 0, block 0 on top
@@ -864,7 +942,7 @@ class Pool:
         if self._closed:
             _closed()
         index = self._index_of(ptr)
-        if self._atomics.load_u8(self._layout.states + index) != STATE_ALLOCATED:
+        if self._atomics.load_u8(self._layout.state(index)) != STATE_ALLOCATED:
             raise InvalidPointerError(f"block at {ptr} is not allocated")
         return self._bytes[ptr : ptr + self._block_size]
 
@@ -911,7 +989,7 @@ class Pool:
         if self._atomics.cas_u64(self._layout.head, seen, desired) != seen:
             return None
         index = seen & INDEX_MASK
-        state = self._atomics.cas_u8(self._layout.states + index, STATE_FREE, STATE_ALLOCATED)
+        state = self._atomics.cas_u8(self._layout.state(index), STATE_FREE, STATE_ALLOCATED)
         if state != STATE_FREE:
             raise HeapCorruptionError(f"block {index} was on the free stack but not FREE")
         return self._blocks + index * self._stride
@@ -934,7 +1012,7 @@ class Pool:
         self._layout.table_over(self._region.words, -1).verify()
         count = self._count
         load = self._atomics.load_u64
-        states = bytes(self._bytes[self._layout.states : self._layout.states + count])
+        states = self._states_in_index_order()
         seen = bytearray(count)
         length = 0
         expected_depth = -1
@@ -984,6 +1062,13 @@ class Pool:
         return PoolCheck(
             free=on_hand, allocated=allocated, stranded=free - on_hand, cached=len(cached)
         )
+
+    def _states_in_index_order(self) -> bytes:
+        states = bytearray(self._count)
+        for stripe in range(min(STRIPES, self._count)):
+            start, blocks = self._layout.stripe(stripe)
+            states[stripe::STRIPES] = bytearray(self._bytes[start : start + blocks])
+        return bytes(states)
 
     @property
     def block_size(self) -> int:
