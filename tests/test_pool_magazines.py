@@ -4,6 +4,7 @@ of both engine modes on one pool, and the format version."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -189,6 +190,29 @@ def test_close_gives_the_magazine_back_and_frees_the_slot(pool_name: str) -> Non
         assert pool.attached() == [os.getpid()]
         assert pool.check().cached == 0
         assert pool.available() == 50
+    finally:
+        pool.close()
+
+
+def test_shm_info_lists_the_processes_attached(
+    pool_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pyalloc.cli import main
+
+    pool = Pool.create(pool_name, 64, 50)
+    try:
+        child, _cached, _held = start_holder(pool_name)
+        with child:
+            assert main(["shm", "info", pool_name, "--json"]) == 0
+            info = json.loads(capsys.readouterr().out)
+            # This process runs the command: it is not listed.
+            assert info["processes_attached"] == [child.pid]
+            assert info["available"] == 48
+            child.send_signal(signal.SIGKILL)
+        assert main(["shm", "info", pool_name]) == 0
+        # The dead one is not listed (and looking reaped it).
+        assert "processes_attached: none" in capsys.readouterr().out.splitlines()
+        assert pool.check().cached == 0
     finally:
         pool.close()
 
