@@ -116,7 +116,9 @@ def pair_against_glibc(pairs: int, repeat: int, name: str) -> bool:
         ("Pool, private", private),
         ("Pool, private, no magazine", bare),
     ):
-        rows.append((label, best(lambda p=pool: pair_loop(p.alloc, p.free, pairs), repeat) / pairs * 1e9))
+        rows.append(
+            (label, best(lambda p=pool: pair_loop(p.alloc, p.free, pairs), repeat) / pairs * 1e9)
+        )
         pool.check()
     for pool in (private, shared, bare):
         pool.close()
@@ -126,7 +128,10 @@ def pair_against_glibc(pairs: int, repeat: int, name: str) -> bool:
         print(f"   {label:30s} {ns:7.1f} ns   {ns / glibc:5.2f}x glibc")
     ratio = rows[1][1] / glibc
     ok = ratio <= PAIR_TARGET
-    print(f"{verdict(ok)}  shared Pool pair / glibc pair: {ratio:.2f}x (target: at most {PAIR_TARGET}x)")
+    print(
+        f"{verdict(ok)}  shared Pool pair / glibc pair: {ratio:.2f}x "
+        f"(target: at most {PAIR_TARGET}x)"
+    )
     return ok
 
 

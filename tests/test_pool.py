@@ -24,9 +24,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 pytest.importorskip("atomicshm")
 
-from pyalloc import DoubleFreeError, HeapCorruptionError, HeapError, InvalidPointerError  # noqa: E402
 from atomicshm import AtomicView  # noqa: E402
 
+from pyalloc import DoubleFreeError, HeapCorruptionError, HeapError, InvalidPointerError  # noqa: E402
 from pyalloc.pool import (  # noqa: E402
     _H_CHECKSUM,
     HEAD_OFFSET,

@@ -284,7 +284,9 @@ def test_processes_of_either_mode_share_one_pool_at_once(pool_name: str) -> None
             except BaseException as exc:  # pragma: no cover - reported below
                 errors.append(exc)
 
-        children = [threading.Thread(target=run, args=(pure, w)) for w, pure in ((1, True), (2, False))]
+        children = [
+            threading.Thread(target=run, args=(pure, w)) for w, pure in ((1, True), (2, False))
+        ]
         for t in children:
             t.start()
         for t in children:

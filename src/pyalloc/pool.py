@@ -358,7 +358,8 @@ class CAtomics:
 
     def load_u64(self, offset: int) -> int:
         self._check(offset, 8)
-        return c_load64(self._base + offset)
+        value: int = c_load64(self._base + offset)
+        return value
 
     def store_u64(self, offset: int, value: int) -> None:
         self._check(offset, 8)
@@ -366,19 +367,23 @@ class CAtomics:
 
     def cas_u64(self, offset: int, expected: int, desired: int) -> int:
         self._check(offset, 8)
-        return c_cas64(self._base + offset, expected, desired)
+        value: int = c_cas64(self._base + offset, expected, desired)
+        return value
 
     def exchange_u64(self, offset: int, value: int) -> int:
         self._check(offset, 8)
-        return c_xchg64(self._base + offset, value)
+        old: int = c_xchg64(self._base + offset, value)
+        return old
 
     def load_u8(self, offset: int) -> int:
         self._check(offset, 1)
-        return c_load8(self._base + offset)
+        value: int = c_load8(self._base + offset)
+        return value
 
     def cas_u8(self, offset: int, expected: int, desired: int) -> int:
         self._check(offset, 1)
-        return c_cas8(self._base + offset, expected, desired)
+        value: int = c_cas8(self._base + offset, expected, desired)
+        return value
 
     def close(self) -> None:
         """Release the buffer, so that its mapping can be closed."""
@@ -427,9 +432,7 @@ class _Stack:
     then every alloc pops and every free pushes.
     """
 
-    def __init__(
-        self, atomics: Atomics, layout: _Layout, magazine: int, magazine_end: int
-    ) -> None:
+    def __init__(self, atomics: Atomics, layout: _Layout, magazine: int, magazine_end: int) -> None:
         self.atomics = atomics
         self.layout = layout
         self.magazine = magazine
@@ -694,13 +697,19 @@ class CHotPaths(CAtomics):
             self._fill = fill
             v = c_xchg64(self._base + fill, 0)
             if v:
-                if 0 < v <= self._count and c_cas8(
-                    self._base + _state_offset(self._states, self._state_row, v - 1),
-                    STATE_FREE,
-                    STATE_ALLOCATED,
-                ) == STATE_FREE:
-                    return self._blocks + (v - 1) * self._stride
+                if (
+                    0 < v <= self._count
+                    and c_cas8(
+                        self._base + _state_offset(self._states, self._state_row, v - 1),
+                        STATE_FREE,
+                        STATE_ALLOCATED,
+                    )
+                    == STATE_FREE
+                ):
+                    found: int = self._blocks + (v - 1) * self._stride
+                    return found
                 return self._stack.take(v)  # raises: the entry or its state is wrong
+        ptr: int
         ptr, self._fill = self._stack.alloc_slow()
         return ptr
 
