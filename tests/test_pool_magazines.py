@@ -19,7 +19,7 @@ pytest.importorskip("atomicshm")
 
 from test_engine_mode import needs_compiled, run_in_mode  # noqa: E402
 
-from pyalloc.pool import MAGAZINE, REFILL, VERSION, Pool  # noqa: E402
+from pyalloc.pool import MAGAZINE, REFILL, SLOTS, VERSION, Pool  # noqa: E402
 from pyalloc.regions import SharedRegion  # noqa: E402
 
 
@@ -192,6 +192,27 @@ def test_close_gives_the_magazine_back_and_frees_the_slot(pool_name: str) -> Non
         assert pool.available() == 50
     finally:
         pool.close()
+
+
+def test_with_the_attach_table_full_a_process_works_without_a_magazine(pool_name: str) -> None:
+    pool = Pool.create(pool_name, 64, 20)
+    others = [Pool.attach(pool_name) for _ in range(SLOTS - 1)]  # every slot taken
+    try:
+        late = Pool.attach(pool_name)
+        try:
+            p = late.alloc()
+            late.free(p)
+            assert late.check().cached == 0  # straight back onto the stack
+            assert late.available() == 20
+            assert late.alloc() == p
+        finally:
+            late.close()
+        assert len(pool.attached()) == SLOTS
+    finally:
+        for other in others:
+            other.close()
+        pool.close()
+    assert pool.closed
 
 
 def test_shm_info_lists_the_processes_attached(
