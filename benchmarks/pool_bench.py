@@ -46,6 +46,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from interpreted_before import extract
+
 ROOT = Path(__file__).resolve().parents[1]
 if __name__ == "__main__" and "--child" not in sys.argv:
     try:
@@ -289,18 +291,6 @@ def child_main(source: str, pairs: int, repeat: int) -> int:
         shared.unlink()
     print(json.dumps(times))
     return 0
-
-
-def extract(rev: str, into: str) -> str:
-    """``rev``'s src directory, extracted under ``into``; SystemExit if git cannot."""
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", rev, "src"], capture_output=True, check=False
-    )
-    if archive.returncode:
-        message = archive.stderr.decode(errors="replace").strip().splitlines()
-        raise SystemExit(f"cannot read commit {rev}: {message[-1] if message else 'git failed'}")
-    subprocess.run(["tar", "-x", "-C", into], input=archive.stdout, check=True)
-    return os.path.join(into, "src")
 
 
 def time_tree(source: str, pairs: int, repeat: int) -> dict[str, float]:

@@ -22,6 +22,8 @@ from test_engine_mode import needs_compiled, run_in_mode  # noqa: E402
 from pyalloc.pool import MAGAZINE, REFILL, SLOTS, VERSION, Pool  # noqa: E402
 from pyalloc.regions import SharedRegion  # noqa: E402
 
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
 
 @pytest.fixture
 def pool_name() -> Iterator[str]:
@@ -253,46 +255,31 @@ def test_a_pool_of_the_previous_format_is_refused_naming_both_versions(pool_name
 # --- Both engine modes on one pool, at the same time ---------------------------------
 
 # Each child waits at a barrier (a counter in a block of the pool) for the other,
-# then allocates and frees at random, stamping each block it gets by exchanging
-# its first word from 0: a block handed to two owners at once is seen.
+# then allocates and frees at random as test_pool's threads and processes do,
+# stamping each block it gets: a block handed to two owners at once is seen.
 SHARER = r"""
-import random, sys
+import sys
 from atomicshm import AtomicView
 import pyalloc
 from pyalloc.pool import Pool
-name, barrier, worker = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+name, barrier, worker, tests = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+sys.path.insert(0, tests)
+from test_pool import stamped_rounds
 pool = Pool.attach(name)
 view = AtomicView(pool._region.buf)
 view.fetch_add_u64(barrier, 1)
 while view.load_u64(barrier) < 2:
     pass
-rng = random.Random(worker)
-held, faults = [], 0
-for serial in range(1, 30001):
-    if held and (len(held) >= 6 or rng.random() < 0.5):
-        ptr, stamp = held.pop(rng.randrange(len(held)))
-        faults += view.exchange_u64(ptr, 0) != stamp
-        pool.free(ptr)
-    else:
-        try:
-            ptr = pool.alloc()
-        except MemoryError:
-            continue
-        stamp = worker << 40 | serial
-        faults += view.exchange_u64(ptr, stamp) != 0
-        held.append((ptr, stamp))
-for ptr, stamp in held:
-    faults += view.exchange_u64(ptr, 0) != stamp
-    pool.free(ptr)
+ops, faults = stamped_rounds(pool, view.exchange_u64, worker, 30000, worker)
 view.close()
 pool.close()
-print(faults, pyalloc.COMPILED)
+print(faults, ops > 15000, pyalloc.COMPILED)
 """
 
 
 def test_processes_of_either_mode_share_one_pool_at_once(pool_name: str) -> None:
     needs_compiled()
-    count = 12  # two workers holding up to 6 each, magazines included: exhaustion happens
+    count = 12  # two workers holding up to 8 each, magazines included: exhaustion happens
     pool = Pool.create(pool_name, 64, count)
     try:
         barrier = pool.alloc()
@@ -301,7 +288,9 @@ def test_processes_of_either_mode_share_one_pool_at_once(pool_name: str) -> None
 
         def run(pure: bool, worker: int) -> None:
             try:
-                outputs[pure] = run_in_mode(pure, SHARER, pool_name, str(barrier), str(worker))
+                outputs[pure] = run_in_mode(
+                    pure, SHARER, pool_name, str(barrier), str(worker), TESTS
+                )
             except BaseException as exc:  # pragma: no cover - reported below
                 errors.append(exc)
 
@@ -313,7 +302,7 @@ def test_processes_of_either_mode_share_one_pool_at_once(pool_name: str) -> None
         for t in children:
             t.join()
         assert not errors, errors
-        assert outputs == {True: ["0", "False"], False: ["0", "True"]}
+        assert outputs == {True: ["0", "True", "False"], False: ["0", "True", "True"]}
         pool.free(barrier)
         report = pool.check()
         assert (report.free, report.allocated, report.stranded) == (count, 0, 0)
