@@ -35,7 +35,10 @@ from typing import Any, Final
 
 from .allocator import zero_fill
 from .errors import HeapCorruptionError, InvalidPointerError
-from .shared import W_ARRAYS, W_ARRAYS_NEXT, SharedHeap, _array_spec, _check_name, _numpy
+from .shared import SharedHeap
+from .shared.names import _check_name
+from .shared.ndarrays import _array_spec, _numpy
+from .shared.segment import W_ARRAYS, W_ARRAYS_NEXT
 
 ARRAY_MAGIC: Final = int.from_bytes(b"pyaarray", "little")
 _HEAD = struct.Struct("<QQQ")  # magic, dtype string length, number of dimensions

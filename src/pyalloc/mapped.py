@@ -2,7 +2,7 @@
 
 A mapped heap is a ``SharedHeap`` whose file is one the caller names instead
 of a segment of ``/dev/shm``: the same layout, lock, journal and directory of
-names (``shared.py`` has them all), so it is shared by processes at once in
+names (the ``shared`` package has them all), so it is shared by processes at once in
 exactly the same way. Because the file is on a disk, the heap also persists:
 closed by every process, opened again later, it holds the same blocks at
 the same offsets, their bytes and the names.

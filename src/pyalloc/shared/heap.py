@@ -1,0 +1,498 @@
+"""SharedHeap: one heap in POSIX shared memory, used by many processes at once.
+
+The heap (``SharedHeap``) puts together the segment, its lock and
+journal, the directory of names and the numpy helpers of this package.
+
+Invariants, whenever no process holds the lock::
+
+    journal count == 0  or  its holder is dead (and the next lock undoes it)
+    names next == 0     or  its holder is dead
+    the heap walks (check() passes) once the journal is undone
+
+The engine's per-process cache of freed small blocks stays off in a shared
+heap: a block freed by one process must be usable by all, and a process that
+dies must not take freed memory with it. ``Heap._bind`` leaves it off; only
+the private ``Heap`` constructor turns it on.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Self
+
+from .. import control as C
+from ..allocator import check_size
+from ..errors import HeapCorruptionError, HeapError, InvalidPointerError
+from ..heap import DEFAULT_CAPACITY, Heap
+from ..journal import DEFAULT_SLOTS, ENTRY_BYTES, Journal
+from ..layout import HEADER
+from ..policies import is_builtin, policy_class
+from ..regions import (
+    Words,
+    _shm_path,
+    allocate_blocks,
+    building_path,
+    page_round_up,
+    remove_abandoned_builds,
+)
+from .fork import _open_heaps
+from .lock import _ClosedLock, _SegmentLock
+from .names import _NAME_ENTRY, _NAMES_HEAD, NAME_MAX_BYTES, NAMES_MAGIC, SharedNames, _encode_names
+from .ndarrays import _array_spec, _numpy
+from .segment import (
+    DRAFT_WORDS,
+    SHARED_MAGIC,
+    SHARED_VERSION,
+    W_JOURNAL,
+    W_JOURNAL_COUNT,
+    W_JOURNAL_SLOTS,
+    W_NAMES,
+    W_NAMES_NEXT,
+    W_RECOVERIES,
+    W_SHARED_MAGIC,
+    W_SHARED_VERSION,
+    _address_of,
+    _check_control,
+    _fsync_directory,
+    _map,
+    _read_control,
+    _reopen,
+    _Segment,
+)
+from .transaction import _PayloadBytes
+
+if TYPE_CHECKING:
+    from ..arrays import SharedArrays
+
+
+class SharedHeap(Heap):
+    """A heap in a named POSIX shared-memory segment, shared by processes.
+
+    Make one with ``SharedHeap.create(name, capacity)`` and attach to it from
+    any process with ``SharedHeap.attach(name)``. It has the whole API of
+    ``Heap``; a block may be freed by any process. Each operation holds a
+    lock across processes; an operation cut short by the death of its process
+    is undone by the next process that takes the lock.
+
+    Pickling sends the name: unpickling attaches. ``close()`` detaches this
+    process; ``unlink()`` removes the name (the memory goes when the last
+    process detaches). Arrays and views handed out keep the mapping alive
+    after ``close()`` until they are released.
+    """
+
+    name: str
+    names: SharedNames
+    arrays: SharedArrays  # from arrays.py
+    _lock: Any  # a _SegmentLock, or a _ClosedLock once closed
+    # Sliding a block down overwrites its old bytes; an undone transaction
+    # would then give back a block whose bytes have moved.
+    realloc_slides_down = False
+    _lock_fd: int
+    _raw: Words
+    _journal: Journal
+    _segment: _Segment
+    _base_address: int
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("use SharedHeap.create(name, capacity) or SharedHeap.attach(name)")
+
+    # -- making and attaching ------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        capacity: int = DEFAULT_CAPACITY,
+        *,
+        policy: str = "segregated",
+        journal_slots: int = DEFAULT_SLOTS,
+    ) -> Self:
+        """Make a new shared heap named ``name``; FileExistsError if the name is taken.
+
+        The heap is built under a temporary name and linked to ``name`` only
+        when complete, so no process can attach to a half-made heap.
+        """
+        return cls._create_file(_shm_path(name), name, capacity, policy, journal_slots)
+
+    @classmethod
+    def attach(cls, name: str) -> Self:
+        """Attach to the shared heap ``name``.
+
+        FileNotFoundError if there is no such segment; HeapError if it is not
+        a shared heap this version can use. A refused segment is not written.
+        """
+        return cls._open_file(_shm_path(name), name)
+
+    # A /dev/shm segment is a file on tmpfs: everything below works on any
+    # file path. ``_KIND`` names the file in messages, ``_DURABLE`` asks create
+    # to sync the new file and its directory entry to the disk.
+    _KIND = "shared-memory segment"
+    _DURABLE = False
+
+    @classmethod
+    def _create_file(
+        cls, path: str, name: str, capacity: int, policy: str, journal_slots: int
+    ) -> Self:
+        """Make the heap file ``path``, reported as ``name``; refuse an existing one."""
+        capacity = check_size(capacity, "capacity")
+        journal_slots = check_size(journal_slots, "journal_slots")
+        if journal_slots < 64:
+            raise ValueError(f"journal_slots must be at least 64, got {journal_slots}")
+        policy_cls = policy_class(policy)
+        if not is_builtin(policy_cls):
+            raise ValueError(
+                f"policy {policy!r} runs on private heaps only: a shared heap stores its"
+                " policy's id for every process to find, which only the built-in ones have"
+            )
+        cls.layout_size(capacity, policy_cls)
+        journal = page_round_up(capacity)
+        size = journal + page_round_up(journal_slots * ENTRY_BYTES)
+        directory = os.path.dirname(path)
+        remove_abandoned_builds(directory)
+        building = building_path(path)
+        fd = os.open(building, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        region: _Segment | None = None
+        lock_fd = -1
+        try:
+            os.ftruncate(fd, size)
+            region = _Segment(path, _map(fd, size), name, fd)
+            # The file is sparse: its first pages (control record, policy words,
+            # the epilogue) and the journal get their blocks now, before the
+            # format writes there (a store to a page without a block is a
+            # SIGBUS); the rest as the break reaches them (Heap._grow_to).
+            committed = page_round_up(cls.control_bytes(capacity, policy_cls) + 2 * HEADER)
+            what = f"make {cls._KIND} {name!r}"
+            allocate_blocks(fd, 0, committed, path, what)
+            allocate_blocks(fd, journal, size, path, what)
+            cls._format(region, capacity, policy_cls)
+            words = region.words
+            words[C.W_COMMITTED] = committed
+            words[W_SHARED_VERSION] = SHARED_VERSION
+            words[W_JOURNAL] = journal
+            words[W_JOURNAL_SLOTS] = journal_slots
+            words[W_SHARED_MAGIC] = SHARED_MAGIC
+            if cls._DURABLE:
+                region.flush()
+                os.fsync(fd)
+            lock_fd = _reopen(fd)
+            try:
+                os.link(building, path)  # atomic, and refuses an existing name
+            except FileExistsError:
+                raise FileExistsError(f"{cls._KIND} {name!r} already exists") from None
+            if cls._DURABLE:
+                _fsync_directory(directory)
+        except BaseException:
+            if lock_fd >= 0:
+                os.close(lock_fd)
+            if region is not None:
+                region.close()
+            raise
+        finally:
+            os.close(fd)
+            os.unlink(building)
+        return cls._from_segment(region, lock_fd)
+
+    @classmethod
+    def _open_file(cls, path: str, name: str) -> Self:
+        """Attach to the heap file ``path``, reported as ``name``; write nothing if refused."""
+        what = f"{cls._KIND} {name!r}"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no {cls._KIND} named {name!r}") from None
+        try:
+            words, size = _read_control(fd, what)
+            _check_control(words, size, what)
+            region = _Segment(path, _map(fd, size), name, fd)
+            try:
+                lock_fd = _reopen(fd)
+            except BaseException:
+                region.close()
+                raise
+        finally:
+            os.close(fd)
+        return cls._from_segment(region, lock_fd)
+
+    @classmethod
+    def _from_segment(cls, region: _Segment, fd: int) -> Self:
+        heap = cls.__new__(cls)
+        heap.name = region.name or ""
+        heap._lock_fd = fd
+        try:
+            raw = region.words
+            heap._raw = raw
+            heap._journal = Journal(
+                raw,
+                first=raw[W_JOURNAL] >> 3,
+                slots=raw[W_JOURNAL_SLOTS],
+                count_word=W_JOURNAL_COUNT,
+                limit=raw[C.W_CAPACITY] >> 3,
+            )
+            heap._segment = region
+            heap._bind(region, True)
+            heap.meta.attach(raw[W_JOURNAL] >> 3, raw[W_JOURNAL_SLOTS], W_JOURNAL_COUNT)
+        except BaseException:
+            lock = getattr(heap, "_lock", None)
+            if isinstance(lock, _SegmentLock):
+                lock.close()
+            else:
+                os.close(fd)
+            if getattr(heap, "meta", None) is not None:
+                heap._release_views()
+            heap.__dict__.clear()
+            try:
+                region.close()
+            except BufferError:
+                pass  # the traceback still holds the words; the mapping goes with it
+            raise
+        engine_bytes = heap.bytes
+        heap.bytes = _PayloadBytes(memoryview(region.buf), heap._before_payload_store)  # type: ignore[assignment]
+        engine_bytes.release()
+        heap._base_address = _address_of(region.buf)
+        heap.names = SharedNames(heap)
+        from ..arrays import SharedArrays  # arrays.py builds on this module
+
+        heap.arrays = SharedArrays(heap)
+        _open_heaps.add(heap)
+        return heap
+
+    # -- engine hooks --------------------------------------------------------------
+
+    def _make_lock(self) -> Any:
+        return _SegmentLock(self._lock_fd, self)
+
+    def _undo(self) -> None:
+        segment = self._segment
+        self._journal.undo()
+        segment.in_transaction = False
+        segment.deferred.clear()
+        self.brk = self._raw[C.W_BRK]
+
+    def _recover(self) -> None:
+        """Undo the transaction of a holder that died, then free its drafts
+        (a directory block, an array block) that no directory names."""
+        raw = self._raw
+        if raw[W_JOURNAL_COUNT]:
+            self._journal.undo()
+            raw[W_RECOVERIES] += 1
+        for word in DRAFT_WORDS:
+            draft = raw[word]
+            if not draft:
+                continue
+            self.brk = raw[C.W_BRK]
+            segment = self._segment
+            segment.in_transaction = True
+            try:
+                self._free(draft)
+                self.meta.store(word, 0)
+            except HeapError:
+                self._undo()
+                raw[word] = 0  # not a block: forget it rather than fail every lock
+                continue
+            self._journal.commit()
+            segment.in_transaction = False
+            segment.discard_deferred()
+
+    def _checkpoint(self) -> None:
+        """Commit in the middle of a transaction, at a point where the heap is consistent."""
+        self._journal.commit()
+        self._segment.discard_deferred()
+
+    def _before_payload_store(self) -> None:
+        if self._lock.owner == threading.get_ident():
+            self._checkpoint()
+
+    def _after_fork_in_child(self) -> None:
+        if self._closed:
+            return
+        self._lock.reopen_after_fork()
+        self._segment.in_transaction = False
+        self._segment.deferred.clear()
+
+    # -- checking and statistics ---------------------------------------------------
+
+    def check(self) -> None:
+        """Walk every block, free list and directory; HeapCorruptionError on a fault."""
+        with self._lock:
+            self._walk()
+            self._read_names()
+            self.arrays._check_all()
+
+    def stats(self) -> dict[str, int]:
+        out = super().stats()
+        raw = self._raw
+        out["recoveries"] = raw[W_RECOVERIES]
+        out["journal_slots"] = raw[W_JOURNAL_SLOTS]
+        out["names"] = len(self.names)
+        return out
+
+    # -- the directory -------------------------------------------------------------
+
+    def _read_names(self, word: int = W_NAMES) -> dict[str, int]:
+        """The directory at control word ``word`` (names, or arrays), read and
+        checked; the lock must be held."""
+        q = self._raw[word]
+        if not q:
+            return {}
+        try:
+            usable = self._usable(q)
+        except InvalidPointerError:
+            raise HeapCorruptionError(
+                f"the directory of names points to {q}, which is not a block"
+            ) from None
+        data = bytes(self.buf[q : q + usable])
+        try:
+            magic, count = _NAMES_HEAD.unpack_from(data, 0)
+            if magic != NAMES_MAGIC:
+                raise ValueError("bad magic number")
+            table: dict[str, int] = {}
+            at = _NAMES_HEAD.size
+            for _ in range(count):
+                pointer, length = _NAME_ENTRY.unpack_from(data, at)
+                at += _NAME_ENTRY.size
+                if length > NAME_MAX_BYTES or at + length > len(data):
+                    raise ValueError("bad entry")
+                table[data[at : at + length].decode()] = pointer
+                at += (length + 7) & ~7
+        except (ValueError, struct.error) as e:
+            raise HeapCorruptionError(f"the directory of names is corrupted ({e})") from None
+        return table
+
+    def _write_names(self, table: dict[str, int], word: int = W_NAMES) -> None:
+        """Replace the directory at control word ``word`` by ``table``; the lock
+        must be held.
+
+        The new block is allocated and committed first, with its offset in
+        "names next", then filled, then swapped in; a process killed before
+        the swap commits leaves "names next" for recovery to free.
+        """
+        old = self._raw[word]
+        store = self.meta.store
+        if table:
+            data = _encode_names(table)
+            q = self._malloc(len(data))
+            store(W_NAMES_NEXT, q)
+            self._checkpoint()
+            self.buf[q : q + len(data)] = data
+            store(word, q)
+            store(W_NAMES_NEXT, 0)
+        else:
+            store(word, 0)
+        if old:
+            self._free(old)
+
+    # -- numpy ---------------------------------------------------------------------
+
+    def ndarray(
+        self, shape: int | tuple[int, ...], dtype: Any = "float64", *, zero: bool = False
+    ) -> Any:
+        """Allocate a block and return a numpy array over it, without copying.
+
+        The array's memory is the block's: every process that makes an array
+        at ``offset_of(array)`` (``ndarray_at``) sees the same elements. The
+        elements are uninitialized unless ``zero``. Free the block with
+        ``free(offset_of(array))`` once no process uses it.
+        """
+        np = _numpy()
+        dt, shape_t, nbytes = _array_spec(np, shape, dtype)
+        p = self.calloc(nbytes, 1) if zero else self.malloc(nbytes)
+        try:
+            return self._array_over(np, p, shape_t, dt, nbytes)
+        except BaseException:
+            self.free(p)
+            raise
+
+    def ndarray_at(self, offset: int, shape: int | tuple[int, ...], dtype: Any = "float64") -> Any:
+        """The numpy array of ``shape`` and ``dtype`` over the live block at ``offset``."""
+        np = _numpy()
+        dt, shape_t, nbytes = _array_spec(np, shape, dtype)
+        usable = self.usable_size(offset)
+        if nbytes > usable:
+            raise ValueError(
+                f"an array of {nbytes} bytes does not fit the block at {offset} ({usable} bytes)"
+            )
+        return self._array_over(np, offset, shape_t, dt, nbytes)
+
+    def _array_over(self, np: Any, p: int, shape: tuple[int, ...], dt: Any, nbytes: int) -> Any:
+        """A numpy array over ``nbytes`` at ``p``, holding the mapping alive.
+
+        Made from a memoryview of the mapping, the array keeps an export of
+        it, so close() leaves the mapping in place until the array (and every
+        view made from it) is gone. An array made with ``buffer=`` the mmap
+        itself would keep no export: close() would unmap it under the array.
+        """
+        return np.frombuffer(memoryview(self.buf)[p : p + nbytes], dtype=dt).reshape(shape)
+
+    def offset_of(self, array: Any) -> int:
+        """The pointer of the block that ``array`` (made by this heap) starts at."""
+        np = _numpy()
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"expected a numpy array, not {type(array).__name__}")
+        offset = int(array.__array_interface__["data"][0]) - self._base_address
+        if not 0 < offset < self.capacity:
+            raise ValueError("the array's memory is not in this shared heap's mapping")
+        try:
+            usable = self.usable_size(offset)
+        except InvalidPointerError:
+            raise InvalidPointerError(
+                f"the array starts at offset {offset}, which is not the start of a live block"
+            ) from None
+        if array.flags.c_contiguous and array.nbytes > usable:
+            raise ValueError(f"the array extends past the end of the block at {offset}")
+        return offset
+
+    # -- lifetime ------------------------------------------------------------------
+
+    def unlink(self) -> None:
+        """Remove the segment's name; attached processes keep their mapping."""
+        path = self._segment.path
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no {self._KIND} named {self.name!r}") from None
+        if not self._closed:
+            mine = os.fstat(self._lock.fd)
+            if (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino):
+                raise FileNotFoundError(f"the name {self.name!r} now belongs to another file")
+        os.unlink(path)
+
+    def close(self) -> None:
+        """Detach: unmap once no array or view made from this heap is still alive."""
+        if self._closed:
+            return
+        self._closed = True
+        _open_heaps.discard(self)
+        lock = self._lock
+        self._lock = _ClosedLock()
+        lock.close()
+        self.bytes.release()
+        self._release_views()
+        try:
+            self.region.close()
+        except BufferError:
+            pass  # arrays or views are alive; the mapping goes with the last of them
+
+    def __reduce__(self) -> tuple[Callable[[str], Self], tuple[str]]:
+        return (type(self).attach, (self.name,))
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return f"<{type(self).__name__} {self.name!r}, closed>"
+        return (
+            f"<{type(self).__name__} {self.name!r} {self.policy.name}, "
+            f"{self._raw[C.W_BRK] + HEADER} of {self.capacity} bytes>"
+        )
+
+    # -- test support --------------------------------------------------------------
+
+    def _die(self) -> None:
+        """Leave this object as a killed process leaves the heap: lock dropped, nothing undone."""
+        lock = self._lock
+        if isinstance(lock, _SegmentLock):
+            lock.abandon()
+        self._closed = True
+        _open_heaps.discard(self)
+        self._lock = _ClosedLock()

@@ -1,0 +1,238 @@
+"""The segment: the heap's file, its control words, and reading them without a lock.
+
+Region::
+
+    0                control record (control.py), words 11-18 as below
+    heap_start       blocks (layout.py)
+    capacity         end of the heap; the engine never touches what follows
+    journal          page-aligned: ``slots`` entries of 16 bytes
+    journal + 16 * slots
+
+Control words of a shared heap (the engine reserves 10-23)::
+
+    11  SHARED_MAGIC        b"pyashare": a heap made by SharedHeap.create
+    12  SHARED_VERSION      layout version of words 11-18 and the journal
+    13  journal             byte offset of the journal
+    14  journal slots       entries it can hold
+    15  journal count       live entries: non-zero only inside a transaction,
+                            or after its holder died
+    16  names               payload offset of the directory block, 0 if none
+    17  names next          a directory block being written, 0 otherwise
+    18  recoveries          transactions undone after their holder died
+    (19 is the engine's: committed bytes, control.py)
+    20  arrays              the directory of named arrays, 0 if none
+    21  arrays next         an array block being written, 0 otherwise
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+from typing import Any, Final
+
+from .. import control as C
+from ..errors import HeapError
+from ..journal import ENTRY_BYTES
+from ..layout import HEADER
+from ..policies import policy_by_id
+from ..regions import BUILDING_SUFFIX, FileRegion, _shm_path, list_shared
+
+SHARED_MAGIC: Final = int.from_bytes(b"pyashare", "little")
+SHARED_VERSION: Final = 1
+
+W_SHARED_MAGIC: Final = C.W_RESERVED
+W_SHARED_VERSION: Final = C.W_RESERVED + 1
+W_JOURNAL: Final = C.W_RESERVED + 2
+W_JOURNAL_SLOTS: Final = C.W_RESERVED + 3
+W_JOURNAL_COUNT: Final = C.W_RESERVED + 4
+W_NAMES: Final = C.W_RESERVED + 5
+W_NAMES_NEXT: Final = C.W_RESERVED + 6
+W_RECOVERIES: Final = C.W_RESERVED + 7
+W_ARRAYS: Final = C.W_COMMITTED + 1  # the directory of named arrays (arrays.py), 0 if none
+W_ARRAYS_NEXT: Final = C.W_COMMITTED + 2  # an array block being written, 0 otherwise
+DRAFT_WORDS: Final = (W_NAMES_NEXT, W_ARRAYS_NEXT)  # blocks recovery frees when a holder died
+
+assert W_RECOVERIES < C.W_COMMITTED < W_ARRAYS_NEXT < C.CONTROL_WORDS
+
+
+# -- the segment -------------------------------------------------------------------
+
+
+class _Segment(FileRegion):
+    """The heap's file. Inside a transaction, pages to give back are only noted.
+
+    A trim gives back the pages above the new break; if the transaction were
+    then undone, the old break would come back over zeroed pages. So pages are
+    given back only once the transaction has committed.
+    """
+
+    def __init__(self, path: str, buf: Any, name: str, fd: int) -> None:
+        super().__init__(path, buf, name)
+        self.in_transaction = False
+        self.deferred: list[tuple[int, int]] = []
+        # An open file of its own for reserving blocks (not the lock's, which
+        # a forked child replaces; not a duplicate of it, which would share its flock).
+        self.reserve_fd = _reopen(fd)
+
+    def close(self) -> None:
+        super().close()
+        if self.reserve_fd >= 0:
+            os.close(self.reserve_fd)
+            self.reserve_fd = -1
+
+    def _discard(self, start: int, length: int) -> None:
+        if self.in_transaction:
+            self.deferred.append((start, length))
+        else:
+            super()._discard(start, length)
+
+    def discard_deferred(self) -> None:
+        deferred = self.deferred
+        while deferred:
+            start, length = deferred.pop()
+            FileRegion._discard(self, start, length)
+
+
+def _read_control(fd: int, what: str) -> tuple[list[int], int]:
+    """The control words and the size of the open file ``fd``, read without mapping.
+
+    ``what`` names the file in messages ("shared-memory segment 'jobs'").
+    """
+    size = os.fstat(fd).st_size
+    data = os.pread(fd, C.CONTROL_WORDS * 8, 0)
+    if len(data) < C.CONTROL_WORDS * 8:
+        raise HeapError(f"{what} is not a pyalloc heap (too small)")
+    return list(struct.unpack(f"={C.CONTROL_WORDS}Q", data)), size
+
+
+def _check_control(words: list[int], size: int, what: str) -> None:
+    """Refuse a file that is not a shared heap this version can use."""
+    if words[C.W_MAGIC] != C.MAGIC:
+        raise HeapError(f"{what} is not a pyalloc heap (bad magic number)")
+    version = words[C.W_FORMAT] & 0xFFFF
+    if version != C.FORMAT_VERSION:
+        raise HeapError(
+            f"{what} holds a heap of format version {version}; "
+            f"this pyalloc reads version {C.FORMAT_VERSION}"
+        )
+    if words[W_SHARED_MAGIC] != SHARED_MAGIC:
+        raise HeapError(
+            f"{what} holds a pyalloc heap that was not made by SharedHeap.create "
+            "or MappedHeap.create"
+        )
+    if words[W_SHARED_VERSION] != SHARED_VERSION:
+        raise HeapError(
+            f"{what} holds a shared heap of layout version {words[W_SHARED_VERSION]}; "
+            f"this pyalloc reads version {SHARED_VERSION}"
+        )
+    try:
+        policy_by_id(words[C.W_FORMAT] >> 16)
+    except ValueError as e:
+        raise HeapError(f"{what}: {e}") from None
+    capacity = words[C.W_CAPACITY]
+    journal = words[W_JOURNAL]
+    slots = words[W_JOURNAL_SLOTS]
+    if (
+        size % 8
+        or not words[C.W_HEAP_START] < capacity <= journal
+        or journal % 8
+        or not 0 < slots <= (size - journal) // ENTRY_BYTES
+    ):
+        raise HeapError(f"{what}: its control record does not fit its size ({size} bytes)")
+
+
+def describe_segment(name: str) -> dict[str, Any] | None:
+    """What the control record of segment ``name`` says, or None if it is no shared heap.
+
+    Reads the first bytes of the file only: it takes no lock, maps nothing
+    and writes nothing, so it is safe on any segment.
+    """
+    try:
+        path = _shm_path(name)
+    except ValueError:
+        return None
+    return describe_file(path, name)
+
+
+def describe_file(path: str, name: str | None = None) -> dict[str, Any] | None:
+    """``describe_segment`` of the file at ``path`` (a heap file or a segment).
+
+    ``name`` is the ``"name"`` reported; the path unless given.
+    """
+    if name is None:
+        name = path
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        words, size = _read_control(fd, repr(name))
+        _check_control(words, size, repr(name))
+    except (HeapError, OSError):
+        return None
+    finally:
+        os.close(fd)
+    return {
+        "name": name,
+        "segment_bytes": size,
+        "capacity": words[C.W_CAPACITY],
+        "heap_bytes": words[C.W_BRK] + HEADER,
+        "peak_heap_bytes": words[C.W_PEAK],
+        "policy": policy_by_id(words[C.W_FORMAT] >> 16).name,
+        "journal_entries": words[W_JOURNAL_COUNT],
+        "recoveries": words[W_RECOVERIES],
+        "has_names": bool(words[W_NAMES]),
+    }
+
+
+def list_heaps() -> list[dict[str, Any]]:
+    """``describe_segment`` of every shared heap in ``/dev/shm``."""
+    found = []
+    for name in list_shared():
+        if name.endswith(BUILDING_SUFFIX):
+            continue  # a heap being made by SharedHeap.create
+        info = describe_segment(name)
+        if info is not None:
+            found.append(info)
+    return found
+
+
+# -- files -------------------------------------------------------------------------
+
+
+def _address_of(buf: Any) -> int:
+    """The address of the first byte of a mapping, keeping no export of it."""
+    first = ctypes.c_char.from_buffer(buf)
+    try:
+        return ctypes.addressof(first)
+    finally:
+        del first
+
+
+def _reopen(fd: int) -> int:
+    """A new open file (not a duplicate descriptor) on the file open at ``fd``.
+
+    The lock needs an open file of its own: ``flock`` belongs to the open
+    file, and ``mmap`` keeps a duplicate of the descriptor it maps, which
+    would otherwise hold the lock for as long as the mapping exists, in this
+    process and in any child forked from it.
+    """
+    return os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
+
+
+def _map(fd: int, size: int) -> Any:
+    import mmap
+
+    if size <= 0:
+        raise HeapError("the heap's file is empty")
+    return mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make a new name in ``directory`` durable."""
+    fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
