@@ -24,13 +24,16 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 pytest.importorskip("atomicshm")
 
+from atomicshm import AtomicView  # noqa: E402
+
 from pyalloc import DoubleFreeError, HeapCorruptionError, HeapError, InvalidPointerError  # noqa: E402
 from pyalloc.pool import (  # noqa: E402
+    _H_CHECKSUM,
     HEAD_OFFSET,
     INDEX_BITS,
     INDEX_MASK,
     MAX_COUNT,
-    STATE_ALLOCATED,
+    VERSION,
     Pool,
 )
 from pyalloc.regions import SharedRegion, unlink_shared  # noqa: E402
@@ -62,6 +65,29 @@ def shared_pools() -> Iterator[Callable[..., Pool]]:
 
 def region_digest(pool: Pool) -> str:
     return hashlib.sha256(bytes(pool._region.buf)).hexdigest()
+
+
+def atomic_view(pool: Pool) -> AtomicView:
+    """The test's own atomic access to a pool's bytes (close it before the pool)."""
+    return AtomicView(pool._region.buf)
+
+
+def without_magazine(pool: Pool) -> Pool:
+    """The pool as a process without a slot sees it: every alloc pops, every free pushes."""
+    pool._slot = -1
+    pool._bind()
+    return pool
+
+
+def head_word(pool: Pool) -> int:
+    return pool._atomics.load_u64(HEAD_OFFSET)
+
+
+def allocated_state(pool: Pool) -> int:
+    """The state byte of an allocated block, as the pool writes it."""
+    with Pool(16, 1) as scratch:
+        ptr = scratch.alloc()
+        return scratch._bytes[scratch._layout.state(scratch._index_of(ptr))]
 
 
 # --- Construction ------------------------------------------------------------
@@ -398,9 +424,9 @@ def test_attach_to_a_segment_that_is_not_a_pool_raises_and_writes_nothing(
 @pytest.mark.parametrize(
     "word, value, error",
     [
-        (1, 2, ValueError),  # format version
+        (1, VERSION - 1, ValueError),  # the format version before this one
         (2, 4096, HeapCorruptionError),  # block_size, checksum no longer matches
-        (10, 12345, HeapCorruptionError),  # the checksum itself
+        (_H_CHECKSUM, 12345, HeapCorruptionError),  # the checksum itself
     ],
 )
 def test_attach_to_a_damaged_header_raises_and_writes_nothing(
@@ -424,7 +450,7 @@ def test_attach_to_a_header_with_consistent_but_wrong_offsets_raises(
     pool = shared_pools()
     words = pool._region.words
     words[8] += 64  # where the blocks start
-    words[10] = _checksum([words[i] for i in range(10)])
+    words[_H_CHECKSUM] = _checksum([words[i] for i in range(_H_CHECKSUM)])
     with pytest.raises(HeapCorruptionError, match="offsets"):
         Pool.attach(pool.name or "")
 
@@ -462,7 +488,7 @@ def test_check_finds_a_wrong_depth() -> None:
 
 def test_check_finds_an_allocated_block_on_the_stack_and_alloc_refuses_it() -> None:
     with Pool(64, 10) as pool:
-        pool._bytes[pool._layout.states] = STATE_ALLOCATED
+        pool._bytes[pool._layout.state(0)] = allocated_state(pool)
         with pytest.raises(HeapCorruptionError, match="on the free stack"):
             pool.check()
         with pytest.raises(HeapCorruptionError):
@@ -471,9 +497,8 @@ def test_check_finds_an_allocated_block_on_the_stack_and_alloc_refuses_it() -> N
 
 def test_check_finds_an_unknown_state() -> None:
     with Pool(64, 10) as pool:
-        for _ in range(3):
-            pool.alloc()
-        pool._bytes[pool._layout.states + 1] = 0
+        held = [pool.alloc() for _ in range(3)]
+        pool._bytes[pool._layout.state(pool._index_of(held[1]))] = 0
         with pytest.raises(HeapCorruptionError, match="unknown state"):
             pool.check()
 
@@ -483,7 +508,7 @@ def test_check_counts_a_block_freed_but_not_pushed_as_stranded() -> None:
         p = pool.alloc()
         pool.alloc()
         # What a process killed between the two steps of free leaves behind.
-        pool._bytes[pool._layout.states] = 1
+        pool._bytes[pool._layout.state(0)] = 1
         report = pool.check()
         assert (report.free, report.allocated, report.stranded) == (8, 1, 1)
         with pytest.raises(DoubleFreeError):
@@ -500,32 +525,40 @@ def run_python(code: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_importing_pyalloc_does_not_import_atomicshm() -> None:
+    # Compiled, the pool's atomics are C: it never needs atomicshm.
     result = run_python(
         "import sys, pyalloc; assert 'atomicshm' not in sys.modules; "
-        "from pyalloc import Pool; assert 'atomicshm' in sys.modules; print(Pool.__name__)"
+        "from pyalloc import Pool; "
+        "assert ('atomicshm' in sys.modules) != pyalloc.COMPILED, pyalloc.COMPILED; "
+        "print(Pool.__name__)"
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "Pool"
 
 
-def test_pool_without_atomicshm_names_the_extra() -> None:
+def test_pool_without_atomicshm_names_the_extra_unless_compiled() -> None:
     result = run_python(
         "import sys; sys.modules['atomicshm'] = None\n"
         "import pyalloc\n"
         "try:\n"
-        "    pyalloc.Pool\n"
+        "    with pyalloc.Pool(16, 4) as pool:\n"
+        "        pool.free(pool.alloc())\n"
+        "    print('works', pyalloc.COMPILED)\n"
         "except ImportError as exc:\n"
-        "    print(exc)\n"
+        "    print(exc, pyalloc.COMPILED)\n"
     )
     assert result.returncode == 0, result.stderr
-    assert "pyalloc[atomics]" in result.stdout
+    if result.stdout.split()[-1] == "True":
+        assert result.stdout.split() == ["works", "True"]
+    else:
+        assert "pyalloc[atomics]" in result.stdout
 
 
 # --- ABA --------------------------------------------------------------------------------
 
 
 def test_tag_defeats_the_aba_interleaving() -> None:
-    with Pool(64, 4) as pool:
+    with without_magazine(Pool(64, 4)) as pool:
         # Actor 1 reads the head: block 0 on top, block 1 under it.
         seen, desired = pool._pop_read()
         assert seen & INDEX_MASK == 0 and desired & INDEX_MASK == 1
@@ -533,12 +566,12 @@ def test_tag_defeats_the_aba_interleaving() -> None:
         a = pool.alloc()
         b = pool.alloc()
         pool.free(a)
-        head = pool._head.load()
+        head = head_word(pool)
         assert head & INDEX_MASK == seen & INDEX_MASK
         assert head != seen  # only the tag tells the two apart
         # Actor 1's compare-and-swap fails, and nothing changed.
         assert pool._pop_commit(seen, desired) is None
-        assert pool._head.load() == head
+        assert head_word(pool) == head
         report = pool.check()
         assert (report.free, report.allocated, report.stranded) == (3, 1, 0)
         # Retried from a fresh read, actor 1 gets block 0 and then block 2, never b.
@@ -548,17 +581,18 @@ def test_tag_defeats_the_aba_interleaving() -> None:
 
 @pytest.mark.skipif(sys.byteorder != "little", reason="addresses the index half of the head word")
 def test_without_the_tag_the_aba_cas_would_succeed_wrongly() -> None:
-    with Pool(64, 4) as pool:
+    with without_magazine(Pool(64, 4)) as pool:
         seen, desired = pool._pop_read()
         a = pool.alloc()
         b = pool.alloc()
         pool.free(a)
         # Compare and swap the index half alone, as an untagged stack would.
         index_half = HEAD_OFFSET  # the low 32 bits on a little-endian machine
-        old_index = pool._view.cas_u32(index_half, seen & INDEX_MASK, desired & INDEX_MASK)
+        with atomic_view(pool) as view:
+            old_index = view.cas_u32(index_half, seen & INDEX_MASK, desired & INDEX_MASK)
         assert old_index == seen & INDEX_MASK  # the untagged CAS succeeded ...
         # ... and put b, which actor 2 still holds, on top of the free stack.
-        assert pool._head.load() & INDEX_MASK == (b - pool._layout.blocks) // 64
+        assert head_word(pool) & INDEX_MASK == (b - pool._layout.blocks) // 64
         with pytest.raises(HeapCorruptionError, match="on the free stack"):
             pool.check()
 
@@ -583,8 +617,14 @@ def hammer(pool: Pool, worker: int, rounds: int, seed: int) -> tuple[int, int]:
     seen by the second; the stamp also goes in the last 8 bytes through
     ``view``, and both are verified before the block is freed.
     """
+    with atomic_view(pool) as view:
+        return stamped_rounds(pool, view.exchange_u64, worker, rounds, seed)
+
+
+def stamped_rounds(
+    pool: Pool, exchange: Callable[[int, int], int], worker: int, rounds: int, seed: int
+) -> tuple[int, int]:
     rng = random.Random(seed)
-    exchange = pool._view.exchange_u64
     held: list[tuple[int, int]] = []
     faults = 0
     ops = 0
@@ -687,8 +727,9 @@ def free_in_lockstep(
     ``barrier`` is a block of the pool used as an arrival counter: before
     round r every racer adds one and spins until all ``racers`` have arrived.
     """
-    arrive = pool._view.fetch_add_u64
-    arrived = pool._view.load_u64
+    view = atomic_view(pool)  # lives as long as the racer
+    arrive = view.fetch_add_u64
+    arrived = view.load_u64
     freed = doubles = 0
     for round_number, ptr in enumerate(pointers):
         arrive(barrier, 1)

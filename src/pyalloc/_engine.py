@@ -47,6 +47,7 @@ ENGINE_MODULES: Final = (
     "pyalloc.allocator",
     "pyalloc.heap",
     "pyalloc.buddy",
+    "pyalloc.pool",
 )
 DIGESTS_FILE: Final = "_engine_build.json"
 PURE_ENV: Final = "PYALLOC_PURE_PYTHON"

@@ -1,11 +1,12 @@
 """Hardware atomics on region bytes, from the optional ``atomicshm`` package.
 
-Only the lock-free pool needs them, so only ``pyalloc.pool`` imports this
-module; the heap engine and ``import pyalloc`` never do. When the package is
-missing the import fails with an ``ImportError`` that names the extra to
-install.
+Only the lock-free pool needs them, and only when the engine runs
+interpreted: compiled, ``pyalloc.pool`` makes the same atomic accesses in C
+(``pool.pxd``) and never imports this module; the heap engine and
+``import pyalloc`` never do. When the package is missing the import fails
+with an ``ImportError`` that names the extra to install.
 
-What the pool relies on (checked by ``tests/test_pool.py``):
+What the interpreted pool relies on (checked by ``tests/test_pool.py``):
 
 - an ``AtomicView`` works over an ``mmap`` (private or ``MAP_SHARED``) at any
   offset aligned to the access width, raises ``IndexError`` outside the

@@ -222,17 +222,22 @@ def _pool_info(args: argparse.Namespace) -> int | None:
     if pool is None:
         return None
     with pool:
+        # Other than this process, which attached to look.
+        attached = [pid for pid in pool.attached() if pid != os.getpid()]
         info = {
             "name": args.name,
             "kind": "pool",
             "block_size": pool.block_size,
             "count": pool.count,
             "available": pool.available(),
+            "processes_attached": attached,
         }
     if args.json:
         print(json.dumps(info))
     else:
         for key, value in info.items():
+            if key == "processes_attached":
+                value = ", ".join(map(str, attached)) if attached else "none"
             print(f"{key}: {value}")
     return 0
 
