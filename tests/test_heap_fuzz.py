@@ -2,9 +2,9 @@
 
 Each trial builds a heap with live and free blocks, overwrites a few bytes of
 one metadata word chosen at random (a block header, a free block's footer or
-links, a list head or bitmap word of the policy, a word of the control
-record), then makes random malloc, free, realloc and check calls. Whatever
-was hit, the heap must:
+links, a list head or bitmap word of the policy or a slab list's head or
+count, a word of the control record), then makes random malloc, free,
+realloc and check calls. Whatever was hit, the heap must:
 
 - raise nothing but HeapError subclasses (a refused call; the program goes on);
 - never hand out a block that overlaps a live one, or lies outside the heap;

@@ -1,0 +1,16 @@
+# C types of slab.py for the compiled engine: slab geometry and size classes.
+cimport cython
+from pyalloc.layout cimport HEADER, MIN_BLOCK, WORD_MASK, bit, i64, u64
+
+cdef i64 SLAB_SHIFT, SLAB_BYTES, SLAB_MASK, SLOTS_AT, GUARD, SLOT_SPAN, SMALL_MAX, NCLASSES
+cdef i64 BITMAP_WORDS, EMPTY_KEPT, D_SLAB, D_STATE, D_NEXT, D_PREV, D_BITMAP, DESC_WORDS
+cdef i64 STATE_USED_SHIFT, STATE_CLASS_MASK, SLAB_WORDS
+
+cpdef i64 size_class(i64 size) noexcept
+@cython.locals(g=i64)
+cpdef i64 class_size(i64 c) noexcept
+cpdef i64 slots_of(i64 c) noexcept
+@cython.locals(first=i64)
+cpdef u64 unused_bits(i64 slots, i64 j) noexcept
+@cython.locals(a=i64)
+cpdef i64 aligned_block(i64 b) noexcept
