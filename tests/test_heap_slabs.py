@@ -69,10 +69,12 @@ def internal_blocks(heap: Any) -> list[tuple[int, int]]:
 
 
 def test_size_classes_step_by_16_then_four_per_doubling() -> None:
-    sizes = [class_size(c) for c in range(NCLASSES)]
-    assert sizes[:8] == [16 * (i + 1) for i in range(8)]
-    assert sizes[8:12] == [160, 192, 224, 256]
-    assert sizes[-1] == SMALL_MAX
+    # the rule, past the limit too (a larger SMALL_MAX would use it)
+    assert [class_size(c) for c in range(16)] == [
+        *(16 * (i + 1) for i in range(8)),
+        *(160, 192, 224, 256, 320, 384, 448, 512),
+    ]
+    assert class_size(NCLASSES - 1) == SMALL_MAX
     for n in range(SMALL_MAX + 1):
         c = size_class(n)
         assert class_size(c) >= n
@@ -135,11 +137,11 @@ def test_usable_bytes_are_the_slot_and_realloc_stays_in_place_within_it(heap: An
 
 def test_stats_count_objects_and_their_slot_bytes(heap: Any) -> None:
     before = heap.stats()
-    ps = [heap.malloc(n) for n in (1, 16, 17, 100, 256)]
+    ps = [heap.malloc(n) for n in (1, 16, 17, 100, SMALL_MAX)]
     big = heap.malloc(1000)
     st = heap.stats()
     assert st["live_blocks"] == before["live_blocks"] + 6
-    assert st["live_bytes"] == before["live_bytes"] + 16 + 16 + 32 + 112 + 256 + 1000
+    assert st["live_bytes"] == before["live_bytes"] + 16 + 16 + 32 + 112 + SMALL_MAX + 1000
     for p in [*ps, big]:
         heap.free(p)
     assert heap.stats()["live_blocks"] == before["live_blocks"]
@@ -195,12 +197,13 @@ def test_empty_slabs_go_back_to_the_heap_and_coalesce(heap: Any) -> None:
 
 
 def test_a_kept_empty_slab_serves_again_without_growing(heap: Any) -> None:
-    c = size_class(200)
-    ps = [heap.malloc(200) for _ in range(slots_of(c))]
+    c = size_class(100)
+    ps = [heap.malloc(100) for _ in range(slots_of(c))]
     for p in ps:
         heap.free(p)
     footprint = heap.stats()["heap_bytes"]
-    again = [heap.malloc(200) for _ in range(slots_of(c))]
+    again = [heap.malloc(100) for _ in range(slots_of(c))]
+    assert all(heap.in_slab(p) for p in again)
     assert sorted(again) == sorted(ps)
     assert heap.stats()["heap_bytes"] == footprint
 
@@ -342,7 +345,7 @@ def test_a_corrupted_list_head_is_refused_not_followed(heap: Any) -> None:
     q = heap.malloc(3000)
     heap.view(q)[:] = b"\x5a" * 3000
     c = size_class(32)
-    head = heap.words[C.W_SLABS] + c
+    head = (heap.words[C.W_SLABS] >> 3) + c
     heap.words[head] = q  # a live block's payload
     with pytest.raises(HeapCorruptionError):
         heap.malloc(32)

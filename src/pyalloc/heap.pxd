@@ -10,8 +10,8 @@ from pyalloc.layout cimport (
 )
 from pyalloc.policies.base cimport FreeIndex
 from pyalloc.slab cimport (
-    BITMAP_WORDS, D_BITMAP, D_NEXT, D_PREV, D_SLAB, D_STATE, DESC_WORDS, EMPTY_KEPT, NCLASSES,
-    SLAB_BYTES, SLAB_MASK, SLAB_WORDS, SLOTS_AT, SMALL_MAX, STATE_CLASS_MASK, STATE_USED_SHIFT,
+    BITMAP_WORDS, D_BITMAP, D_NEXT, D_PREV, D_SLAB, D_STATE, DESC_WORDS, HEADS_BYTES, NCLASSES,
+    SLAB_BYTES, SLAB_MASK, SLABS_ON, SLOTS_AT, SMALL_MAX, STATE_CLASS_MASK, STATE_USED_SHIFT,
     aligned_block, class_size, size_class, slots_of, unused_bits,
 )
 
@@ -72,9 +72,13 @@ cdef class Heap(Allocator):
     @cython.locals(body=i64, b=i64, have=i64, need=i64, prev_bit=i64, q=i64, usable=i64, s=i64)
     cpdef i64 _resize(self, i64 p, i64 size) except -1
 
-    @cython.locals(c=i64, d=i64)
+    @cython.locals(c=i64, d=i64, heads=i64)
     cdef i64 _slab_malloc(self, i64 size) except -1
-    @cython.locals(D=i64, state=u64, used=i64, n=i64, s=i64, j=i64, w=u64, k=i64, slot=i64, e=i64)
+    @cython.locals(h=i64, body=i64)
+    cdef i64 _heads(self) except -1
+    @cython.locals(h=i64, c=i64)
+    cdef i64 _make_heads(self) except -1
+    @cython.locals(D=i64, state=u64, used=i64, n=i64, s=i64, j=i64, w=u64, k=i64, slot=i64)
     cdef i64 _slab_take(self, i64 d, i64 c) except -1
     @cython.locals(s=i64, body=i64)
     cdef i64 _slab_of(self, i64 p) except -1
@@ -89,13 +93,13 @@ cdef class Heap(Allocator):
     cdef i64 _slot_class(self, i64 p, i64 s) except -1
     @cython.locals(D=i64, k=i64, state=u64, c=i64, used=i64, n=i64, w=u64)
     cdef int _slab_free(self, i64 p, i64 s) except -1
-    @cython.locals(e=i64, kept=i64)
+    @cython.locals(D=i64)
     cdef int _slab_emptied(self, i64 d, i64 c, i64 s) except -1
-    @cython.locals(head=i64, H=i64, D=i64)
+    @cython.locals(heads=i64, head=i64, H=i64, D=i64)
     cdef int _slab_push(self, i64 d, i64 c) except -1
     @cython.locals(D=i64, nxt=i64, prv=i64, N=i64, P=i64)
     cdef int _slab_unlist(self, i64 d, i64 c) except -1
-    @cython.locals(d=i64, s=i64, D=i64, n=i64, j=i64, e=i64)
+    @cython.locals(d=i64, s=i64, D=i64, n=i64, j=i64)
     cdef i64 _new_slab(self, i64 c) except -1
     @cython.locals(b=i64, have=i64, a=i64)
     cdef i64 _slab_block(self) except -1

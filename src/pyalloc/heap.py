@@ -80,11 +80,11 @@ from .slab import (
     D_SLAB,
     D_STATE,
     DESC_WORDS,
-    EMPTY_KEPT,
+    HEADS_BYTES,
     NCLASSES,
     SLAB_BYTES,
     SLAB_MASK,
-    SLAB_WORDS,
+    SLABS_ON,
     SLOTS_AT,
     SMALL_MAX,
     STATE_CLASS_MASK,
@@ -159,7 +159,7 @@ class Heap(Allocator):
     ) -> None:
         capacity = check_size(capacity, "capacity")
         policy_cls = policy_class(policy)
-        region = AnonymousRegion(self.layout_size(capacity, policy_cls, small))
+        region = AnonymousRegion(self.layout_size(capacity, policy_cls))
         self._format(region, capacity, policy_cls, small)
         self._bind(region, lock)
         if cache:
@@ -168,18 +168,15 @@ class Heap(Allocator):
     # -- set-up --------------------------------------------------------------
 
     @staticmethod
-    def control_bytes(capacity: int, policy_cls: type[FreeIndex], small: bool = True) -> int:
-        """Offset of the first block header: the control record, policy words
-        and (``small``) the slab lists' words."""
+    def control_bytes(capacity: int, policy_cls: type[FreeIndex]) -> int:
+        """Offset of the first block header: the control record and policy words."""
         words = C.CONTROL_WORDS + policy_cls.words_needed(capacity)
-        if small:
-            words += SLAB_WORDS
         return ((words * 8 + HEADER + 15) & ~15) - HEADER
 
     @classmethod
-    def layout_size(cls, capacity: int, policy_cls: type[FreeIndex], small: bool = True) -> int:
+    def layout_size(cls, capacity: int, policy_cls: type[FreeIndex]) -> int:
         """Check ``capacity``; return the region bytes a heap of it needs."""
-        heap_start = cls.control_bytes(capacity, policy_cls, small)
+        heap_start = cls.control_bytes(capacity, policy_cls)
         if capacity < heap_start + HEADER + MIN_BLOCK:
             raise ValueError(
                 f"capacity {capacity} is too small for a heap (minimum {heap_start + 40})"
@@ -193,7 +190,7 @@ class Heap(Allocator):
         cls, region: Region, capacity: int, policy_cls: type[FreeIndex], small: bool = True
     ) -> None:
         """Write a fresh control record and an empty heap into ``region``."""
-        heap_start = cls.control_bytes(capacity, policy_cls, small)
+        heap_start = cls.control_bytes(capacity, policy_cls)
         words = region.words
         for i in range(heap_start >> 3):
             words[i] = 0
@@ -203,8 +200,8 @@ class Heap(Allocator):
         words[C.W_BRK] = heap_start
         words[C.W_PEAK] = heap_start + HEADER
         words[C.W_COMMITTED] = capacity  # a file-backed heap's maker lowers it
-        if small:  # the slab words follow the policy's
-            words[W_SLABS] = C.CONTROL_WORDS + policy_cls.words_needed(capacity)
+        if small:
+            words[W_SLABS] = SLABS_ON
         key = secrets.randbits(64)
         secret = secrets.randbits(62)
         words[C.W_HEADER_KEY] = key
@@ -241,10 +238,7 @@ class Heap(Allocator):
         self.brk = words[C.W_BRK]
         if not self.heap_start < self.capacity <= region.size or self.brk >= self.capacity:
             raise HeapError("the heap's control record is inconsistent with its region")
-        slabs = words[W_SLABS]
-        if slabs and not C.CONTROL_WORDS <= slabs <= (self.heap_start >> 3) - SLAB_WORDS:
-            raise HeapError("the heap's control record is inconsistent with its region")
-        self._slabs = slabs
+        self._slabs = 1 if words[W_SLABS] else 0
         self.header_key = words[C.W_HEADER_KEY]
         self.tag_secret = words[C.W_TAG_SECRET]
         self.link_key = words[C.W_LINK_KEY]
@@ -816,10 +810,39 @@ class Heap(Allocator):
 
     def _slab_malloc(self, size: int) -> int:
         c = size_class(size)
-        d = self.words[self._slabs + c]
+        heads = self.words[W_SLABS]
+        d = 0
+        if heads & 15 == 0 and self.heap_start < heads and heads + HEADS_BYTES <= self.brk:
+            d = self.words[(heads >> 3) + c]
         if not d:
             d = self._new_slab(c)
         return self._slab_take(d, c)
+
+    def _heads(self) -> int:
+        """Word index of the slab lists' heads, checked: the block control word
+        W_SLABS names must be the heap's own block of HEADS_BYTES. Made with
+        the first slab."""
+        h = self.words[W_SLABS]
+        if h == SLABS_ON:
+            return self._make_heads()
+        if h & 15 or not (self.heap_start < h and h + HEADS_BYTES <= self.brk):
+            raise HeapCorruptionError("the slab lists' heads are outside the heap")
+        body = self._header(h - HEADER)
+        if (
+            body < 0
+            or body & (ALLOCATED | CACHED | INTERNAL) != ALLOCATED | INTERNAL
+            or not HEADS_BYTES + HEADER <= body & SIZE_MASK < SLAB_BYTES
+        ):
+            raise HeapCorruptionError("the slab lists' heads are not the heap's block")
+        return h >> 3
+
+    def _make_heads(self) -> int:
+        h = self._block_malloc(HEADS_BYTES)
+        self._set_header(h - HEADER, self._header(h - HEADER) | INTERNAL)
+        for c in range(NCLASSES):
+            self.meta.store((h >> 3) + c, 0)
+        self.meta.store(W_SLABS, h)
+        return h >> 3
 
     def _slab_take(self, d: int, c: int) -> int:
         """Allocate the first free slot of the slab whose descriptor is ``d``
@@ -848,9 +871,6 @@ class Heap(Allocator):
         meta = self.meta
         meta.store(D + D_BITMAP + j, w | bit(k))
         meta.store(D + D_STATE, state + (1 << STATE_USED_SHIFT))
-        if not used:
-            e = self._slabs + NCLASSES + c
-            meta.store(e, words[e] - 1)
         return s + SLOTS_AT + slot * class_size(c)
 
     def _slab_of(self, p: int) -> int:
@@ -942,14 +962,11 @@ class Heap(Allocator):
             self._slab_emptied(D << 3, c, s)
 
     def _slab_emptied(self, d: int, c: int, s: int) -> None:
-        """Slab ``s`` has just become empty: keep it (up to EMPTY_KEPT per
-        class, so that a class swinging around a slab boundary does not cut a
-        slab each time), or give it back to the heap, where it coalesces."""
-        e = self._slabs + NCLASSES + c
-        kept = self.words[e]
-        if kept < EMPTY_KEPT:
-            self.meta.store(e, kept + 1)
-        else:
+        """Slab ``s`` has just become empty: give it back to the heap, where it
+        coalesces, unless it is the only slab on its class's list (so that a
+        class whose last object comes and goes does not cut a slab each time)."""
+        D = d >> 3
+        if self.words[D + D_NEXT] or self.words[D + D_PREV]:
             self._slab_unlist(d, c)
             self.meta.store(s >> 3, 0)  # no stale index word outlives the slab
             self._release(s - HEADER, self._header(s - HEADER) & ~INTERNAL)
@@ -958,7 +975,8 @@ class Heap(Allocator):
     def _slab_push(self, d: int, c: int) -> None:
         """Put descriptor ``d`` at the head of class ``c``'s list."""
         words = self.words
-        head = words[self._slabs + c]
+        heads = self._heads()
+        head = words[heads + c]
         H = 0
         if head:
             self._listed_slab(head)
@@ -971,7 +989,7 @@ class Heap(Allocator):
         meta.store(D + D_PREV, 0)
         if H:
             meta.store(H + D_PREV, d)
-        meta.store(self._slabs + c, d)
+        meta.store(heads + c, d)
 
     def _slab_unlist(self, d: int, c: int) -> None:
         """Take descriptor ``d`` off class ``c``'s list, its links checked first."""
@@ -985,7 +1003,7 @@ class Heap(Allocator):
             P = prv >> 3
             if words[P + D_NEXT] != d:
                 raise HeapCorruptionError(f"slab list {c} is broken before descriptor {d}")
-        elif words[self._slabs + c] != d:
+        elif words[self._heads() + c] != d:
             raise HeapCorruptionError(f"slab list {c} is broken at its head")
         if nxt:
             self._listed_slab(nxt)
@@ -996,17 +1014,21 @@ class Heap(Allocator):
         if P:
             meta.store(P + D_NEXT, nxt)
         else:
-            meta.store(self._slabs + c, nxt)
+            meta.store(self._heads() + c, nxt)
         if N:
             meta.store(N + D_PREV, prv)
 
     def _new_slab(self, c: int) -> int:
-        """Make an empty slab of class ``c`` and list it; return its descriptor."""
-        d = self._block_malloc(DESC_WORDS * 8)
+        """Make an empty slab of class ``c`` and list it; return its descriptor.
+
+        The slab first, so that its descriptor can take the gap an aligned
+        slab may leave below it."""
+        self._heads()
+        s = self._slab_block()
         try:
-            s = self._slab_block()
+            d = self._block_malloc(DESC_WORDS * 8)
         except MemoryError:
-            self._release(d - HEADER, self._header(d - HEADER))
+            self._release(s - HEADER, self._header(s - HEADER) & ~INTERNAL)
             raise
         self._set_header(d - HEADER, self._header(d - HEADER) | INTERNAL)
         meta = self.meta
@@ -1018,8 +1040,6 @@ class Heap(Allocator):
         for j in range(BITMAP_WORDS):
             meta.store(D + D_BITMAP + j, unused_bits(n, j))
         self._slab_push(d, c)
-        e = self._slabs + NCLASSES + c
-        meta.store(e, self.words[e] + 1)
         return d
 
     def _slab_block(self) -> int:
@@ -1114,7 +1134,12 @@ class Heap(Allocator):
         words = self.words
         descriptors: dict[int, int] = {}  # descriptor -> slab
         expected: list[set[int]] = [set() for _ in range(NCLASSES)]
-        empties = [0] * NCLASSES
+        heads = words[W_SLABS]
+        if heads != SLABS_ON:
+            if not HEADS_BYTES + HEADER <= internal.get(heads - HEADER, 0) < SLAB_BYTES:
+                raise HeapCorruptionError("the slab lists' heads are not the heap's block")
+        elif internal:
+            raise HeapCorruptionError("a heap without slab lists holds the heap's own blocks")
         for b, size in internal.items():
             if size < SLAB_BYTES:
                 continue
@@ -1147,15 +1172,13 @@ class Heap(Allocator):
             census.live_bytes += used * class_size(c)
             if used < n:
                 expected[c].add(d)
-            if not used:
-                empties[c] += 1
         for b, size in internal.items():
-            if size < SLAB_BYTES and b + HEADER not in descriptors:
+            if size < SLAB_BYTES and b + HEADER not in descriptors and b + HEADER != heads:
                 raise HeapCorruptionError(f"the heap's block {b + HEADER} belongs to no slab")
-        for c in range(NCLASSES):
+        for c in range(NCLASSES if heads != SLABS_ON else 0):
             listed: set[int] = set()
             prev = 0
-            d = words[self._slabs + c]
+            d = words[(heads >> 3) + c]
             while d:
                 if d not in descriptors or d in listed:
                     raise HeapCorruptionError(f"slab list {c} holds a bad descriptor {d}")
@@ -1167,8 +1190,6 @@ class Heap(Allocator):
                 d = words[D + D_NEXT]
             if listed != expected[c]:
                 raise HeapCorruptionError(f"slab list {c} does not hold the slabs with room")
-            if words[self._slabs + NCLASSES + c] != empties[c]:
-                raise HeapCorruptionError(f"slab class {c} miscounts its empty slabs")
 
     # -- checking and statistics -------------------------------------------------
 

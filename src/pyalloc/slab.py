@@ -31,11 +31,14 @@ is found by arithmetic (``p & -SLAB_BYTES``) and trusted only when the header
 before it passes its tag and says INTERNAL; the index word must then decode
 and name a descriptor that points back.
 
-Per heap, SLAB_WORDS control words after the policy's words (their index in
-control word ``W_SLABS``, 0 when the heap has no slabs): the head of each
-class's list of slabs with a free slot, then each class's count of empty
-slabs kept (at most EMPTY_KEPT per class; one more empty slab goes back to
-the heap and coalesces).
+The head of each class's list of slabs with a free slot is a word of the
+**heads block** (HEADS_BYTES, INTERNAL too), made with the first slab;
+control word ``W_SLABS`` holds its payload offset (0: the heap has no slabs;
+SLABS_ON: it has, but no slab was made yet), so a heap that never serves a
+small object carries no slab metadata at all. A slab that becomes empty
+goes back to the heap, where it coalesces, unless it is the only slab of
+its class on the list: a class whose last object comes and goes keeps its
+slab (the hysteresis).
 
 Size classes: 16-byte steps up to 128 bytes, then four per doubling
 (160, 192, 224, 256, 320, ...), up to SMALL_MAX.
@@ -53,10 +56,10 @@ SLAB_MASK: Final = SLAB_BYTES - 1
 SLOTS_AT: Final = 16  # the index word and a pad, then slot 0
 GUARD: Final = 16  # bytes after the last slot that no slot covers
 SLOT_SPAN: Final = SLAB_BYTES - HEADER - SLOTS_AT - GUARD  # bytes the slots may cover
-SMALL_MAX: Final = 256  # the largest request a slab serves
-NCLASSES: Final = 12  # size classes up to SMALL_MAX
+SMALL_MAX: Final = 128  # the largest request a slab serves
+NCLASSES: Final = 8  # size classes up to SMALL_MAX
 BITMAP_WORDS: Final = 4  # 64 bits each: enough for SLOT_SPAN // 16 slots
-EMPTY_KEPT: Final = 1  # empty slabs each class keeps before giving one back
+SLABS_ON: Final = 1  # W_SLABS of a heap with slabs but no list heads yet
 
 D_SLAB: Final = 0
 D_STATE: Final = 1
@@ -66,7 +69,7 @@ D_BITMAP: Final = 4
 DESC_WORDS: Final = D_BITMAP + BITMAP_WORDS
 STATE_USED_SHIFT: Final = 8
 STATE_CLASS_MASK: Final = (1 << STATE_USED_SHIFT) - 1
-SLAB_WORDS: Final = 2 * NCLASSES  # list heads, then empty counts
+HEADS_BYTES: Final = 8 * NCLASSES  # the block of the classes' list heads
 
 assert SLOT_SPAN // 16 <= 64 * BITMAP_WORDS
 assert SLAB_BYTES & SLAB_MASK == 0
@@ -122,7 +125,7 @@ assert class_size(NCLASSES - 1) == SMALL_MAX and size_class(SMALL_MAX) == NCLASS
 globals().update(
     SLAB_SHIFT=SLAB_SHIFT, SLAB_BYTES=SLAB_BYTES, SLAB_MASK=SLAB_MASK, SLOTS_AT=SLOTS_AT,
     GUARD=GUARD, SLOT_SPAN=SLOT_SPAN, SMALL_MAX=SMALL_MAX, NCLASSES=NCLASSES,
-    BITMAP_WORDS=BITMAP_WORDS, EMPTY_KEPT=EMPTY_KEPT, D_SLAB=D_SLAB, D_STATE=D_STATE,
+    BITMAP_WORDS=BITMAP_WORDS, SLABS_ON=SLABS_ON, D_SLAB=D_SLAB, D_STATE=D_STATE,
     D_NEXT=D_NEXT, D_PREV=D_PREV, D_BITMAP=D_BITMAP, DESC_WORDS=DESC_WORDS,
-    STATE_USED_SHIFT=STATE_USED_SHIFT, STATE_CLASS_MASK=STATE_CLASS_MASK, SLAB_WORDS=SLAB_WORDS,
+    STATE_USED_SHIFT=STATE_USED_SHIFT, STATE_CLASS_MASK=STATE_CLASS_MASK, HEADS_BYTES=HEADS_BYTES,
 )  # fmt: skip
