@@ -83,10 +83,11 @@ cdef class Heap(Allocator):
     @cython.locals(s=i64, body=i64)
     cdef i64 _slab_of(self, i64 p) except -1
     cdef i64 _descriptor_words(self, i64 d) except -1
-    @cython.locals(D=i64, body=i64, s=i64)
+    @cython.locals(D=i64, s=i64)
     cdef i64 _listed_slab(self, i64 d) except -1
-    @cython.locals(d=i64, D=i64, body=i64)
+    @cython.locals(d=i64, D=i64)
     cdef i64 _slab_descriptor(self, i64 s) except -1
+    @cython.cdivision(True)  # off >= 0 and size > 0 where it divides
     @cython.locals(c=i64, size=i64, off=i64, k=i64)
     cdef i64 _slot_of(self, i64 p, i64 s, i64 D) except -1
     @cython.locals(D=i64)

@@ -894,12 +894,11 @@ class Heap(Allocator):
 
     def _listed_slab(self, d: int) -> int:
         """The slab of descriptor ``d`` (a list head or link), checked before
-        anything is read through it: ``d`` is the heap's own block, and the
-        slab it names has an index word naming ``d``."""
+        anything is written through it: the slab it names has an index word
+        naming ``d``. Only the engine writes index words (keyed and tagged
+        with their offset), and a slab given back has its index word cleared,
+        so that proves ``d`` is the live descriptor of that slab."""
         D = self._descriptor_words(d)
-        body = self._header(d - HEADER)
-        if body < 0 or body & (ALLOCATED | CACHED | INTERNAL) != ALLOCATED | INTERNAL:
-            raise HeapCorruptionError(f"slab list link {d} is not a slab descriptor")
         s = self.words[D + D_SLAB]
         if s & SLAB_MASK or not (self.heap_start < s and s + SLAB_BYTES - HEADER <= self.brk):
             raise HeapCorruptionError(f"slab descriptor {d} names no slab")
@@ -909,14 +908,11 @@ class Heap(Allocator):
 
     def _slab_descriptor(self, s: int) -> int:
         """Word index of the descriptor of slab ``s``, found through the slab's
-        index word and checked: an INTERNAL block that points back at ``s``."""
+        index word (its tag checked) and pointing back at ``s``."""
         d = decode(self.words[s >> 3], s, self.tag_secret, self.header_key)
         if d < 0:
             raise HeapCorruptionError(f"index word of slab {s} is corrupted")
         D = self._descriptor_words(d)
-        body = self._header(d - HEADER)
-        if body < 0 or body & (ALLOCATED | INTERNAL) != ALLOCATED | INTERNAL:
-            raise HeapCorruptionError(f"descriptor of slab {s} is not the heap's block")
         if self.words[D + D_SLAB] != s:
             raise HeapCorruptionError(f"descriptor of slab {s} names another slab")
         return D

@@ -9,6 +9,7 @@ cdef i64 STATE_USED_SHIFT, STATE_CLASS_MASK, HEADS_BYTES
 cpdef i64 size_class(i64 size) noexcept
 @cython.locals(g=i64)
 cpdef i64 class_size(i64 c) noexcept
+@cython.cdivision(True)
 cpdef i64 slots_of(i64 c) noexcept
 @cython.locals(first=i64)
 cpdef u64 unused_bits(i64 slots, i64 j) noexcept
