@@ -24,6 +24,7 @@ from pyalloc.slab import (
     GUARD,
     NCLASSES,
     SLAB_BYTES,
+    SLAB_DEMAND,
     SLOT_SPAN,
     SLOTS_AT,
     SMALL_MAX,
@@ -39,6 +40,7 @@ POLICIES = ["segregated", "tlsf", "best-fit"]
 @pytest.fixture(params=POLICIES)
 def heap(request: pytest.FixtureRequest) -> Any:
     h = Heap(4 << 20, policy=request.param)
+    h._slab_demand = 0  # every class has slabs from its first object
     yield h
     h.close()
 
@@ -97,6 +99,34 @@ def test_small_objects_have_no_header_and_sit_in_an_aligned_slab(heap: Any) -> N
     s = slab_of(ps[0])
     assert [(p, size) for p, size in internal_blocks(heap) if p == s] == [(s, SLAB_BYTES)]
     heap.check()
+
+
+def test_a_class_gets_its_first_slab_once_enough_of_its_blocks_are_live() -> None:
+    with Heap(4 << 20) as h:
+        blocks = [h.malloc(40) for _ in range(SLAB_DEMAND)]
+        assert not any(h.in_slab(p) for p in blocks)
+        for p in blocks[: SLAB_DEMAND // 2]:  # freed blocks no longer count
+            h.free(p)
+        more = [h.malloc(40) for _ in range(SLAB_DEMAND // 2)]
+        assert not any(h.in_slab(p) for p in more)
+        first = h.malloc(40)  # SLAB_DEMAND blocks of this size live: a slab
+        assert h.in_slab(first)
+        assert not h.in_slab(h.malloc(100))  # another class: its own count
+        h.check()
+        for p in [*blocks[SLAB_DEMAND // 2 :], *more]:
+            h.free(p)
+        assert h.in_slab(h.malloc(40))  # once a class has a slab, it keeps slabs
+        h.check()
+
+
+def test_a_few_small_objects_never_cost_a_slab() -> None:
+    with Heap(4 << 20) as h:
+        for _ in range(10 * SLAB_DEMAND):
+            h.free(h.malloc(16))
+        p = h.malloc(16)
+        assert not h.in_slab(p)
+        assert internal_blocks(h) == [(h.words[C.W_SLABS], internal_blocks(h)[0][1])]
+        h.check()
 
 
 def test_small_false_serves_every_size_from_blocks() -> None:

@@ -22,7 +22,6 @@ from test_shared_crash import (
     Scene,
     Setup,
     assert_survivors,
-    count_stores,
     fresh,
     prepare,
 )
@@ -34,16 +33,26 @@ from pyalloc.slab import SLABS_ON, size_class, slots_of
 __all__ = ["fresh"]  # the fixture, used by name
 
 
+def eager(heap: SharedHeap) -> SharedHeap:
+    """Slabs from a class's first object in this process (not after
+    SLAB_DEMAND live blocks), so that small requests are slab operations."""
+    heap._slab_demand = 0
+    return heap
+
+
 def setup_block_only(s: Scene) -> None:
+    eager(s.heap)
     s.alloc("A", 3000)
 
 
 def setup_one_object(s: Scene) -> None:
+    eager(s.heap)
     s.alloc("A", 3000)
     s.alloc("x", 40)
 
 
 def setup_full_slab(s: Scene) -> None:
+    eager(s.heap)
     for i in range(slots_of(size_class(128))):
         s.alloc(f"o{i}", 128)
     s.alloc("A", 3000)
@@ -51,6 +60,7 @@ def setup_full_slab(s: Scene) -> None:
 
 def setup_two_slabs_one_emptying(s: Scene) -> None:
     """Two slabs of one class; the second holds one object only."""
+    eager(s.heap)
     n = slots_of(size_class(96))
     for i in range(n + 1):
         s.alloc(f"o{i}", 96)
@@ -73,14 +83,29 @@ SCENARIOS: dict[str, tuple[Setup, Operation, bool]] = {
 }
 
 
+def count_stores(name: str, setup: Setup, op: Operation) -> int:
+    scene, _, _ = prepare(name, setup)
+    worker = eager(SharedHeap.attach(name))
+    with worker._lock:
+        before = worker.meta.stores
+        op(worker, scene)
+        stores = worker.meta.stores - before
+    worker.check()
+    worker.close()
+    scene.heap.close()
+    return stores
+
+
 def test_the_scenarios_do_what_they_say(fresh: Callable[[], str]) -> None:
     name = fresh()
     heap = SharedHeap.attach(name)
     try:
         assert heap.words[C.W_SLABS] == SLABS_ON  # a shared heap has slabs, none made yet
         scene = Scene(heap)
+        setup_one_object(scene)
+        assert heap.in_slab(scene.ptr["x"]) and not heap.in_slab(scene.ptr["A"])
         setup_two_slabs_one_emptying(scene)
-        slabs_before = {p & -4096 for p in scene.held}
+        slabs_before = {p & -4096 for label, p in scene.ptr.items() if label.startswith("o")}
         assert len(slabs_before) == 2
         last = scene.ptr[f"o{slots_of(size_class(96))}"]
         footprint_free = heap.stats()["free_bytes"]
@@ -102,7 +127,7 @@ def test_killed_between_any_two_stores_of_a_slab_operation(
         name = fresh()
         scene, before, names_before = prepare(name, setup)
         live_before = scene.heap.stats()["live_blocks"]
-        worker = SharedHeap.attach(name)
+        worker = eager(SharedHeap.attach(name))
         worker._lock.acquire()
         worker.meta.arm(k, Killed)
         with pytest.raises(Killed):
@@ -128,7 +153,7 @@ def test_exception_between_stores_of_a_slab_operation_is_undone(
     for k in range(0, total, 2):
         name = fresh()
         scene, before, names_before = prepare(name, setup)
-        worker = SharedHeap.attach(name)
+        worker = eager(SharedHeap.attach(name))
         worker.meta.arm(k, RuntimeError)
         with pytest.raises(RuntimeError), worker._lock:
             op(worker, scene)

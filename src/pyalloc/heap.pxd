@@ -11,7 +11,8 @@ from pyalloc.layout cimport (
 from pyalloc.policies.base cimport FreeIndex
 from pyalloc.slab cimport (
     BITMAP_WORDS, D_BITMAP, D_NEXT, D_PREV, D_SLAB, D_STATE, DESC_WORDS, HEADS_BYTES, NCLASSES,
-    SLAB_BYTES, SLAB_MASK, SLABS_ON, SLOTS_AT, SMALL_MAX, STATE_CLASS_MASK, STATE_USED_SHIFT,
+    SLAB_BYTES, SLAB_MASK, SLABS_ON, SLOTS_AT, SMALL_BLOCK_LIMIT, SLAB_DEMAND, H_LIST, H_SLABS,
+    H_BLOCKS, demand_index, SMALL_MAX, STATE_CLASS_MASK, STATE_USED_SHIFT,
     aligned_block, class_size, size_class, slots_of, unused_bits,
 )
 
@@ -23,7 +24,8 @@ cdef class Heap(Allocator):
     cdef public MetadataStore meta
     cdef public u64[::1] words
     cdef public object buf
-    cdef public i64 heap_start, brk, _cache_limit, _cached, _trim_threshold, _slabs
+    cdef public i64 heap_start, brk, _cache_limit, _cached, _trim_threshold, _slabs, _small_blocks
+    cdef public i64 _slab_demand
     cdef public u64 header_key, tag_secret, link_key
     cdef public i64[::1] _cache, _cache_counts
     cdef public bint _reserving
@@ -74,9 +76,13 @@ cdef class Heap(Allocator):
 
     @cython.locals(c=i64, d=i64, heads=i64)
     cdef i64 _slab_malloc(self, i64 size) except -1
+    @cython.locals(heads=i64, e=i64, live=i64, p=i64)
+    cdef i64 _slab_malloc_slow(self, i64 size, i64 c) except -1
+    @cython.locals(e=i64, live=i64, asked=i64)
+    cdef int _release_small_block(self, i64 b, i64 body) except -1
     @cython.locals(h=i64, body=i64)
     cdef i64 _heads(self) except -1
-    @cython.locals(h=i64, c=i64)
+    @cython.locals(h=i64, i=i64)
     cdef i64 _make_heads(self) except -1
     @cython.locals(D=i64, state=u64, used=i64, n=i64, s=i64, j=i64, w=u64, k=i64, slot=i64)
     cdef i64 _slab_take(self, i64 d, i64 c) except -1
@@ -94,13 +100,13 @@ cdef class Heap(Allocator):
     cdef i64 _slot_class(self, i64 p, i64 s) except -1
     @cython.locals(D=i64, k=i64, state=u64, c=i64, used=i64, n=i64, w=u64)
     cdef int _slab_free(self, i64 p, i64 s) except -1
-    @cython.locals(D=i64)
+    @cython.locals(D=i64, e=i64)
     cdef int _slab_emptied(self, i64 d, i64 c, i64 s) except -1
     @cython.locals(heads=i64, head=i64, H=i64, D=i64)
     cdef int _slab_push(self, i64 d, i64 c) except -1
     @cython.locals(D=i64, nxt=i64, prv=i64, N=i64, P=i64)
     cdef int _slab_unlist(self, i64 d, i64 c) except -1
-    @cython.locals(d=i64, s=i64, D=i64, n=i64, j=i64)
+    @cython.locals(d=i64, s=i64, D=i64, n=i64, j=i64, e=i64)
     cdef i64 _new_slab(self, i64 c) except -1
     @cython.locals(b=i64, have=i64, a=i64)
     cdef i64 _slab_block(self) except -1

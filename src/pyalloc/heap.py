@@ -80,17 +80,23 @@ from .slab import (
     D_SLAB,
     D_STATE,
     DESC_WORDS,
+    H_BLOCKS,
+    H_LIST,
+    H_SLABS,
     HEADS_BYTES,
     NCLASSES,
     SLAB_BYTES,
+    SLAB_DEMAND,
     SLAB_MASK,
     SLABS_ON,
     SLOTS_AT,
+    SMALL_BLOCK_LIMIT,
     SMALL_MAX,
     STATE_CLASS_MASK,
     STATE_USED_SHIFT,
     aligned_block,
     class_size,
+    demand_index,
     size_class,
     slots_of,
     unused_bits,
@@ -239,6 +245,11 @@ class Heap(Allocator):
         if not self.heap_start < self.capacity <= region.size or self.brk >= self.capacity:
             raise HeapError("the heap's control record is inconsistent with its region")
         self._slabs = 1 if words[W_SLABS] else 0
+        # The largest block a small request may have got (a rest too small
+        # for a block of its own stays with it).
+        self._small_blocks = SMALL_BLOCK_LIMIT + MIN_BLOCK - 16 if self._slabs else 0
+        # Live blocks of a small size before its class gets a slab (tests set 0).
+        self._slab_demand = SLAB_DEMAND
         self.header_key = words[C.W_HEADER_KEY]
         self.tag_secret = words[C.W_TAG_SECRET]
         self.link_key = words[C.W_LINK_KEY]
@@ -579,6 +590,9 @@ class Heap(Allocator):
                 return
         body = self._live_header(p)
         size = body & SIZE_MASK
+        if size <= self._small_blocks:
+            self._release_small_block(p - HEADER, body)
+            return
         if size < CACHE_MAX_BLOCK and self._cache_counts[size >> 4] < self._cache_limit:
             self._keep(p, body)
             return
@@ -813,15 +827,41 @@ class Heap(Allocator):
         heads = self.words[W_SLABS]
         d = 0
         if heads & 15 == 0 and self.heap_start < heads and heads + HEADS_BYTES <= self.brk:
-            d = self.words[(heads >> 3) + c]
+            d = self.words[(heads >> 3) + H_LIST + c]
         if not d:
-            d = self._new_slab(c)
+            return self._slab_malloc_slow(size, c)
         return self._slab_take(d, c)
 
+    def _slab_malloc_slow(self, size: int, c: int) -> int:
+        """No slab of class ``c`` has room: a new slab, or, while the class has
+        none and fewer than SLAB_DEMAND blocks of this size live, a block."""
+        heads = self._heads()
+        e = heads + H_BLOCKS + demand_index(block_size_for(size))
+        live = self.words[e]
+        if not self.words[heads + H_SLABS + c] and live < self._slab_demand:
+            p = self._block_malloc(size)
+            self.meta.store(e, live + 1)
+            return p
+        return self._slab_take(self._new_slab(c), c)
+
+    def _release_small_block(self, b: int, body: int) -> None:
+        """Free a block that may serve a small request (one served before its
+        class had a slab): one live block of that request's size fewer. Such
+        blocks are never cached."""
+        asked = (body & SIZE_MASK) - HEADER - slack_of(body)
+        e = 0
+        if asked <= SMALL_MAX and self.words[W_SLABS] != SLABS_ON:  # checked before writing
+            e = self._heads() + H_BLOCKS + demand_index(block_size_for(asked))
+        self._release(b, body)
+        if e:
+            live = self.words[e]
+            if live:
+                self.meta.store(e, live - 1)
+
     def _heads(self) -> int:
-        """Word index of the slab lists' heads, checked: the block control word
+        """Word index of the heads block, checked: the block control word
         W_SLABS names must be the heap's own block of HEADS_BYTES. Made with
-        the first slab."""
+        the first small request."""
         h = self.words[W_SLABS]
         if h == SLABS_ON:
             return self._make_heads()
@@ -839,8 +879,8 @@ class Heap(Allocator):
     def _make_heads(self) -> int:
         h = self._block_malloc(HEADS_BYTES)
         self._set_header(h - HEADER, self._header(h - HEADER) | INTERNAL)
-        for c in range(NCLASSES):
-            self.meta.store((h >> 3) + c, 0)
+        for i in range(HEADS_BYTES >> 3):
+            self.meta.store((h >> 3) + i, 0)
         self.meta.store(W_SLABS, h)
         return h >> 3
 
@@ -963,7 +1003,9 @@ class Heap(Allocator):
         class whose last object comes and goes does not cut a slab each time)."""
         D = d >> 3
         if self.words[D + D_NEXT] or self.words[D + D_PREV]:
+            e = self._heads() + H_SLABS + c  # checked before writing
             self._slab_unlist(d, c)
+            self.meta.store(e, self.words[e] - 1)
             self.meta.store(s >> 3, 0)  # no stale index word outlives the slab
             self._release(s - HEADER, self._header(s - HEADER) & ~INTERNAL)
             self._release(d - HEADER, self._header(d - HEADER) & ~INTERNAL)
@@ -972,7 +1014,7 @@ class Heap(Allocator):
         """Put descriptor ``d`` at the head of class ``c``'s list."""
         words = self.words
         heads = self._heads()
-        head = words[heads + c]
+        head = words[heads + H_LIST + c]
         H = 0
         if head:
             self._listed_slab(head)
@@ -985,7 +1027,7 @@ class Heap(Allocator):
         meta.store(D + D_PREV, 0)
         if H:
             meta.store(H + D_PREV, d)
-        meta.store(heads + c, d)
+        meta.store(heads + H_LIST + c, d)
 
     def _slab_unlist(self, d: int, c: int) -> None:
         """Take descriptor ``d`` off class ``c``'s list, its links checked first."""
@@ -999,7 +1041,7 @@ class Heap(Allocator):
             P = prv >> 3
             if words[P + D_NEXT] != d:
                 raise HeapCorruptionError(f"slab list {c} is broken before descriptor {d}")
-        elif words[self._heads() + c] != d:
+        elif words[self._heads() + H_LIST + c] != d:
             raise HeapCorruptionError(f"slab list {c} is broken at its head")
         if nxt:
             self._listed_slab(nxt)
@@ -1010,7 +1052,7 @@ class Heap(Allocator):
         if P:
             meta.store(P + D_NEXT, nxt)
         else:
-            meta.store(self._heads() + c, nxt)
+            meta.store(self._heads() + H_LIST + c, nxt)
         if N:
             meta.store(N + D_PREV, prv)
 
@@ -1036,6 +1078,8 @@ class Heap(Allocator):
         for j in range(BITMAP_WORDS):
             meta.store(D + D_BITMAP + j, unused_bits(n, j))
         self._slab_push(d, c)
+        e = self._heads() + H_SLABS + c
+        meta.store(e, self.words[e] + 1)
         return d
 
     def _slab_block(self) -> int:
@@ -1130,6 +1174,7 @@ class Heap(Allocator):
         words = self.words
         descriptors: dict[int, int] = {}  # descriptor -> slab
         expected: list[set[int]] = [set() for _ in range(NCLASSES)]
+        per_class = [0] * NCLASSES
         heads = words[W_SLABS]
         if heads != SLABS_ON:
             if not HEADS_BYTES + HEADER <= internal.get(heads - HEADER, 0) < SLAB_BYTES:
@@ -1168,13 +1213,14 @@ class Heap(Allocator):
             census.live_bytes += used * class_size(c)
             if used < n:
                 expected[c].add(d)
+            per_class[c] += 1
         for b, size in internal.items():
             if size < SLAB_BYTES and b + HEADER not in descriptors and b + HEADER != heads:
                 raise HeapCorruptionError(f"the heap's block {b + HEADER} belongs to no slab")
         for c in range(NCLASSES if heads != SLABS_ON else 0):
             listed: set[int] = set()
             prev = 0
-            d = words[(heads >> 3) + c]
+            d = words[(heads >> 3) + H_LIST + c]
             while d:
                 if d not in descriptors or d in listed:
                     raise HeapCorruptionError(f"slab list {c} holds a bad descriptor {d}")
@@ -1186,6 +1232,8 @@ class Heap(Allocator):
                 d = words[D + D_NEXT]
             if listed != expected[c]:
                 raise HeapCorruptionError(f"slab list {c} does not hold the slabs with room")
+            if words[(heads >> 3) + H_SLABS + c] != per_class[c]:
+                raise HeapCorruptionError(f"slab class {c} miscounts its slabs")
 
     # -- checking and statistics -------------------------------------------------
 

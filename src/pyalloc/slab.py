@@ -31,8 +31,13 @@ is found by arithmetic (``p & -SLAB_BYTES``) and trusted only when the header
 before it passes its tag and says INTERNAL; the index word must then decode
 and name a descriptor that points back.
 
-The head of each class's list of slabs with a free slot is a word of the
-**heads block** (HEADS_BYTES, INTERNAL too), made with the first slab;
+A class gets its first slab only once SLAB_DEMAND blocks of its size are
+live at once: until then its requests are blocks with headers, so a heap
+with a few small objects does not pay 4 KiB for each size it uses.
+
+The **heads block** (HEADS_BYTES, INTERNAL too), made with the first small
+request, holds the head of each class's list of slabs with a free slot, each
+class's number of slabs and each small block size's number of live blocks;
 control word ``W_SLABS`` holds its payload offset (0: the heap has no slabs;
 SLABS_ON: it has, but no slab was made yet), so a heap that never serves a
 small object carries no slab metadata at all. A slab that becomes empty
@@ -69,7 +74,12 @@ D_BITMAP: Final = 4
 DESC_WORDS: Final = D_BITMAP + BITMAP_WORDS
 STATE_USED_SHIFT: Final = 8
 STATE_CLASS_MASK: Final = (1 << STATE_USED_SHIFT) - 1
-HEADS_BYTES: Final = 8 * NCLASSES  # the block of the classes' list heads
+SMALL_BLOCK_LIMIT: Final = (SMALL_MAX + HEADER + 15) & ~15  # a block serving a small request
+SLAB_DEMAND: Final = 128  # live blocks of a small size before its class's first slab
+H_LIST: Final = 0  # heads block: the head of each class's list of slabs with room,
+H_SLABS: Final = NCLASSES  # each class's number of slabs,
+H_BLOCKS: Final = 2 * NCLASSES  # each small block size's number of live blocks
+HEADS_BYTES: Final = 8 * 3 * NCLASSES
 
 assert SLOT_SPAN // 16 <= 64 * BITMAP_WORDS
 assert SLAB_BYTES & SLAB_MASK == 0
@@ -99,6 +109,12 @@ def slots_of(c: int) -> int:
     return SLOT_SPAN // class_size(c)
 
 
+def demand_index(block: int) -> int:
+    """The heads block's counter of live blocks of ``block`` bytes (at most
+    SMALL_BLOCK_LIMIT)."""
+    return (block >> 4) - 2
+
+
 def unused_bits(slots: int, j: int) -> int:
     """The bits of bitmap word ``j`` past the last of ``slots`` slots: always set."""
     first = j << 6
@@ -118,6 +134,7 @@ def aligned_block(b: int) -> int:
     return a
 
 
+assert demand_index(SMALL_BLOCK_LIMIT) < NCLASSES and demand_index(MIN_BLOCK) == 0
 assert class_size(NCLASSES - 1) == SMALL_MAX and size_class(SMALL_MAX) == NCLASSES - 1
 
 # Compiled, the constants above are C variables (slab.pxd); this gives Python
@@ -128,4 +145,6 @@ globals().update(
     BITMAP_WORDS=BITMAP_WORDS, SLABS_ON=SLABS_ON, D_SLAB=D_SLAB, D_STATE=D_STATE,
     D_NEXT=D_NEXT, D_PREV=D_PREV, D_BITMAP=D_BITMAP, DESC_WORDS=DESC_WORDS,
     STATE_USED_SHIFT=STATE_USED_SHIFT, STATE_CLASS_MASK=STATE_CLASS_MASK, HEADS_BYTES=HEADS_BYTES,
+    SMALL_BLOCK_LIMIT=SMALL_BLOCK_LIMIT, SLAB_DEMAND=SLAB_DEMAND, H_LIST=H_LIST, H_SLABS=H_SLABS,
+    H_BLOCKS=H_BLOCKS,
 )  # fmt: skip
