@@ -192,6 +192,7 @@ def test_calloc_zeroes_a_reused_slot(heap: Any) -> None:
 
 def test_the_cache_keeps_only_blocks_above_the_slab_limit() -> None:
     with Heap(1 << 20, cache=True) as h:
+        h._slab_demand = 0  # every small request an object in a slab
         rng = random.Random(3)
         live: list[int] = []
         for _ in range(3000):

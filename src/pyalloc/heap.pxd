@@ -78,8 +78,8 @@ cdef class Heap(Allocator):
     cdef i64 _slab_malloc(self, i64 size) except -1
     @cython.locals(heads=i64, e=i64, live=i64, p=i64)
     cdef i64 _slab_malloc_slow(self, i64 size, i64 c) except -1
-    @cython.locals(e=i64, live=i64, asked=i64)
-    cdef int _release_small_block(self, i64 b, i64 body) except -1
+    @cython.locals(e=i64, live=i64, asked=i64, size=i64)
+    cdef int _free_small_block(self, i64 p, i64 body) except -1
     @cython.locals(h=i64, body=i64)
     cdef i64 _heads(self) except -1
     @cython.locals(h=i64, i=i64)

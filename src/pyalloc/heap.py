@@ -591,7 +591,7 @@ class Heap(Allocator):
         body = self._live_header(p)
         size = body & SIZE_MASK
         if size <= self._small_blocks:
-            self._release_small_block(p - HEADER, body)
+            self._free_small_block(p, body)
             return
         if size < CACHE_MAX_BLOCK and self._cache_counts[size >> 4] < self._cache_limit:
             self._keep(p, body)
@@ -844,15 +844,19 @@ class Heap(Allocator):
             return p
         return self._slab_take(self._new_slab(c), c)
 
-    def _release_small_block(self, b: int, body: int) -> None:
+    def _free_small_block(self, p: int, body: int) -> None:
         """Free a block that may serve a small request (one served before its
-        class had a slab): one live block of that request's size fewer. Such
-        blocks are never cached."""
-        asked = (body & SIZE_MASK) - HEADER - slack_of(body)
+        class had a slab): into the cache or the free lists, and one live
+        block of that request's size fewer."""
+        size = body & SIZE_MASK
+        asked = size - HEADER - slack_of(body)
         e = 0
         if asked <= SMALL_MAX and self.words[W_SLABS] != SLABS_ON:  # checked before writing
             e = self._heads() + H_BLOCKS + demand_index(block_size_for(asked))
-        self._release(b, body)
+        if self._cache_counts[size >> 4] < self._cache_limit:
+            self._keep(p, body)
+        else:
+            self._release(p - HEADER, body)
         if e:
             live = self.words[e]
             if live:
