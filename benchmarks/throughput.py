@@ -12,19 +12,25 @@ Peers, all measured in the same run:
 - **interpreted**: the same, measured by a child process of this script with
   ``PYALLOC_PURE_PYTHON=1`` (the same ``.py`` files, interpreted);
 - **glibc**: the C library's malloc through ctypes;
-- **mp.heap**: the standard library's ``multiprocessing.heap.Heap``.
+- **mp.heap**: the standard library's ``multiprocessing.heap.Heap``;
+- **no slabs**: ``Heap(small=False)``, the default heap with every request a
+  block with a header, as before slabs (per trace, and its ratio to pyalloc).
 
 Each (trace, peer) is replayed once untimed (its pages touched), then timed
 ``--repeat`` times on the same allocator, what a replay leaves live freed
 between runs, and the best kept: every peer is measured warm. Per-op
 averages are total time over total ops of a trace set. A second section
-times ``malloc(100)`` + ``free`` pairs. Utilization (default ``Heap``) is
+times ``malloc(100)`` + ``free`` pairs, and a third pairs of small objects
+only (16 to 128 bytes: slab objects), of blocks only (200 to 4000 bytes) and
+of both mixed, with slabs and without. Utilization (default ``Heap``) is
 peak live payload / ``stats()['peak_heap_bytes']``.
 
 Targets (issue: the compiled engine), printed with pass/fail at the end:
 
     pyalloc ns/op on each trace set      <= 0.5 x glibc
     pyalloc malloc(100)+free pair        <= 0.3 x glibc
+    (slabs) per op on each trace set     <= 1.0 x no slabs
+    (slabs) small-only pair              fastest of the pyalloc pair rows
 """
 
 from __future__ import annotations
@@ -62,14 +68,20 @@ TARGET_PAIR_RATIO = 0.3
 PAIR_SIZE = 100
 PYALLOC, INTERPRETED, GLIBC, MP = "pyalloc", "interpreted", "glibc", "mp.heap"
 PEERS = (PYALLOC, INTERPRETED, GLIBC, MP)
+NO_SLABS = "no slabs"
+PAIR_MIXES = {  # sizes a pair row cycles through
+    "small only": (16, 32, 48, 64, 100, 128),
+    "blocks only": (200, 500, 1000, 4000),
+    "mixed": (16, 200, 48, 1000, 100, 4000),
+}
 
 
 def workloads_of(traces: Sequence[Trace]) -> list[Workload]:
     return [(t.name, [(op.kind, op.id, op.size) for op in t.ops], t.num_ids) for t in traces]
 
 
-def time_pyalloc(workload: Workload, repeat: int, policy: str) -> int:
-    heap = Heap(policy=policy)
+def time_pyalloc(workload: Workload, repeat: int, policy: str, small: bool = True) -> int:
+    heap = Heap(policy=policy, small=small)
     try:
         return time_warm(heap, workload, repeat)
     finally:
@@ -105,10 +117,28 @@ def time_pairs(allocator: Any, pairs: int, repeat: int) -> float:
     return min(run() for _ in range(repeat)) / pairs
 
 
-def utilization(workload: Workload, policy: str) -> float:
+def time_mixed_pairs(allocator: Any, sizes: Sequence[int], pairs: int, repeat: int) -> float:
+    """ns per malloc + free pair cycling through ``sizes``, best of ``repeat``."""
+    malloc, free = allocator.malloc, allocator.free
+    plan = [sizes[i % len(sizes)] for i in range(pairs)]
+
+    def run() -> int:
+        gc.disable()
+        try:
+            start = time.perf_counter_ns()
+            for size in plan:
+                free(malloc(size))
+            return time.perf_counter_ns() - start
+        finally:
+            gc.enable()
+
+    return min(run() for _ in range(repeat)) / pairs
+
+
+def utilization(workload: Workload, policy: str, small: bool = True) -> float:
     """Peak live payload / peak footprint of the default heap on ``workload``."""
     _, ops, num_ids = workload
-    heap = Heap(policy=policy)
+    heap = Heap(policy=policy, small=small)
     pointers = [0] * num_ids
     sizes = [0] * num_ids
     live = peak = 0
@@ -215,9 +245,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     verdicts: list[tuple[str, str, bool]] = []
     for label, workloads in sets:
         print(f"== {label}")
-        header = ("trace", "ops", *[f"{p} ns/op" for p in PEERS], "pyalloc/glibc", "util")
+        header = (
+            "trace",
+            "ops",
+            *[f"{p} ns/op" for p in (*PEERS, NO_SLABS)],
+            "pyalloc/glibc",
+            "slabs/no slabs",
+            "util",
+            "util no slabs",
+        )
         rows = [header]
-        totals = dict.fromkeys(PEERS, 0)
+        totals = dict.fromkeys((*PEERS, NO_SLABS), 0)
         ops_total = 0
         for workload in workloads:
             name, ops, _ = workload
@@ -227,27 +265,33 @@ def main(argv: Sequence[str] | None = None) -> int:
                 INTERPRETED: interpreted["traces"][name],
                 GLIBC: time_glibc(libc, workload, args.repeat),
                 MP: time_mp(workload, args.repeat),
+                NO_SLABS: time_pyalloc(workload, args.repeat, args.policy, small=False),
             }
-            for peer in PEERS:
+            for peer in totals:
                 totals[peer] += times[peer]
             ops_total += len(ops)
             rows.append(
                 (
                     name,
                     str(len(ops)),
-                    *[f"{times[p] / len(ops):,.0f}" for p in PEERS],
+                    *[f"{times[p] / len(ops):,.0f}" for p in (*PEERS, NO_SLABS)],
                     fmt_ratio(times[PYALLOC] / times[GLIBC]),
+                    fmt_ratio(times[PYALLOC] / times[NO_SLABS]),
                     f"{utilization(workload, args.policy):.1%}",
+                    f"{utilization(workload, args.policy, small=False):.1%}",
                 )
             )
-        per_op = {p: totals[p] / ops_total for p in PEERS}
+        per_op = {p: totals[p] / ops_total for p in totals}
         ratio = per_op[PYALLOC] / per_op[GLIBC]
+        slab_ratio = per_op[PYALLOC] / per_op[NO_SLABS]
         rows.append(
             (
                 "per op",
                 str(ops_total),
-                *[f"{per_op[p]:,.0f}" for p in PEERS],
+                *[f"{per_op[p]:,.0f}" for p in (*PEERS, NO_SLABS)],
                 fmt_ratio(ratio),
+                fmt_ratio(slab_ratio),
+                "",
                 "",
             )
         )
@@ -268,6 +312,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ratio <= TARGET_TRACE_RATIO,
             )
         )
+        verdicts.append(
+            (
+                f"{label}: slabs per op <= 1.0 x no slabs",
+                fmt_ratio(slab_ratio),
+                slab_ratio <= 1.0,
+            )
+        )
 
     print(f"== malloc({PAIR_SIZE}) + free pairs")
     pairs = {
@@ -286,6 +337,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             pair_ratio <= TARGET_PAIR_RATIO,
         )
     )
+    print("\n== pairs by size (malloc + free of sizes cycled through)")
+    mixes: dict[str, dict[str, float]] = {}
+    for mix, sizes in PAIR_MIXES.items():
+        mixes[mix] = {
+            PYALLOC: time_mixed_pairs(Heap(policy=args.policy), sizes, args.pairs, args.repeat),
+            NO_SLABS: time_mixed_pairs(
+                Heap(policy=args.policy, small=False), sizes, args.pairs, args.repeat
+            ),
+            GLIBC: time_mixed_pairs(libc, sizes, args.pairs, args.repeat),
+        }
+        row = mixes[mix]
+        print(
+            f"  {mix:12} sizes {','.join(map(str, sizes)):24} pyalloc {row[PYALLOC]:6,.0f} ns"
+            f"   no slabs {row[NO_SLABS]:6,.0f} ns   glibc {row[GLIBC]:6,.0f} ns"
+            f"   pyalloc/glibc {row[PYALLOC] / row[GLIBC]:.2f}x"
+        )
+    small = mixes["small only"][PYALLOC]
+    fastest = min(row[PYALLOC] for row in mixes.values())
+    verdicts.append(
+        (
+            "small-object pairs are the heap's fastest (small only, against blocks only, mixed)",
+            f"{small:,.0f} ns",
+            small <= fastest,
+        )
+    )
+
     print("\n== targets")
     for what, measured, passed in verdicts:
         print(f"  {'PASS' if passed else 'MISS'}  {what}: {measured}")

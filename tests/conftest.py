@@ -8,7 +8,11 @@ Two markers narrow a test to the allocators it applies to:
 ``engine_format`` (it reads or forges the engine's block format: footers,
 prev-allocated bits, where a block is placed) leaves the buddy system out, and
 ``free_list_links`` (it corrupts free-list links) leaves out policies that
-have none. The buddy system has no cache of freed blocks: it runs once,
+have none. The engine's policies run with slabs off (``small=False``): they
+differ in how they place blocks with headers. ``default`` is the default
+``Heap``, whose small objects have no header: tests of the block format
+leave it out too, and so do tests marked ``block_headers`` (they forge or
+read the header of a small block). The buddy system has no cache of freed blocks: it runs once,
 uncached. Such combinations are not generated at all (no skips).
 """
 
@@ -19,7 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from heap_model import build_heap, has_free_list_links, heap_policies
+from heap_model import SLABS, build_heap, has_free_list_links, heap_policies
 from hypothesis import HealthCheck, settings
 
 HEAP_POLICIES = heap_policies()
@@ -46,14 +50,19 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "engine_format: relies on the engine's block format; skipped for buddy"
     )
     config.addinivalue_line(
+        "markers", "block_headers: forges or reads a small block's header; skipped for slabs"
+    )
+    config.addinivalue_line(
         "markers", "free_list_links: corrupts free-list links; skipped for policies without them"
     )
 
 
 def applies(policy: str, node: Any) -> bool:
     """Whether a test marked as ``node`` is can run on ``policy`` at all."""
-    if policy == "buddy" and node.get_closest_marker("engine_format"):
-        return False  # the buddy system has its own block format
+    if policy in ("buddy", SLABS) and node.get_closest_marker("engine_format"):
+        return False  # the buddy system has its own block format; slab objects have none
+    if policy == SLABS and node.get_closest_marker("block_headers"):
+        return False
     if node.get_closest_marker("free_list_links") and not has_free_list_links(policy):
         return False
     return True

@@ -146,12 +146,13 @@ def test_check_verifies_the_order_bitmap(heap: BuddyHeap, bit: int) -> None:
 
 
 def test_make_heap_builds_every_allocator() -> None:
-    assert ALL_POLICIES == (*POLICIES, "buddy")
+    assert ALL_POLICIES == ("default", *POLICIES, "buddy")
     for name in ALL_POLICIES:
         with make_heap(name, 1 << 20, lock=False) as heap:
             assert isinstance(heap, BuddyHeap if name == "buddy" else Heap)
-            assert heap.policy_name == name
+            assert heap.policy_name == ("segregated" if name == "default" else name)
             p = heap.malloc(10)
+            assert (name == "default") == (isinstance(heap, Heap) and heap._slabs == 1)
             heap.free(p)
             heap.check()
 

@@ -12,6 +12,8 @@ from heap_model import (
     MIN_BLOCK,
     LiveBlocks,
     build_heap,
+    counted,
+    in_slab,
     read,
     write_random,
 )
@@ -42,7 +44,7 @@ def test_malloc_zero_returns_unique_valid_pointers(heap: Any) -> None:
         assert heap.usable_size(p) >= 0
     heap.check()
     assert heap.stats()["live_blocks"] == len(pointers)
-    assert heap.stats()["live_bytes"] == 0
+    assert heap.stats()["live_bytes"] == sum(counted(heap, p, 0) for p in pointers)
     for p in pointers:
         heap.free(p)
     heap.check()
@@ -62,9 +64,11 @@ def test_usable_size_covers_the_request(heap: Any, size: int) -> None:
     p = heap.malloc(size)
     usable = heap.usable_size(p)
     assert usable >= size
-    # usable = block size - header, and block sizes are multiples of 16.
-    assert usable >= MIN_BLOCK - HEADER
-    assert (usable + HEADER) % ALIGNMENT == 0
+    if in_slab(heap, p):  # a slot of a size class: a multiple of 16
+        assert usable % ALIGNMENT == 0 and usable - size <= max(ALIGNMENT, usable // 4)
+    else:  # usable = block size - header, and block sizes are multiples of 16.
+        assert usable >= MIN_BLOCK - HEADER
+        assert (usable + HEADER) % ALIGNMENT == 0
     heap.free(p)
 
 
@@ -198,7 +202,7 @@ def test_realloc_null_is_malloc(heap: Any) -> None:
     assert p > 0 and p % ALIGNMENT == 0
     assert heap.usable_size(p) >= 100
     assert heap.stats()["live_blocks"] == 1
-    assert heap.stats()["live_bytes"] == 100
+    assert heap.stats()["live_bytes"] == counted(heap, p, 100)
     heap.free(p)
     heap.check()
 
@@ -228,7 +232,7 @@ def test_realloc_shrink_preserves_prefix(heap: Any, old: int, new: int) -> None:
     assert heap.usable_size(q) >= new
     assert read(heap, q, new) == data[:new]
     assert read(heap, after, 64) == neighbour
-    assert heap.stats()["live_bytes"] == new + 64
+    assert heap.stats()["live_bytes"] == counted(heap, q, new) + counted(heap, after, 64)
     heap.check()
 
 
@@ -245,7 +249,7 @@ def test_realloc_grow_preserves_contents(heap: Any, old: int, new: int) -> None:
     assert read(heap, q, old) == data
     assert read(heap, after, 64) == neighbour
     assert heap.stats()["live_blocks"] == 2
-    assert heap.stats()["live_bytes"] == new + 64
+    assert heap.stats()["live_bytes"] == counted(heap, q, new) + counted(heap, after, 64)
     heap.check()
 
 
@@ -466,7 +470,9 @@ def test_stats_follow_the_live_blocks(make_heap: Any) -> None:
             live.add(heap.malloc(n), n, None)
         stats = heap.stats()
         assert stats["live_blocks"] == len(live), step
-        assert stats["live_bytes"] == sum(b.asked for b in live.blocks.values()), step
+        assert stats["live_bytes"] == sum(
+            b.usable if b.in_slab else b.asked for b in live.blocks.values()
+        ), step
         assert stats["heap_bytes"] <= capacity
         assert stats["peak_heap_bytes"] >= stats["heap_bytes"]
         assert stats["peak_heap_bytes"] >= peak  # the peak never goes down

@@ -15,7 +15,7 @@ assert MEDIUM + 8 < CACHE_MAX_BLOCK
 
 @pytest.fixture
 def heap():
-    with Heap(1 << 20) as h:
+    with Heap(1 << 20, small=False) as h:
         yield h
 
 
@@ -127,7 +127,7 @@ def test_a_small_split_keeps_the_cache(heap: Heap) -> None:
 
 
 def test_without_the_cache_a_free_coalesces_at_once() -> None:
-    with Heap(1 << 20, cache=False) as heap:
+    with Heap(1 << 20, cache=False, small=False) as heap:
         a, b, c = (heap.malloc(MEDIUM) for _ in range(3))
         heap.malloc(MEDIUM)
         for p in (a, b, c):

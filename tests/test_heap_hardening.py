@@ -7,7 +7,9 @@ headers must be reported as ``HeapCorruptionError``, never trusted.
 The overflow simulation at the end writes a few bytes past the end of a live
 block, into the metadata of its neighbour, then keeps using the heap, and
 counts how often the damage is detected; whatever happens, the heap must never
-hand out two blocks that overlap.
+hand out two blocks that overlap. An object in a slab has no metadata after
+it: an overflow out of one must reach none (no error, ``check()`` passing),
+in every trial.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pytest
 from heap_model import (
     ALIGNMENT,
     HEADER,
+    SLABS,
     LiveBlocks,
     build_heap,
     has_free_list_links,
@@ -319,6 +322,7 @@ def _flip(heap: Any, offset: int, mask: int = 0x5A) -> None:
     heap.region.buf[offset] ^= mask
 
 
+@pytest.mark.block_headers
 @pytest.mark.parametrize("byte", range(HEADER))
 def test_corrupted_header_fails_check(populated: Populated, byte: int) -> None:
     heap = populated.heap
@@ -330,6 +334,7 @@ def test_corrupted_header_fails_check(populated: Populated, byte: int) -> None:
     heap.check()
 
 
+@pytest.mark.block_headers
 @pytest.mark.parametrize("byte", range(HEADER))
 def test_corrupted_header_fails_free(populated: Populated, byte: int) -> None:
     heap = populated.heap
@@ -341,6 +346,7 @@ def test_corrupted_header_fails_free(populated: Populated, byte: int) -> None:
     populated.live.assert_all()
 
 
+@pytest.mark.block_headers
 @pytest.mark.parametrize("byte", range(HEADER))
 def test_corrupted_header_fails_realloc(populated: Populated, byte: int) -> None:
     heap = populated.heap
@@ -352,6 +358,7 @@ def test_corrupted_header_fails_realloc(populated: Populated, byte: int) -> None
     populated.live.assert_all()
 
 
+@pytest.mark.block_headers
 @pytest.mark.parametrize("bit", [0, 1, 4, 5, 20, 37, 40, 44, 63])
 def test_single_bit_flip_in_a_header_is_detected(populated: Populated, bit: int) -> None:
     heap = populated.heap
@@ -375,6 +382,7 @@ def free_block_words(policy: str) -> list[str]:
     return words
 
 
+@pytest.mark.block_headers
 def test_corrupted_free_block_fails_check(populated: Populated, policy: str) -> None:
     heap = populated.heap
     f = max(populated.freed, key=lambda q: _free_block_size(populated, q))
@@ -409,6 +417,7 @@ def test_coalescing_with_a_corrupted_free_block_is_refused(
         live.assert_all()
 
 
+@pytest.mark.block_headers
 @pytest.mark.parametrize("fill", ["zeros", "random", "fake-footer"])
 def test_prev_free_bit_set_on_a_live_predecessor_is_refused(make_heap: Any, fill: str) -> None:
     # The cache would keep the freed block aside without merging: test the merge.
@@ -448,6 +457,7 @@ def _free_block_size(state: Populated, f: int) -> int:
     return min(following) - HEADER - (f - HEADER)
 
 
+@pytest.mark.block_headers
 def test_two_heaps_have_different_secrets(make_heap: Any) -> None:
     first, second = make_heap(1 << 20), make_heap(1 << 20)
     sizes = [10, 100, 1000, 24]
@@ -480,16 +490,25 @@ class OverflowTally:
     unchanged: int = 0  # the junk equalled the bytes it overwrote: nothing to detect
     memory_errors: int = 0
     by_error: dict[str, int] = field(default_factory=dict)
+    slab_contained: int = 0  # a slab object overflowed; no metadata reached
+    slab_reached: int = 0  # a slab object overflowed and some metadata was hit
 
     @property
     def trials(self) -> int:
-        return self.detected_in_ops + self.detected_by_final_check + self.silent + self.unchanged
+        return (
+            self.detected_in_ops
+            + self.detected_by_final_check
+            + self.silent
+            + self.unchanged
+            + self.slab_contained
+            + self.slab_reached
+        )
 
     @property
     def detection_rate(self) -> float:
         """Detected among the trials whose overflow changed at least one byte."""
         detected = self.detected_in_ops + self.detected_by_final_check
-        return detected / (detected + self.silent)
+        return detected / (detected + self.silent) if detected + self.silent else 1.0
 
 
 @contextlib.contextmanager
@@ -528,6 +547,7 @@ def _overflow_trial(heap: Any, rng: random.Random, tally: OverflowTally) -> None
         n = _random_size(rng)
         live.add(heap.malloc(n), n, rng)
     victim = rng.choice(live.pointers())
+    slab_victim = live.blocks[victim].in_slab
     for p in live.pointers():
         if p != victim and rng.random() < 0.4:
             live.remove(p)
@@ -596,15 +616,24 @@ def _overflow_trial(heap: Any, rng: random.Random, tally: OverflowTally) -> None
         for p, b in live.blocks.items():
             damaged |= read(heap, p, len(b.data)) != b.data
     except HeapError as error:
-        tally.detected_in_ops += 1
         name = type(error).__name__
         tally.by_error[name] = tally.by_error.get(name, 0) + 1
+        if slab_victim:
+            tally.slab_reached += 1
+        else:
+            tally.detected_in_ops += 1
         return
     try:
         heap.check()
     except HeapError:
-        tally.detected_by_final_check += 1
+        if slab_victim:
+            tally.slab_reached += 1
+        else:
+            tally.detected_by_final_check += 1
     else:
+        if slab_victim:
+            tally.slab_contained += 1
+            return
         if unchanged:
             tally.unchanged += 1
         else:
@@ -620,6 +649,8 @@ def test_overflow_into_neighbour_metadata_never_yields_overlapping_blocks(
     with _time_limit(300):
         for _ in range(OVERFLOW_TRIALS):
             heap = build_heap(policy, 1 << 20)
+            if policy == SLABS:
+                heap._slab_demand = 0  # small objects in slabs from the first
             try:
                 _overflow_trial(heap, random.Random(rng.getrandbits(64)), tally)
             finally:
@@ -631,10 +662,15 @@ def test_overflow_into_neighbour_metadata_never_yields_overlapping_blocks(
         f"= {tally.detection_rate:.2%} of those that changed a byte; "
         f"silently accepted {tally.silent} (payload damage seen in "
         f"{tally.silent_payload_damage}); junk equal to the bytes it overwrote {tally.unchanged}; "
-        f"MemoryError {tally.memory_errors}; errors {dict(sorted(tally.by_error.items()))}"
+        f"MemoryError {tally.memory_errors}; errors {dict(sorted(tally.by_error.items()))}; "
+        f"slab objects overflowed {tally.slab_contained + tally.slab_reached}, "
+        f"metadata reached {tally.slab_reached}"
     )
     print(summary)
     record_property("overflow_detection_rate", round(tally.detection_rate, 4))
     record_property("overflow_summary", summary)
     assert tally.trials == OVERFLOW_TRIALS
     assert tally.detection_rate >= 0.9, summary
+    assert tally.slab_reached == 0, summary
+    if policy == SLABS:
+        assert tally.slab_contained > OVERFLOW_TRIALS // 4, summary

@@ -22,7 +22,7 @@ LARGE = 4 * SMALL_BLOCK_MAX  # payload bytes of a block well above SMALL_BLOCK_M
 
 @pytest.fixture(params=POLICIES)
 def heap(request: pytest.FixtureRequest) -> Iterator[Heap]:
-    with Heap(8 << 20, policy=request.param, cache=False) as h:
+    with Heap(8 << 20, policy=request.param, cache=False, small=False) as h:
         yield h
 
 
@@ -90,7 +90,7 @@ def test_larger_blocks_that_die_together_leave_one_hole(heap: Heap) -> None:
 
 
 def test_growth_near_the_capacity_falls_back_to_exact() -> None:
-    with Heap(64 << 10, cache=False) as heap:
+    with Heap(64 << 10, cache=False, small=False) as heap:
         count = 0
         while True:
             try:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from heap_model import ALIGNMENT, HEADER, LiveBlocks, overlaps, read
+from heap_model import ALIGNMENT, HEADER, LiveBlocks, counted, in_slab, overlaps, read
 
 THREADS = 6
 ROUNDS = 1500
@@ -89,8 +89,8 @@ def test_threads_share_one_heap(make_heap: Any, fast_switching: None) -> None:
     heap.check()
     stats = heap.stats()
     assert stats["live_blocks"] == len(kept)
-    assert stats["live_bytes"] == sum(asked for asked, _ in kept.values())
-    spans = [(p - HEADER, p + heap.usable_size(p)) for p in kept]
+    assert stats["live_bytes"] == sum(counted(heap, p, asked) for p, (asked, _) in kept.items())
+    spans = [(p - (0 if in_slab(heap, p) else HEADER), p + heap.usable_size(p)) for p in kept]
     assert not overlaps(spans)
     for p, (_, data) in kept.items():
         assert read(heap, p, len(data)) == data

@@ -41,7 +41,7 @@ def heaps() -> Iterator[list[Heap]]:
 
 def _heap(made: list[Heap], policy: str, capacity: int = 1 << 20) -> Heap:
     # No cache: every free must reach the policy.
-    heap = Heap(capacity, policy=policy, cache=False)
+    heap = Heap(capacity, policy=policy, cache=False, small=False)
     made.append(heap)
     return heap
 

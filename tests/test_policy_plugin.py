@@ -14,7 +14,7 @@ SPEC = f"{EXAMPLE}:WorstFit"
 
 
 def test_the_example_policy_serves_a_heap_and_picks_the_largest_block() -> None:
-    heap = Heap(1 << 20, policy=SPEC, cache=False)
+    heap = Heap(1 << 20, policy=SPEC, cache=False, small=False)
     assert heap.policy_name == "worst-fit"
     small, fence1, large, fence2 = (heap.malloc(n) for n in (200, 16, 2000, 16))
     heap.free(small)

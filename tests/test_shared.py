@@ -121,7 +121,7 @@ def test_heap_api_edge_cases(heap: SharedHeap) -> None:
     with pytest.raises(DoubleFreeError):
         heap.free(r)
     with pytest.raises(InvalidPointerError):
-        heap.free(p + 16)
+        heap.free(p + 8)
     with pytest.raises(TypeError):
         heap.malloc(True)
     with pytest.raises(ValueError):

@@ -78,7 +78,7 @@ def test_info_prints_stats_and_names(heap: SharedHeap, capsys: pytest.CaptureFix
 def test_check_passes_then_finds_corruption(
     heap: SharedHeap, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    p = heap.malloc(100)
+    p = heap.malloc(1000)  # a block with a header (not an object in a slab)
     status, out, _ = run(capsys, "shm", "check", heap.name)
     assert status == 0 and "ok, 1 live blocks" in out
     heap.buf[p - 8 : p] = bytes(8)  # wipe the block's header

@@ -99,8 +99,8 @@ def setup_big_top(s: Scene) -> None:
 
 def setup_small(s: Scene) -> None:
     s.alloc("A", 100)
-    s.alloc("small", 40)
-    s.alloc("C", 2000)  # too big for the small blocks' chunk: the top block
+    s.alloc("small", 40)  # objects in a slab; below the slab, a free gap of less than 4 KiB
+    s.alloc("C", 5000)  # too big for that gap: the top block
 
 
 def setup_boxed_in(s: Scene) -> None:
@@ -124,7 +124,7 @@ SCENARIOS: dict[str, tuple[Setup, Operation, bool]] = {
     # name: (setup, operation run under the lock, whether it commits mid-way)
     "malloc-split": (setup_hole, lambda h, s: h._malloc(1000), False),
     "malloc-exact": (setup_hole, lambda h, s: h._malloc(5000), False),
-    "malloc-extend": (setup_small, lambda h, s: h._malloc(3000), False),
+    "malloc-extend": (setup_small, lambda h, s: h._malloc(6000), False),
     "malloc-extend-top-hole": (setup_top_hole, lambda h, s: h._malloc(9000), False),
     "free-coalesce-both": (setup_neighbours_free, lambda h, s: h._free(s.ptr["C"]), False),
     "free-trim": (setup_big_top, lambda h, s: h._free(s.ptr["big"]), False),

@@ -210,7 +210,7 @@ def test_snapshot_footprint_is_the_heaps() -> None:
 
 
 def test_map_pixels_have_each_blocks_colour(tmp_path: Path) -> None:
-    with Heap(1 << 20, cache=False) as heap:
+    with Heap(1 << 20, cache=False, small=False) as heap:  # every block with a header
         requests = {}
         for n in (200, 400, 600, 304):
             requests[heap.malloc(n)] = n
@@ -263,7 +263,7 @@ def test_viz_draws_the_map_at_the_peak(tmp_path: Path, capsys: pytest.CaptureFix
     )
     assert status == 0 and "wrote" in stdout
     # the same ops on a heap of our own: the peak footprint comes with op 5 (a 3 4000)
-    with Heap(default_capacity(trace), cache=False) as heap:
+    with Heap(default_capacity(trace), cache=False, small=False) as heap:
         p0 = heap.malloc(200)
         p1 = heap.malloc(400)
         p2 = heap.malloc(600)
@@ -432,7 +432,7 @@ def shared() -> Iterator[SharedHeap]:
 def test_viz_of_a_shared_heap(
     shared: SharedHeap, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    pointers = [shared.malloc(n) for n in (300, 500, 700, 200)]
+    pointers = [shared.malloc(n) for n in (300, 500, 700, 300)]  # blocks, not slab objects
     shared.names["results"] = pointers[2]  # the directory's block comes before the hole
     freed = {pointers[1]: shared.usable_size(pointers[1])}
     shared.free(pointers[1])

@@ -45,6 +45,7 @@ ENGINE_MODULES: Final = (
     "pyalloc.policies.fits",
     "pyalloc.policies.implicit",
     "pyalloc.allocator",
+    "pyalloc.slab",
     "pyalloc.heap",
     "pyalloc.buddy",
     "pyalloc.pool",

@@ -17,7 +17,8 @@ Word layout (8-byte words from offset 0)::
     19  committed             bytes from offset 0 whose storage is reserved
                               (file-backed heaps: the break never passes it
                               without reserving more; the capacity otherwise)
-    20-23                     reserved
+    20-22                     reserved
+    23  slabs                 word index of the slab list heads (slab.py), 0: no slabs
     24- policy words          bin heads and bitmaps of the free-block index
 
 Everything a process needs to use the heap is here; nothing about the heap
@@ -45,6 +46,7 @@ W_LINK_KEY: Final = 8
 W_LOCK: Final = 10
 W_RESERVED: Final = 11
 W_COMMITTED: Final = 19
+W_SLABS: Final = 23
 CONTROL_WORDS: Final = 24  # policy words start here
 
 # Compiled, the constants above are C variables (control.pxd); this gives
@@ -53,5 +55,6 @@ globals().update(
     MAGIC=MAGIC, FORMAT_VERSION=FORMAT_VERSION, W_MAGIC=W_MAGIC, W_FORMAT=W_FORMAT,
     W_CAPACITY=W_CAPACITY, W_HEAP_START=W_HEAP_START, W_BRK=W_BRK, W_PEAK=W_PEAK,
     W_HEADER_KEY=W_HEADER_KEY, W_TAG_SECRET=W_TAG_SECRET, W_LINK_KEY=W_LINK_KEY,
-    W_LOCK=W_LOCK, W_RESERVED=W_RESERVED, W_COMMITTED=W_COMMITTED, CONTROL_WORDS=CONTROL_WORDS,
+    W_LOCK=W_LOCK, W_RESERVED=W_RESERVED, W_COMMITTED=W_COMMITTED, W_SLABS=W_SLABS,
+    CONTROL_WORDS=CONTROL_WORDS,
 )  # fmt: skip

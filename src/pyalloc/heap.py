@@ -42,25 +42,29 @@ from typing import ClassVar, Final
 
 from . import control as C
 from .allocator import Allocator, check_size, stats_record
-from .control import W_BRK, W_COMMITTED, W_PEAK
+from .control import W_BRK, W_COMMITTED, W_PEAK, W_SLABS
 from .errors import DoubleFreeError, HeapCorruptionError, HeapError, InvalidPointerError
 from .journal import MetadataStore
 from .layout import (
     ALLOCATED,
     CACHED,
     HEADER,
+    INTERNAL,
     MAX_BLOCK,
     MIN_BLOCK,
     PREV_ALLOCATED,
     SIZE_MASK,
     TAGGED_MASK,
+    WORD_MASK,
     allocated_body,
+    bit,
     block_size,
     block_size_for,
     decode,
     encode,
     free_word,
     is_allocated,
+    lowest_bit,
     prev_is_allocated,
     slack_of,
 )
@@ -68,6 +72,35 @@ from .lock import HeapLock
 from .policies import POLICIES, policy_by_id, policy_class
 from .policies.base import FreeIndex
 from .regions import AnonymousRegion, Region, page_round_up
+from .slab import (
+    BITMAP_WORDS,
+    D_BITMAP,
+    D_NEXT,
+    D_PREV,
+    D_SLAB,
+    D_STATE,
+    DESC_WORDS,
+    H_BLOCKS,
+    H_LIST,
+    H_SLABS,
+    HEADS_BYTES,
+    NCLASSES,
+    SLAB_BYTES,
+    SLAB_DEMAND,
+    SLAB_MASK,
+    SLABS_ON,
+    SLOTS_AT,
+    SMALL_BLOCK_LIMIT,
+    SMALL_MAX,
+    STATE_CLASS_MASK,
+    STATE_USED_SHIFT,
+    aligned_block,
+    class_size,
+    demand_index,
+    size_class,
+    slots_of,
+    unused_bits,
+)
 
 DEFAULT_CAPACITY: Final = 256 << 20
 CACHE_LIMIT: Final = 16  # freed blocks kept per size in the cache ...
@@ -109,7 +142,10 @@ class Heap(Allocator):
     again to the next request of that size; they go back to the free lists
     before the heap grows and before a block is split with FLUSH_BEFORE_SPLIT
     bytes or more to spare. ``cache=False`` makes every free coalesce at once,
-    which policy comparisons want.
+    which policy comparisons want. With ``small=True`` (the default) requests
+    of up to ``slab.SMALL_MAX`` bytes are served from slabs (``slab.py``):
+    objects of one size class with no header each; ``small=False`` serves
+    every request as a block of the policy's placement.
     """
 
     region: Region
@@ -125,11 +161,12 @@ class Heap(Allocator):
         policy: str = "segregated",
         lock: bool = True,
         cache: bool = True,
+        small: bool = True,
     ) -> None:
         capacity = check_size(capacity, "capacity")
         policy_cls = policy_class(policy)
         region = AnonymousRegion(self.layout_size(capacity, policy_cls))
-        self._format(region, capacity, policy_cls)
+        self._format(region, capacity, policy_cls, small)
         self._bind(region, lock)
         if cache:
             self._cache_limit = CACHE_LIMIT
@@ -155,7 +192,9 @@ class Heap(Allocator):
         return capacity
 
     @classmethod
-    def _format(cls, region: Region, capacity: int, policy_cls: type[FreeIndex]) -> None:
+    def _format(
+        cls, region: Region, capacity: int, policy_cls: type[FreeIndex], small: bool = True
+    ) -> None:
         """Write a fresh control record and an empty heap into ``region``."""
         heap_start = cls.control_bytes(capacity, policy_cls)
         words = region.words
@@ -167,6 +206,8 @@ class Heap(Allocator):
         words[C.W_BRK] = heap_start
         words[C.W_PEAK] = heap_start + HEADER
         words[C.W_COMMITTED] = capacity  # a file-backed heap's maker lowers it
+        if small:
+            words[W_SLABS] = SLABS_ON
         key = secrets.randbits(64)
         secret = secrets.randbits(62)
         words[C.W_HEADER_KEY] = key
@@ -203,6 +244,12 @@ class Heap(Allocator):
         self.brk = words[C.W_BRK]
         if not self.heap_start < self.capacity <= region.size or self.brk >= self.capacity:
             raise HeapError("the heap's control record is inconsistent with its region")
+        self._slabs = 1 if words[W_SLABS] else 0
+        # The largest block a small request may have got (a rest too small
+        # for a block of its own stays with it).
+        self._small_blocks = SMALL_BLOCK_LIMIT + MIN_BLOCK - 16 if self._slabs else 0
+        # Live blocks of a small size before its class gets a slab (tests set 0).
+        self._slab_demand = SLAB_DEMAND
         self.header_key = words[C.W_HEADER_KEY]
         self.tag_secret = words[C.W_TAG_SECRET]
         self.link_key = words[C.W_LINK_KEY]
@@ -282,13 +329,26 @@ class Heap(Allocator):
                 raise InvalidPointerError("NULL is not a block")
             raise InvalidPointerError(f"pointer {p} is not in this heap or not aligned")
         body = self._header(b)
-        if body < 0:
-            self._explain_bad_header(p)
-        if not body & ALLOCATED or body & CACHED:
-            raise DoubleFreeError(f"block {p} is already free")
+        if body < 0 or body & (ALLOCATED | CACHED | INTERNAL) != ALLOCATED:
+            return self._not_a_live_header(p, body)
         if b + (body & SIZE_MASK) > self.brk or body & SIZE_MASK < MIN_BLOCK:
             raise HeapCorruptionError(f"header of block {p} holds an impossible size")
         return body
+
+    def _not_a_live_header(self, p: int, body: int) -> int:
+        """``p`` has no live block's header before it: an object in a slab
+        (checked; the body of a block of its usable size is returned, for
+        callers that only validate), or an error."""
+        if self._slabs:
+            s = self._slab_of(p)
+            if s:
+                usable = class_size(self._slot_class(p, s))
+                return allocated_body(usable + HEADER, usable, PREV_ALLOCATED)
+        if body < 0:
+            self._explain_bad_header(p)
+        if body & INTERNAL:
+            raise InvalidPointerError(f"pointer {p} is not a block (the heap's own block)")
+        raise DoubleFreeError(f"block {p} is already free")
 
     def _explain_bad_header(self, p: int) -> None:
         """A pointer's header failed its tag: tell a stray pointer from corruption.
@@ -386,6 +446,12 @@ class Heap(Allocator):
     # -- malloc ----------------------------------------------------------------
 
     def _malloc(self, size: int) -> int:
+        if size <= SMALL_MAX and self._slabs:
+            return self._slab_malloc(size)
+        return self._block_malloc(size)
+
+    def _block_malloc(self, size: int) -> int:
+        """malloc of a block with a header, placed by the policy."""
         need = block_size_for(size)
         if need > self.capacity:
             raise MemoryError(
@@ -516,8 +582,16 @@ class Heap(Allocator):
     def _free(self, p: int) -> None:
         if not p:
             return
+        if self._slabs:
+            s = self._slab_of(p)
+            if s:
+                self._slab_free(p, s)
+                return
         body = self._live_header(p)
         size = body & SIZE_MASK
+        if size <= self._small_blocks:
+            self._free_small_block(p, body)
+            return
         if size < CACHE_MAX_BLOCK and self._cache_counts[size >> 4] < self._cache_limit:
             self._keep(p, body)
             return
@@ -606,9 +680,17 @@ class Heap(Allocator):
     # -- realloc ---------------------------------------------------------------
 
     def _usable(self, p: int) -> int:
+        if self._slabs:
+            s = self._slab_of(p)
+            if s:
+                return class_size(self._slot_class(p, s))
         return (self._live_header(p) & SIZE_MASK) - HEADER
 
     def _resize(self, p: int, size: int) -> int:
+        if self._slabs:
+            s = self._slab_of(p)
+            if s:
+                return self._slab_resize(p, s, size)
         body = self._live_header(p)
         if not size:
             self._release(p - HEADER, body)
@@ -734,6 +816,426 @@ class Heap(Allocator):
             return True
         return False
 
+    # -- slabs -------------------------------------------------------------------
+    # Requests of at most SMALL_MAX bytes (layout in slab.py). The fast paths:
+    # _slab_malloc takes a slot of the first slab on its class's list,
+    # _slab_free clears the slot's bit. Slow paths: _new_slab, _slab_emptied.
+
+    def _slab_malloc(self, size: int) -> int:
+        c = size_class(size)
+        heads = self.words[W_SLABS]
+        d = 0
+        if heads & 15 == 0 and self.heap_start < heads and heads + HEADS_BYTES <= self.brk:
+            d = self.words[(heads >> 3) + H_LIST + c]
+        if not d:
+            return self._slab_malloc_slow(size, c)
+        return self._slab_take(d, c)
+
+    def _slab_malloc_slow(self, size: int, c: int) -> int:
+        """No slab of class ``c`` has room: a new slab, or, while the class has
+        none and fewer than SLAB_DEMAND blocks of this size live, a block."""
+        heads = self._heads()
+        e = heads + H_BLOCKS + demand_index(block_size_for(size))
+        live = self.words[e]
+        if not self.words[heads + H_SLABS + c] and live < self._slab_demand:
+            p = self._block_malloc(size)
+            self.meta.store(e, live + 1)
+            return p
+        return self._slab_take(self._new_slab(c), c)
+
+    def _free_small_block(self, p: int, body: int) -> None:
+        """Free a block that may serve a small request (one served before its
+        class had a slab): into the cache or the free lists, and one live
+        block of that request's size fewer."""
+        size = body & SIZE_MASK
+        asked = size - HEADER - slack_of(body)
+        e = 0
+        if asked <= SMALL_MAX and self.words[W_SLABS] != SLABS_ON:  # checked before writing
+            e = self._heads() + H_BLOCKS + demand_index(block_size_for(asked))
+        if self._cache_counts[size >> 4] < self._cache_limit:
+            self._keep(p, body)
+        else:
+            self._release(p - HEADER, body)
+        if e:
+            live = self.words[e]
+            if live:
+                self.meta.store(e, live - 1)
+
+    def _heads(self) -> int:
+        """Word index of the heads block, checked: the block control word
+        W_SLABS names must be the heap's own block of HEADS_BYTES. Made with
+        the first small request."""
+        h = self.words[W_SLABS]
+        if h == SLABS_ON:
+            return self._make_heads()
+        if h & 15 or not (self.heap_start < h and h + HEADS_BYTES <= self.brk):
+            raise HeapCorruptionError("the slab lists' heads are outside the heap")
+        body = self._header(h - HEADER)
+        if (
+            body < 0
+            or body & (ALLOCATED | CACHED | INTERNAL) != ALLOCATED | INTERNAL
+            or not HEADS_BYTES + HEADER <= body & SIZE_MASK < SLAB_BYTES
+        ):
+            raise HeapCorruptionError("the slab lists' heads are not the heap's block")
+        return h >> 3
+
+    def _make_heads(self) -> int:
+        h = self._block_malloc(HEADS_BYTES)
+        self._set_header(h - HEADER, self._header(h - HEADER) | INTERNAL)
+        for i in range(HEADS_BYTES >> 3):
+            self.meta.store((h >> 3) + i, 0)
+        self.meta.store(W_SLABS, h)
+        return h >> 3
+
+    def _slab_take(self, d: int, c: int) -> int:
+        """Allocate the first free slot of the slab whose descriptor is ``d``
+        (the head of class ``c``'s list); return its pointer."""
+        words = self.words
+        s = self._listed_slab(d)
+        D = d >> 3
+        state = words[D + D_STATE]
+        used = state >> STATE_USED_SHIFT
+        n = slots_of(c)
+        if state & STATE_CLASS_MASK != c or used >= n:
+            raise HeapCorruptionError(f"slab descriptor {d} does not belong on its list")
+        j = 0
+        w = words[D + D_BITMAP]
+        while w == WORD_MASK:
+            j += 1
+            if j == BITMAP_WORDS:
+                raise HeapCorruptionError(f"slab {s} counts {used} objects but its bitmap is full")
+            w = words[D + D_BITMAP + j]
+        k = lowest_bit(~w & WORD_MASK)
+        slot = (j << 6) + k
+        if slot >= n:
+            raise HeapCorruptionError(f"slab {s} counts {used} objects but its bitmap is full")
+        if used + 1 == n:  # full now: off the list (checked before any write)
+            self._slab_unlist(d, c)
+        meta = self.meta
+        meta.store(D + D_BITMAP + j, w | bit(k))
+        meta.store(D + D_STATE, state + (1 << STATE_USED_SHIFT))
+        return s + SLOTS_AT + slot * class_size(c)
+
+    def _slab_of(self, p: int) -> int:
+        """The slab holding pointer ``p``, or 0 when ``p`` is not in a slab: the
+        header before the aligned address must pass its tag and say INTERNAL."""
+        s = p & ~SLAB_MASK
+        if s <= self.heap_start or s + SLAB_BYTES - HEADER > self.brk:
+            return 0
+        body = self._header(s - HEADER)
+        if body < 0 or body & (ALLOCATED | CACHED | INTERNAL) != ALLOCATED | INTERNAL:
+            return 0
+        if body & SIZE_MASK < SLAB_BYTES:
+            return 0
+        return s
+
+    def _descriptor_words(self, d: int) -> int:
+        """Word index of the slab descriptor at ``d``, range-checked."""
+        if d & 15 or not (self.heap_start < d and d + DESC_WORDS * 8 <= self.brk):
+            raise HeapCorruptionError(f"slab descriptor link {d:#x} is outside the heap")
+        return d >> 3
+
+    def _listed_slab(self, d: int) -> int:
+        """The slab of descriptor ``d`` (a list head or link), checked before
+        anything is written through it: the slab it names has an index word
+        naming ``d``. Only the engine writes index words (keyed and tagged
+        with their offset), and a slab given back has its index word cleared,
+        so that proves ``d`` is the live descriptor of that slab."""
+        D = self._descriptor_words(d)
+        s = self.words[D + D_SLAB]
+        if s & SLAB_MASK or not (self.heap_start < s and s + SLAB_BYTES - HEADER <= self.brk):
+            raise HeapCorruptionError(f"slab descriptor {d} names no slab")
+        if decode(self.words[s >> 3], s, self.tag_secret, self.header_key) != d:
+            raise HeapCorruptionError(f"slab descriptor {d} names a slab that is not its own")
+        return s
+
+    def _slab_descriptor(self, s: int) -> int:
+        """Word index of the descriptor of slab ``s``, found through the slab's
+        index word (its tag checked) and pointing back at ``s``."""
+        d = decode(self.words[s >> 3], s, self.tag_secret, self.header_key)
+        if d < 0:
+            raise HeapCorruptionError(f"index word of slab {s} is corrupted")
+        D = self._descriptor_words(d)
+        if self.words[D + D_SLAB] != s:
+            raise HeapCorruptionError(f"descriptor of slab {s} names another slab")
+        return D
+
+    def _slot_of(self, p: int, s: int, D: int) -> int:
+        """The slot number of ``p`` in slab ``s`` (descriptor words ``D``);
+        InvalidPointerError if ``p`` is not a slot's start, DoubleFreeError
+        if the slot is free."""
+        c = self.words[D + D_STATE] & STATE_CLASS_MASK
+        if c >= NCLASSES:
+            raise HeapCorruptionError(f"descriptor of slab {s} holds an impossible class")
+        size = class_size(c)
+        off = p - s - SLOTS_AT
+        k = off // size if off >= 0 else -1
+        if k < 0 or off != k * size or k >= slots_of(c):
+            raise InvalidPointerError(f"pointer {p} lies inside slab {s}, not at an object's start")
+        if not self.words[D + D_BITMAP + (k >> 6)] & bit(k & 63):
+            raise DoubleFreeError(f"block {p} is already free")
+        return k
+
+    def _slot_class(self, p: int, s: int) -> int:
+        """The size class of the live object ``p`` of slab ``s``, checked."""
+        D = self._slab_descriptor(s)
+        self._slot_of(p, s, D)
+        return self.words[D + D_STATE] & STATE_CLASS_MASK
+
+    def _slab_free(self, p: int, s: int) -> None:
+        words = self.words
+        D = self._slab_descriptor(s)
+        k = self._slot_of(p, s, D)
+        state = words[D + D_STATE]
+        c = state & STATE_CLASS_MASK
+        used = state >> STATE_USED_SHIFT
+        n = slots_of(c)
+        if not 0 < used <= n:
+            raise HeapCorruptionError(f"slab {s} holds an impossible count of objects")
+        if used == n:  # it was full: back on its class's list (checked before any write)
+            self._slab_push(D << 3, c)
+        w = words[D + D_BITMAP + (k >> 6)]
+        self.meta.store(D + D_BITMAP + (k >> 6), w ^ bit(k & 63))
+        self.meta.store(D + D_STATE, state - (1 << STATE_USED_SHIFT))
+        if used == 1:
+            self._slab_emptied(D << 3, c, s)
+
+    def _slab_emptied(self, d: int, c: int, s: int) -> None:
+        """Slab ``s`` has just become empty: give it back to the heap, where it
+        coalesces, unless it is the only slab on its class's list (so that a
+        class whose last object comes and goes does not cut a slab each time)."""
+        D = d >> 3
+        if self.words[D + D_NEXT] or self.words[D + D_PREV]:
+            e = self._heads() + H_SLABS + c  # checked before writing
+            self._slab_unlist(d, c)
+            self.meta.store(e, self.words[e] - 1)
+            self.meta.store(s >> 3, 0)  # no stale index word outlives the slab
+            self._release(s - HEADER, self._header(s - HEADER) & ~INTERNAL)
+            self._release(d - HEADER, self._header(d - HEADER) & ~INTERNAL)
+
+    def _slab_push(self, d: int, c: int) -> None:
+        """Put descriptor ``d`` at the head of class ``c``'s list."""
+        words = self.words
+        heads = self._heads()
+        head = words[heads + H_LIST + c]
+        H = 0
+        if head:
+            self._listed_slab(head)
+            H = head >> 3
+            if words[H + D_PREV]:
+                raise HeapCorruptionError(f"slab list {c} has a head with a predecessor")
+        D = d >> 3
+        meta = self.meta
+        meta.store(D + D_NEXT, head)
+        meta.store(D + D_PREV, 0)
+        if H:
+            meta.store(H + D_PREV, d)
+        meta.store(heads + H_LIST + c, d)
+
+    def _slab_unlist(self, d: int, c: int) -> None:
+        """Take descriptor ``d`` off class ``c``'s list, its links checked first."""
+        words = self.words
+        D = d >> 3
+        nxt = words[D + D_NEXT]
+        prv = words[D + D_PREV]
+        N = P = 0
+        if prv:
+            self._listed_slab(prv)
+            P = prv >> 3
+            if words[P + D_NEXT] != d:
+                raise HeapCorruptionError(f"slab list {c} is broken before descriptor {d}")
+        elif words[self._heads() + H_LIST + c] != d:
+            raise HeapCorruptionError(f"slab list {c} is broken at its head")
+        if nxt:
+            self._listed_slab(nxt)
+            N = nxt >> 3
+            if words[N + D_PREV] != d:
+                raise HeapCorruptionError(f"slab list {c} is broken after descriptor {d}")
+        meta = self.meta
+        if P:
+            meta.store(P + D_NEXT, nxt)
+        else:
+            meta.store(self._heads() + H_LIST + c, nxt)
+        if N:
+            meta.store(N + D_PREV, prv)
+
+    def _new_slab(self, c: int) -> int:
+        """Make an empty slab of class ``c`` and list it; return its descriptor.
+
+        The slab first, so that its descriptor can take the gap an aligned
+        slab may leave below it."""
+        self._heads()
+        s = self._slab_block()
+        try:
+            d = self._block_malloc(DESC_WORDS * 8)
+        except MemoryError:
+            self._release(s - HEADER, self._header(s - HEADER) & ~INTERNAL)
+            raise
+        self._set_header(d - HEADER, self._header(d - HEADER) | INTERNAL)
+        meta = self.meta
+        meta.store(s >> 3, encode(d, s, self.tag_secret, self.header_key))
+        D = d >> 3
+        n = slots_of(c)
+        meta.store(D + D_SLAB, s)
+        meta.store(D + D_STATE, c)
+        for j in range(BITMAP_WORDS):
+            meta.store(D + D_BITMAP + j, unused_bits(n, j))
+        self._slab_push(d, c)
+        e = self._heads() + H_SLABS + c
+        meta.store(e, self.words[e] + 1)
+        return d
+
+    def _slab_block(self) -> int:
+        """Allocate an INTERNAL block of SLAB_BYTES whose payload is slab-aligned;
+        return the payload. A free block that holds an aligned place is cut
+        into up to three (free gap, slab, free rest); else the heap grows."""
+        b, have = self.policy.take(SLAB_BYTES)
+        if b:
+            a = aligned_block(b)
+            if a + SLAB_BYTES <= b + have:
+                self._carve(b, have, a)
+                return a + HEADER
+            self.policy.insert(b, have)
+        b, have = self.policy.take(2 * SLAB_BYTES + MIN_BLOCK)
+        if not b and self._cached:
+            self._flush_cache()
+            b, have = self.policy.take(2 * SLAB_BYTES + MIN_BLOCK)
+        if not b:
+            return self._slab_block_at_top()
+        a = aligned_block(b)
+        self._carve(b, have, a)
+        return a + HEADER
+
+    def _slab_block_at_top(self) -> int:
+        """Grow the heap so that an aligned slab block ends at the new break."""
+        brk = self.brk
+        top = 0 if self._prev_allocated_bit(brk) else self._free_predecessor(brk)
+        b = top or brk
+        a = aligned_block(b)
+        total = a + SLAB_BYTES - b
+        self._extend(total, total - HEADER, False)
+        self._carve(b, total, a)
+        return a + HEADER
+
+    def _carve(self, b: int, have: int, a: int) -> None:
+        """Make ``[a, a + SLAB_BYTES)`` of the unlinked block ``[b, b + have)``
+        an INTERNAL block; what lies below and above it becomes free blocks
+        (a rest too small for a block joins the slab block)."""
+        size = SLAB_BYTES
+        gap = a - b
+        rest = b + have - a - size
+        if rest < MIN_BLOCK:
+            size += rest
+            rest = 0
+        policy = self.policy
+        if gap:
+            policy.validate_insert(gap)
+        if rest:
+            policy.validate_insert(rest)
+        if gap:
+            policy.insert(b, gap)
+            self._set_free(b, gap)
+        if rest:
+            policy.insert(a + size, rest)
+            self._set_free(a + size, rest)
+        else:
+            self._set_prev_allocated(b + have, 1)
+        prev_bit = 0 if gap else PREV_ALLOCATED
+        self._set_header(a, allocated_body(size, size - HEADER, prev_bit) | INTERNAL)
+
+    def _slab_resize(self, p: int, s: int, size: int) -> int:
+        """realloc of an object in slab ``s``: in place while it fits its slot."""
+        have = class_size(self._slot_class(p, s))
+        if not size:
+            self._slab_free(p, s)
+            return 0
+        if size <= have:
+            return p
+        q = self._malloc(size)
+        view = self.bytes
+        view[q : q + have] = view[p : p + have]
+        self._slab_free(p, s)
+        return q
+
+    def in_slab(self, p: int) -> bool:
+        """Whether ``p`` lies in one of the heap's slabs (no check of the object)."""
+        if type(p) is not int or not 0 < p < 1 << 62:
+            return False
+        with self._lock:
+            return bool(self._slabs and self._slab_of(p))
+
+    def _check_slabs(self, census: _Census) -> None:
+        """Every slab against its block, descriptor, bitmap and count, and every
+        class's list against the slabs with a free slot; count slab objects."""
+        internal = census.internal_blocks
+        if not self._slabs:
+            if internal:
+                raise HeapCorruptionError("a heap without slabs holds the heap's own blocks")
+            return
+        words = self.words
+        descriptors: dict[int, int] = {}  # descriptor -> slab
+        expected: list[set[int]] = [set() for _ in range(NCLASSES)]
+        per_class = [0] * NCLASSES
+        heads = words[W_SLABS]
+        if heads != SLABS_ON:
+            if not HEADS_BYTES + HEADER <= internal.get(heads - HEADER, 0) < SLAB_BYTES:
+                raise HeapCorruptionError("the slab lists' heads are not the heap's block")
+        elif internal:
+            raise HeapCorruptionError("a heap without slab lists holds the heap's own blocks")
+        for b, size in internal.items():
+            if size < SLAB_BYTES:
+                continue
+            s = b + HEADER
+            if s & SLAB_MASK:
+                raise HeapCorruptionError(f"slab {s} is not aligned")
+            D = self._slab_descriptor(s)
+            d = D << 3
+            if d in descriptors or internal.get(d - HEADER, SLAB_BYTES) >= SLAB_BYTES:
+                raise HeapCorruptionError(f"slab {s} has no descriptor of its own")
+            descriptors[d] = s
+            state = words[D + D_STATE]
+            c = state & STATE_CLASS_MASK
+            used = state >> STATE_USED_SHIFT
+            if c >= NCLASSES:
+                raise HeapCorruptionError(f"descriptor of slab {s} holds an impossible class")
+            n = slots_of(c)
+            counted = 0
+            for j in range(BITMAP_WORDS):
+                w = words[D + D_BITMAP + j]
+                unused = unused_bits(n, j)
+                if w & unused != unused:
+                    raise HeapCorruptionError(f"bitmap of slab {s} frees slots it does not have")
+                counted += bin(w ^ unused).count("1")
+            if counted != used:
+                raise HeapCorruptionError(
+                    f"bitmap of slab {s} holds {counted} objects, its count says {used}"
+                )
+            census.live_blocks += used
+            census.live_bytes += used * class_size(c)
+            if used < n:
+                expected[c].add(d)
+            per_class[c] += 1
+        for b, size in internal.items():
+            if size < SLAB_BYTES and b + HEADER not in descriptors and b + HEADER != heads:
+                raise HeapCorruptionError(f"the heap's block {b + HEADER} belongs to no slab")
+        for c in range(NCLASSES if heads != SLABS_ON else 0):
+            listed: set[int] = set()
+            prev = 0
+            d = words[(heads >> 3) + H_LIST + c]
+            while d:
+                if d not in descriptors or d in listed:
+                    raise HeapCorruptionError(f"slab list {c} holds a bad descriptor {d}")
+                D = d >> 3
+                if words[D + D_PREV] != prev or words[D + D_STATE] & STATE_CLASS_MASK != c:
+                    raise HeapCorruptionError(f"slab list {c} is broken at descriptor {d}")
+                listed.add(d)
+                prev = d
+                d = words[D + D_NEXT]
+            if listed != expected[c]:
+                raise HeapCorruptionError(f"slab list {c} does not hold the slabs with room")
+            if words[(heads >> 3) + H_SLABS + c] != per_class[c]:
+                raise HeapCorruptionError(f"slab class {c} miscounts its slabs")
+
     # -- checking and statistics -------------------------------------------------
 
     def _walk(self) -> _Census:
@@ -760,7 +1262,9 @@ class Heap(Allocator):
                 slack = slack_of(body)
                 if slack > size - HEADER:
                     raise HeapCorruptionError(f"block {b + 8} holds an impossible slack")
-                if body & CACHED:
+                if body & INTERNAL:
+                    census.internal_blocks[b] = size
+                elif body & CACHED:
                     census.cached_blocks[b + HEADER] = size
                 else:
                     census.live_blocks += 1
@@ -781,6 +1285,7 @@ class Heap(Allocator):
         if words[C.W_PEAK] < brk + HEADER or words[C.W_PEAK] > self.capacity:
             raise HeapCorruptionError("the heap's peak footprint is inconsistent")
         self.policy.check(free_blocks)
+        self._check_slabs(census)
         in_bins = set()
         for i in range(CACHE_BINS):
             for j in range(self._cache_counts[i]):
@@ -800,7 +1305,9 @@ class Heap(Allocator):
     def stats(self) -> dict[str, int]:
         """Counts derived from a full walk of the heap (so also a check).
 
-        Blocks held in the cache of freed blocks count as free.
+        Blocks held in the cache of freed blocks count as free. An object in
+        a slab counts its slot's bytes (``usable_size``) as live: slots keep
+        no record of the size asked.
         """
         with self._lock:
             census = self._walk()
@@ -845,5 +1352,7 @@ class _Census:
 
     free_blocks: dict[int, int] = field(default_factory=dict)  # block offset -> size
     cached_blocks: dict[int, int] = field(default_factory=dict)  # pointer -> block size
+    # the heap's own blocks (slabs and their descriptors): block offset -> size
+    internal_blocks: dict[int, int] = field(default_factory=dict)
     live_blocks: int = 0
     live_bytes: int = 0

@@ -40,7 +40,8 @@ Header word (64 bits), before encoding::
     bit 1        previous block allocated
     bit 2        cached: allocated, but held in a private heap's cache of
                  freed blocks (``heap.py``), so a free of it is a double free
-    bit 3        zero
+    bit 3        internal: a block the engine holds for itself (a slab or a
+                 slab's descriptor, ``slab.py``); no caller may free it
     bits 4-37    block size in bytes (a multiple of 16: bits 0-3 are free)
     bits 38-43   slack: usable size minus the size asked (allocated blocks)
     bits 44-63   tag: a keyed hash of bits 0-43 (but bit 1) and of the offset
@@ -121,6 +122,7 @@ MIN_BLOCK: Final = 4 * WORD  # header, two links and a footer when free
 ALLOCATED: Final = 1
 PREV_ALLOCATED: Final = 2
 CACHED: Final = 4
+INTERNAL: Final = 8
 FLAGS_MASK: Final = ALIGNMENT - 1
 
 SIZE_BITS: Final = 38  # blocks up to 256 GiB
@@ -149,6 +151,7 @@ assert MIN_BLOCK + ALIGNMENT + HEADER <= SLACK_MAX + 1
 globals().update(
     ONE=ONE, WORD=WORD, ALIGN_SHIFT=ALIGN_SHIFT, ALIGNMENT=ALIGNMENT, HEADER=HEADER,
     MIN_BLOCK=MIN_BLOCK, ALLOCATED=ALLOCATED, PREV_ALLOCATED=PREV_ALLOCATED, CACHED=CACHED,
+    INTERNAL=INTERNAL,
     FLAGS_MASK=FLAGS_MASK, SIZE_BITS=SIZE_BITS, SIZE_MASK=SIZE_MASK, SLACK_SHIFT=SLACK_SHIFT,
     SLACK_BITS=SLACK_BITS, SLACK_MAX=SLACK_MAX, TAG_SHIFT=TAG_SHIFT, TAG_BITS=TAG_BITS,
     TAG_MASK=TAG_MASK, BODY_MASK=BODY_MASK, TAGGED_MASK=TAGGED_MASK, MAX_BLOCK=MAX_BLOCK,

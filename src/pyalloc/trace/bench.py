@@ -32,6 +32,7 @@ from types import ModuleType
 from typing import IO, Any, Final, Protocol
 
 from ..files import replacing
+from ..slab import SMALL_MAX
 from .generate import GENERATORS, generate
 from .rep import Trace, TraceFormatError, read_trace
 from .replay import ReplayResult, replay
@@ -375,6 +376,8 @@ def run_comparison(
     ``packages`` are built malloc-lab packages (``trace.mm.Package``).
     """
     comparison = Comparison(list(sources), [Column(name, False) for name in policies])
+    if DEFAULT_HEAP in policies:  # beside the policies, say what sets it apart
+        comparison.notes.append(SLABS_NOTE)
     by_name = {package.name: package for package in packages}
     system: ModuleType | None = None
     if system_allocators:
@@ -418,6 +421,14 @@ def run_comparison(
                 row = row_from_replay(result, source.path)
             comparison.cells[i, column.name] = row
     return comparison
+
+
+DEFAULT_HEAP: Final = "default"
+SLABS_NOTE: Final = (
+    "default is Heap() as a program gets it: segregated placement, objects of at most "
+    f"{SMALL_MAX} bytes in slabs; every other pyalloc column is that policy with slabs off "
+    "(the policies differ only in how they place blocks)"
+)
 
 
 # -- the picture ----------------------------------------------------------------------

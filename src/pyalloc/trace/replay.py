@@ -206,9 +206,10 @@ def policy_names() -> tuple[str, ...]:
 def make_pyalloc(policy: str = "segregated", *, cache: bool = False) -> AllocatorFactory:
     """A factory of fresh pyalloc heaps of ``policy``; ValueError for an unknown name.
 
-    Engine policies are served by ``pyalloc.Heap``; the others (the buddy
-    system, which has no cache of freed blocks and so ignores ``cache``) by
-    ``pyalloc.allocators.make_heap``.
+    Engine policies are served by ``pyalloc.Heap`` with slabs off (they
+    differ in how they place blocks); the others (``default``, the heap as a
+    program gets it, slabs on; the buddy system, which has no cache of freed
+    blocks and so ignores ``cache``) by ``pyalloc.allocators.make_heap``.
     """
     from ..heap import POLICIES, Heap
 
@@ -219,7 +220,7 @@ def make_pyalloc(policy: str = "segregated", *, cache: bool = False) -> Allocato
     if policy in POLICIES or ":" in policy:
 
         def make_engine_heap(capacity: int) -> Allocator:
-            return Heap(capacity, policy=policy, cache=cache)
+            return Heap(capacity, policy=policy, cache=cache, small=False)
 
         return make_engine_heap
     make_heap, lab_names = _lab_allocators()
@@ -228,7 +229,8 @@ def make_pyalloc(policy: str = "segregated", *, cache: bool = False) -> Allocato
     build = make_heap
 
     def make_lab_heap(capacity: int) -> Allocator:
-        heap: Allocator = build(policy, capacity)
+        options = {} if policy == "buddy" else {"cache": cache}
+        heap: Allocator = build(policy, capacity, **options)
         return heap
 
     return make_lab_heap
