@@ -30,9 +30,11 @@ from __future__ import annotations
 from typing import Final
 
 MAGIC: Final = int.from_bytes(b"pyalloc\x01", "little")
-FORMAT_VERSION: Final = 2
-"""Format 2 tags headers with layout.tag_of (integer arithmetic); format 1
-hashed them with Python's hash(), which a compiled engine cannot reproduce."""
+FORMAT_VERSION: Final = 3
+"""Format 3 keeps small objects in slabs (word 23, INTERNAL blocks), which a
+reader of format 2 would take for ordinary blocks. Format 2 tags headers
+with layout.tag_of (integer arithmetic); format 1 hashed them with Python's
+hash(), which a compiled engine cannot reproduce."""
 
 W_MAGIC: Final = 0
 W_FORMAT: Final = 1
