@@ -80,7 +80,6 @@ from .slab import (
     D_SLAB,
     D_STATE,
     DESC_WORDS,
-    H_BLOCKS,
     H_LIST,
     H_SLABS,
     HEADS_BYTES,
@@ -248,8 +247,13 @@ class Heap(Allocator):
         # The largest block a small request may have got (a rest too small
         # for a block of its own stays with it).
         self._small_blocks = SMALL_BLOCK_LIMIT + MIN_BLOCK - 16 if self._slabs else 0
-        # Live blocks of a small size before its class gets a slab (tests set 0).
+        # Live blocks of a small size before its class gets a slab (tests set 0),
+        # and this process's count of them by block size (demand_index). The
+        # count only decides when a class's first slab is made, so it lives in
+        # the process, not the region: no journaled store and no check of the
+        # heads block on a small block's malloc and free.
         self._slab_demand = SLAB_DEMAND
+        self._small_live = array("q", bytes(8 * NCLASSES))
         self.header_key = words[C.W_HEADER_KEY]
         self.tag_secret = words[C.W_TAG_SECRET]
         self.link_key = words[C.W_LINK_KEY]
@@ -834,14 +838,22 @@ class Heap(Allocator):
     def _slab_malloc_slow(self, size: int, c: int) -> int:
         """No slab of class ``c`` has room: a new slab, or, while the class has
         none and fewer than SLAB_DEMAND blocks of this size live, a block."""
-        heads = self._heads()
-        e = heads + H_BLOCKS + demand_index(block_size_for(size))
-        live = self.words[e]
-        if not self.words[heads + H_SLABS + c] and live < self._slab_demand:
+        i = demand_index(block_size_for(size))
+        live = self._small_live[i]
+        if live < self._slab_demand and not self._class_has_slabs(c):
             p = self._block_malloc(size)
-            self.meta.store(e, live + 1)
+            self._small_live[i] = live + 1
             return p
         return self._slab_take(self._new_slab(c), c)
+
+    def _class_has_slabs(self, c: int) -> bool:
+        """Whether class ``c`` has a slab, read without checking the heads block:
+        a wrong answer only makes a block where a slab would serve, or sends
+        the request to _new_slab, which checks everything it uses."""
+        heads = self.words[W_SLABS]
+        if heads & 15 or not (self.heap_start < heads and heads + HEADS_BYTES <= self.brk):
+            return False
+        return self.words[(heads >> 3) + H_SLABS + c] != 0
 
     def _free_small_block(self, p: int, body: int) -> None:
         """Free a block that may serve a small request (one served before its
@@ -849,17 +861,14 @@ class Heap(Allocator):
         block of that request's size fewer."""
         size = body & SIZE_MASK
         asked = size - HEADER - slack_of(body)
-        e = 0
-        if asked <= SMALL_MAX and self.words[W_SLABS] != SLABS_ON:  # checked before writing
-            e = self._heads() + H_BLOCKS + demand_index(block_size_for(asked))
         if self._cache_counts[size >> 4] < self._cache_limit:
             self._keep(p, body)
         else:
             self._release(p - HEADER, body)
-        if e:
-            live = self.words[e]
-            if live:
-                self.meta.store(e, live - 1)
+        if asked <= SMALL_MAX:
+            i = demand_index(block_size_for(asked))
+            if self._small_live[i]:
+                self._small_live[i] -= 1
 
     def _heads(self) -> int:
         """Word index of the heads block, checked: the block control word

@@ -32,12 +32,13 @@ before it passes its tag and says INTERNAL; the index word must then decode
 and name a descriptor that points back.
 
 A class gets its first slab only once SLAB_DEMAND blocks of its size are
-live at once: until then its requests are blocks with headers, so a heap
-with a few small objects does not pay 4 KiB for each size it uses.
+live at once (as this process counts them: the count is a heuristic, kept
+out of the region): until then its requests are blocks with headers, so a
+heap with a few small objects does not pay 4 KiB for each size it uses.
 
 The **heads block** (HEADS_BYTES, INTERNAL too), made with the first small
-request, holds the head of each class's list of slabs with a free slot, each
-class's number of slabs and each small block size's number of live blocks;
+request, holds the head of each class's list of slabs with a free slot and
+each class's number of slabs;
 control word ``W_SLABS`` holds its payload offset (0: the heap has no slabs;
 SLABS_ON: it has, but no slab was made yet), so a heap that never serves a
 small object carries no slab metadata at all. A slab that becomes empty
@@ -78,8 +79,7 @@ SMALL_BLOCK_LIMIT: Final = (SMALL_MAX + HEADER + 15) & ~15  # a block serving a 
 SLAB_DEMAND: Final = 128  # live blocks of a small size before its class's first slab
 H_LIST: Final = 0  # heads block: the head of each class's list of slabs with room,
 H_SLABS: Final = NCLASSES  # each class's number of slabs,
-H_BLOCKS: Final = 2 * NCLASSES  # each small block size's number of live blocks
-HEADS_BYTES: Final = 8 * 3 * NCLASSES
+HEADS_BYTES: Final = 8 * 2 * NCLASSES
 
 assert SLOT_SPAN // 16 <= 64 * BITMAP_WORDS
 assert SLAB_BYTES & SLAB_MASK == 0
@@ -110,8 +110,8 @@ def slots_of(c: int) -> int:
 
 
 def demand_index(block: int) -> int:
-    """The heads block's counter of live blocks of ``block`` bytes (at most
-    SMALL_BLOCK_LIMIT)."""
+    """Which of a heap's counts of live small blocks counts blocks of
+    ``block`` bytes (at most SMALL_BLOCK_LIMIT)."""
     return (block >> 4) - 2
 
 
@@ -146,5 +146,4 @@ globals().update(
     D_NEXT=D_NEXT, D_PREV=D_PREV, D_BITMAP=D_BITMAP, DESC_WORDS=DESC_WORDS,
     STATE_USED_SHIFT=STATE_USED_SHIFT, STATE_CLASS_MASK=STATE_CLASS_MASK, HEADS_BYTES=HEADS_BYTES,
     SMALL_BLOCK_LIMIT=SMALL_BLOCK_LIMIT, SLAB_DEMAND=SLAB_DEMAND, H_LIST=H_LIST, H_SLABS=H_SLABS,
-    H_BLOCKS=H_BLOCKS,
 )  # fmt: skip
