@@ -13,7 +13,7 @@ from pyalloc.policies.base cimport FreeIndex
 from pyalloc.slab cimport (
     BITMAP_WORDS, D_BITMAP, D_NEXT, D_PREV, D_SLAB, D_STATE, DESC_WORDS, HEADS_BYTES, NCLASSES,
     SLAB_BYTES, SLAB_MASK, SLABS_ON, SLOTS_AT, SMALL_BLOCK_LIMIT, SLAB_DEMAND, H_LIST, H_SLABS,
-    demand_index, SMALL_MAX, STATE_CLASS_MASK, STATE_USED_SHIFT,
+    SMALL_MAX, STATE_CLASS_MASK, STATE_USED_SHIFT,
     aligned_block, class_size, size_class, slots_of, unused_bits,
 )
 
@@ -80,11 +80,11 @@ cdef class Heap(Allocator):
 
     @cython.locals(c=i64, d=i64, heads=i64)
     cdef i64 _slab_malloc(self, i64 size) except -1
-    @cython.locals(i=i64, live=i64)
+    @cython.locals(live=i64)
     cdef i64 _slab_malloc_slow(self, i64 size, i64 c) except -1
     @cython.locals(heads=i64)
     cdef bint _class_has_slabs(self, i64 c) except -1
-    @cython.locals(size=i64, asked=i64, i=i64)
+    @cython.locals(size=i64, asked=i64, c=i64)
     cdef int _free_small_block(self, i64 p, i64 body) except -1
     @cython.locals(h=i64, body=i64)
     cdef i64 _heads(self) except -1

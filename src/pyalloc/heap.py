@@ -95,7 +95,6 @@ from .slab import (
     STATE_USED_SHIFT,
     aligned_block,
     class_size,
-    demand_index,
     size_class,
     slots_of,
     unused_bits,
@@ -248,7 +247,7 @@ class Heap(Allocator):
         # for a block of its own stays with it).
         self._small_blocks = SMALL_BLOCK_LIMIT + MIN_BLOCK - 16 if self._slabs else 0
         # Live blocks of a small size before its class gets a slab (tests set 0),
-        # and this process's count of them by block size (demand_index). The
+        # and this process's count of them by size class. The
         # count only decides when a class's first slab is made, so it lives in
         # the process, not the region: no journaled store and no check of the
         # heads block on a small block's malloc and free.
@@ -586,7 +585,7 @@ class Heap(Allocator):
     def _free(self, p: int) -> None:
         if not p:
             return
-        if self._slabs:
+        if self.words[W_SLABS] > SLABS_ON:  # slabs were made: is p in one?
             s = self._slab_of(p)
             if s:
                 self._slab_free(p, s)
@@ -838,11 +837,10 @@ class Heap(Allocator):
     def _slab_malloc_slow(self, size: int, c: int) -> int:
         """No slab of class ``c`` has room: a new slab, or, while the class has
         none and fewer than SLAB_DEMAND blocks of this size live, a block."""
-        i = demand_index(block_size_for(size))
-        live = self._small_live[i]
+        live = self._small_live[c]
         if live < self._slab_demand and not self._class_has_slabs(c):
             p = self._block_malloc(size)
-            self._small_live[i] = live + 1
+            self._small_live[c] = live + 1
             return p
         return self._slab_take(self._new_slab(c), c)
 
@@ -866,9 +864,9 @@ class Heap(Allocator):
         else:
             self._release(p - HEADER, body)
         if asked <= SMALL_MAX:
-            i = demand_index(block_size_for(asked))
-            if self._small_live[i]:
-                self._small_live[i] -= 1
+            c = size_class(asked)
+            if self._small_live[c]:
+                self._small_live[c] -= 1
 
     def _heads(self) -> int:
         """Word index of the heads block, checked: the block control word

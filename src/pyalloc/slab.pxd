@@ -12,7 +12,6 @@ cpdef i64 size_class(i64 size) noexcept
 cpdef i64 class_size(i64 c) noexcept
 @cython.cdivision(True)
 cpdef i64 slots_of(i64 c) noexcept
-cpdef i64 demand_index(i64 block) noexcept
 @cython.locals(first=i64)
 cpdef u64 unused_bits(i64 slots, i64 j) noexcept
 @cython.locals(a=i64)

@@ -109,12 +109,6 @@ def slots_of(c: int) -> int:
     return SLOT_SPAN // class_size(c)
 
 
-def demand_index(block: int) -> int:
-    """Which of a heap's counts of live small blocks counts blocks of
-    ``block`` bytes (at most SMALL_BLOCK_LIMIT)."""
-    return (block >> 4) - 2
-
-
 def unused_bits(slots: int, j: int) -> int:
     """The bits of bitmap word ``j`` past the last of ``slots`` slots: always set."""
     first = j << 6
@@ -134,7 +128,6 @@ def aligned_block(b: int) -> int:
     return a
 
 
-assert demand_index(SMALL_BLOCK_LIMIT) < NCLASSES and demand_index(MIN_BLOCK) == 0
 assert class_size(NCLASSES - 1) == SMALL_MAX and size_class(SMALL_MAX) == NCLASSES - 1
 
 # Compiled, the constants above are C variables (slab.pxd); this gives Python
