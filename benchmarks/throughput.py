@@ -1,14 +1,9 @@
 """Throughput: pyalloc compiled and interpreted, against glibc malloc and multiprocessing.heap.
 
-Every trace is replayed by one loop, identical for every allocator::
-
-    a ID SIZE  ->  pointers[ID] = malloc(SIZE)
-    f ID       ->  free(pointers[ID]); pointers[ID] = 0
-    r ID SIZE  ->  pointers[ID] = realloc(pointers[ID], SIZE)
-
-(the C semantics of ``pyalloc.trace.rep``). Ops are tuples made beforehand
-and the garbage collector is off while a loop runs, so a measurement is the
-loop plus the allocator's calls; the loop's own cost is in every column.
+Every trace is replayed by one loop (``replay_loop.py``), identical for
+every allocator, with the C semantics of ``pyalloc.trace.rep``: a
+measurement is the loop plus the allocator's calls, and the loop's own cost
+is in every column.
 
 Peers, all measured in the same run:
 
@@ -55,6 +50,8 @@ except ImportError:  # running from a checkout without an install
     sys.path.insert(0, str(ROOT / "src"))
     import pyalloc
 
+from replay_loop import Workload, time_warm  # noqa: E402
+
 from pyalloc import Heap  # noqa: E402
 from pyalloc.trace.reference import GlibcMalloc, MultiprocessingHeap  # noqa: E402
 from pyalloc.trace.rep import Trace, read_trace  # noqa: E402
@@ -66,53 +63,9 @@ PAIR_SIZE = 100
 PYALLOC, INTERPRETED, GLIBC, MP = "pyalloc", "interpreted", "glibc", "mp.heap"
 PEERS = (PYALLOC, INTERPRETED, GLIBC, MP)
 
-OpTuple = tuple[str, int, int]
-Workload = tuple[str, list[OpTuple], int]  # name, ops, number of ids
-
 
 def workloads_of(traces: Sequence[Trace]) -> list[Workload]:
     return [(t.name, [(op.kind, op.id, op.size) for op in t.ops], t.num_ids) for t in traces]
-
-
-def replay(allocator: Any, ops: list[OpTuple], num_ids: int) -> tuple[int, list[int]]:
-    """Run ``ops`` through ``allocator``; return (nanoseconds, pointers left)."""
-    malloc, free, realloc = allocator.malloc, allocator.free, allocator.realloc
-    pointers = [0] * num_ids
-    gc.disable()
-    try:
-        start = time.perf_counter_ns()
-        for kind, block_id, size in ops:
-            if kind == "a":
-                pointers[block_id] = malloc(size)
-            elif kind == "f":
-                free(pointers[block_id])
-                pointers[block_id] = 0
-            else:
-                pointers[block_id] = realloc(pointers[block_id], size)
-        elapsed = time.perf_counter_ns() - start
-    finally:
-        gc.enable()
-    return elapsed, pointers
-
-
-def time_warm(allocator: Any, workload: Workload, repeat: int) -> int:
-    """Best of ``repeat`` timed replays on ``allocator``, after one untimed replay.
-
-    Every peer is measured warm: the first replay touches the pages the
-    trace needs, and what a replay leaves live is freed before the next, so
-    the timed runs measure the allocator, not the kernel's page faults (a
-    program's heap lives long; glibc's, in this process, is warm anyway).
-    """
-    _, ops, num_ids = workload
-    best = None
-    for index in range(repeat + 1):
-        elapsed, left = replay(allocator, ops, num_ids)
-        for pointer in left:
-            allocator.free(pointer)
-        if index and (best is None or elapsed < best):
-            best = elapsed
-    assert best is not None
-    return best
 
 
 def time_pyalloc(workload: Workload, repeat: int, policy: str) -> int:
@@ -220,8 +173,12 @@ def load_sets(trace_dir: Path | None) -> list[tuple[str, list[Workload]]]:
         return [(str(trace_dir), workloads_of([read_trace(p) for p in paths]))]
     if CLASSIC_DIR.is_dir():
         paths = [p for p in sorted(CLASSIC_DIR.glob("*.rep")) if "short" not in p.name]
-        sets.append(("classic (without the two short ones)", workloads_of(map(read_trace, paths))))
-    sets.append(("bundled (recorded programs)", workloads_of(map(read_trace, bundled_traces()))))
+        sets.append(
+            ("classic (without the two short ones)", workloads_of([read_trace(p) for p in paths]))
+        )
+    sets.append(
+        ("bundled (recorded programs)", workloads_of([read_trace(p) for p in bundled_traces()]))
+    )
     return sets
 
 

@@ -5,7 +5,7 @@ from pyalloc.control cimport W_BRK, W_COMMITTED, W_PEAK
 from pyalloc.journal cimport MetadataStore
 from pyalloc.layout cimport (
     ALLOCATED, CACHED, HEADER, MAX_BLOCK, MIN_BLOCK, PREV_ALLOCATED, SIZE_MASK, SLACK_MAX, TAGGED_MASK,
-    allocated_body, block_size, block_size_for, decode, encode, free_word, i64, is_allocated,
+    allocated_body, block_size, block_size_for, decode, encode, free_word, i64, i64_pair, is_allocated,
     prev_is_allocated, slack_of, u64,
 )
 from pyalloc.policies.base cimport FreeIndex
@@ -47,7 +47,10 @@ cdef class Heap(Allocator):
     cdef i64 _take_cached(self, i64 need, i64 size) except -1
     @cython.locals(n=i64, b=i64, body=i64)
     cdef i64 _uncache(self, i64 i) except -1
+    @cython.locals(b=i64, have=i64)
     cdef i64 _malloc_slow(self, i64 need, i64 size) except -1
+    @cython.locals(found=i64, size=i64)
+    cdef i64_pair _retake_after_flush(self, i64 b, i64 have, i64 need)
     @cython.locals(rest=i64, a=i64)
     cdef i64 _split(self, i64 b, i64 have, i64 need, i64 size) except -1
     @cython.locals(brk=i64, body=i64, top=i64, b=i64, new_brk=i64, prev_bit=i64, rest=i64)

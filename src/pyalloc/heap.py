@@ -393,10 +393,9 @@ class Heap(Allocator):
             )
         if need < CACHE_MAX_BLOCK and self._cache_counts[need >> 4]:
             return self._take_cached(need, size)
-        found = self.policy.take(need)
-        if found is None:
+        b, have = self.policy.take(need)
+        if not b:
             return self._malloc_slow(need, size)
-        b, have = found
         if have - need >= FLUSH_BEFORE_SPLIT and self._cached:
             b, have = self._retake_after_flush(b, have, need)
         return self._split(b, have, need, size)
@@ -423,9 +422,9 @@ class Heap(Allocator):
         """No listed free block fits: coalesce the cache and look again, else grow."""
         if self._cached:
             self._flush_cache()
-            found = self.policy.take(need)
-            if found is not None:
-                return self._split(found[0], found[1], need, size)
+            b, have = self.policy.take(need)
+            if b:
+                return self._split(b, have, need, size)
         return self._extend(need, size) + HEADER
 
     def _retake_after_flush(self, b: int, have: int, need: int) -> tuple[int, int]:
@@ -437,10 +436,10 @@ class Heap(Allocator):
         """
         self.policy.insert(b, have)
         self._flush_cache()
-        found = self.policy.take(need)
-        if found is None:
+        found, size = self.policy.take(need)
+        if not found:
             raise HeapCorruptionError(f"free block {b + 8} vanished from the free lists")
-        return found
+        return found, size
 
     def _split(self, b: int, have: int, need: int, size: int) -> int:
         """Allocate ``need`` bytes of the free block ``b`` (unlinked) of ``have`` bytes.

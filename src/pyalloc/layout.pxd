@@ -5,6 +5,7 @@ cimport cython
 
 ctypedef unsigned long long u64
 ctypedef long long i64
+ctypedef (i64, i64) i64_pair  # two results of a C function, with no tuple built
 
 cdef i64 WORD, ALIGN_SHIFT, ALIGNMENT, HEADER, MIN_BLOCK, ALLOCATED, PREV_ALLOCATED, CACHED
 cdef i64 FLAGS_MASK, SIZE_BITS, SIZE_MASK, SLACK_SHIFT, SLACK_BITS, SLACK_MAX, TAG_SHIFT

@@ -1,7 +1,7 @@
 # C types of base.py for the compiled engine: the policy protocol.
 cimport cython
 from pyalloc.journal cimport MetadataStore
-from pyalloc.layout cimport ALLOCATED, SIZE_MASK, decode, i64, mangle, stored_size, u64
+from pyalloc.layout cimport ALLOCATED, SIZE_MASK, decode, i64, i64_pair, mangle, stored_size, u64
 from pyalloc.control cimport W_BRK
 
 cdef i64 NEXT, PREV
@@ -17,24 +17,24 @@ cdef class FreeIndex:
     cpdef validate(self, i64 b, i64 size)
     cpdef validate_insert(self, i64 size)
     cpdef remove(self, i64 b, i64 size)
-    cpdef take(self, i64 need)
+    cpdef i64_pair take(self, i64 need)
     cpdef i64 find(self, i64 need) except -1
     cpdef bint in_heap(self, u64 b) noexcept
     cpdef i64 free_size(self, i64 b) except -1
 
 cdef class LinkedLists(FreeIndex):
     cpdef u64 read_link(self, u64 b, i64 field) noexcept
-    cpdef write_link(self, i64 b, i64 field, u64 link)
+    cpdef int write_link(self, i64 b, i64 field, u64 link) except -1
     @cython.locals(first=i64)
     cpdef i64 check_head(self, i64 head) except -1
     @cython.locals(body=i64)
     cpdef int check_free(self, u64 b) except -1
     cpdef bint push(self, i64 head, i64 b) except -1
     @cython.locals(nxt=i64, prv=i64)
-    cpdef tuple neighbours(self, i64 head, i64 b)
-    cpdef unlink(self, i64 head, i64 b)
+    cpdef i64_pair neighbours(self, i64 head, i64 b)
+    cpdef int unlink(self, i64 head, i64 b) except -1
     @cython.locals(b=i64, body=i64, size=i64, nxt=i64)
-    cpdef tuple pop_head(self, i64 head, i64 need, i64 lowest, i64 limit)
+    cpdef i64_pair pop_head(self, i64 head, i64 need, i64 lowest, i64 limit)
     @cython.locals(size=i64)
     cpdef i64 scan_first(self, i64 b, i64 stop, i64 need, i64 budget) except -1
     @cython.locals(best=i64, best_size=i64, size=i64)

@@ -24,7 +24,8 @@ on metadata it cannot trust, before it writes)::
                          raise if insert of a block of size would; the engine
                          calls both before an operation's first write
     take(need)           remove and return (b, size) of a free block of at
-                         least need bytes, or None
+                         least need bytes, or (0, 0) (a pair of C integers
+                         when compiled: no tuple is built)
     find(need)           such a block without removing it, or 0
     check(free_blocks)   the index holds exactly free_blocks (offset -> size)
     blocks()             every block the index holds
@@ -93,7 +94,7 @@ class FreeIndex:
         follow bad metadata: the engine calls it before an operation's first
         write, so that a refused operation changes nothing."""
 
-    def take(self, need: int) -> tuple[int, int] | None:
+    def take(self, need: int) -> tuple[int, int]:
         """Find a free block of at least ``need`` bytes, remove it, return (b, size).
 
         Everything is checked before the block is unlinked. Policies may
@@ -101,7 +102,7 @@ class FreeIndex:
         """
         b = self.find(need)
         if not b:
-            return None
+            return 0, 0
         size = self.free_size(b)
         self.remove(b, size)
         return b, size

@@ -1,6 +1,6 @@
 # C types of fits.py for the compiled engine.
 cimport cython
-from pyalloc.layout cimport MIN_BLOCK, i64, u64
+from pyalloc.layout cimport MIN_BLOCK, i64, i64_pair, u64
 from pyalloc.control cimport W_BRK
 from pyalloc.policies.base cimport LinkedLists
 
@@ -19,7 +19,7 @@ cdef class FirstFit(ExplicitList):
 cdef class NextFit(ExplicitList):
     @cython.locals(rover=i64, first=i64, budget=i64, b=i64)
     cpdef i64 find(self, i64 need) except -1
-    cpdef take(self, i64 need)
+    cpdef i64_pair take(self, i64 need)
     cpdef remove(self, i64 b, i64 size)
 
 cdef class BestFit(ExplicitList):

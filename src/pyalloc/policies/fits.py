@@ -108,10 +108,10 @@ class NextFit(ExplicitList):
             return b
         return self.scan_first(first, rover, need, self.steps_left)
 
-    def take(self, need: int) -> tuple[int, int] | None:
+    def take(self, need: int) -> tuple[int, int]:
         b = self.find(need)
         if not b:
-            return None
+            return 0, 0
         size = self.free_size(b)
         after = self.read_link(b, NEXT)
         self.unlink(self.base + HEAD, b)  # checks both neighbours before writing

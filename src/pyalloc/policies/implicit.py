@@ -53,11 +53,11 @@ class Implicit(FreeIndex):
     def remove(self, b: int, size: int) -> None:
         pass
 
-    def take(self, need: int) -> tuple[int, int] | None:
+    def take(self, need: int) -> tuple[int, int]:
         # find has checked the block's header in full: nothing left to check.
         b = self.find(need)
         if not b:
-            return None
+            return 0, 0
         return b, self.free_size(b)
 
     def find(self, need: int) -> int:

@@ -1,6 +1,6 @@
 # C types of segregated.py for the compiled engine.
 cimport cython
-from pyalloc.layout cimport WORD_MASK, bit, bit_length, i64, lowest_bit, u64
+from pyalloc.layout cimport WORD_MASK, bit, bit_length, i64, i64_pair, lowest_bit, u64
 from pyalloc.policies.base cimport LinkedLists
 
 cdef i64 EXACT_SHIFT, EXACT_CLASSES, SUB_SHIFT, SUB_MASK, BEST_FIT_SCAN, TABLE_LIMIT
@@ -23,8 +23,8 @@ cdef class Segregated(LinkedLists):
     cpdef validate_insert(self, i64 size)
     cpdef remove(self, i64 b, i64 size)
     @cython.locals(c=i64, b=i64, size=i64)
-    cpdef take(self, i64 need)
-    cpdef tuple _pop(self, i64 c, i64 need)
+    cpdef i64_pair take(self, i64 need)
+    cpdef i64_pair _pop(self, i64 c, i64 need)
     @cython.locals(at=i64)
     cpdef _mark_empty(self, i64 c)
     cpdef i64 find(self, i64 need) except -1

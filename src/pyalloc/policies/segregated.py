@@ -126,7 +126,7 @@ class Segregated(LinkedLists):
         if not self.words[head]:
             self._mark_empty(c)
 
-    def take(self, need: int) -> tuple[int, int] | None:
+    def take(self, need: int) -> tuple[int, int]:
         words = self.words
         if need < bit(EXACT_SHIFT):
             c = need >> 4
@@ -142,7 +142,7 @@ class Segregated(LinkedLists):
                     return b, size
         c = self._first_class_from(c + 1)
         if c < 0:
-            return None
+            return 0, 0
         return self._pop(c, need)
 
     def _pop(self, c: int, need: int) -> tuple[int, int]:

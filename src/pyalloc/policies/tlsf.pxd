@@ -1,6 +1,6 @@
 # C types of tlsf.py for the compiled engine.
 cimport cython
-from pyalloc.layout cimport ALIGN_SHIFT, MAX_BLOCK, MIN_BLOCK, WORD_MASK, bit, bit_length, i64, lowest_bit, u64
+from pyalloc.layout cimport ALIGN_SHIFT, MAX_BLOCK, MIN_BLOCK, WORD_MASK, bit, bit_length, i64, i64_pair, lowest_bit, u64
 from pyalloc.control cimport W_BRK
 from pyalloc.policies.base cimport LinkedLists
 
@@ -25,7 +25,7 @@ cdef class TLSF(LinkedLists):
     @cython.locals(fl=i64, at=i64, bits=u64)
     cpdef _mark_empty(self, i64 i)
     @cython.locals(i=i64, own=i64, b=i64, size=i64)
-    cpdef take(self, i64 need)
-    cpdef tuple _pop(self, i64 i, i64 need)
+    cpdef i64_pair take(self, i64 need)
+    cpdef i64_pair _pop(self, i64 i, i64 need)
     cpdef i64 _scan(self, i64 i, i64 need) except -1
     cpdef i64 find(self, i64 need) except -1

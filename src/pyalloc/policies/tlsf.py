@@ -157,7 +157,7 @@ class TLSF(LinkedLists):
         if not bits:
             self.meta.store(self.fl_word, words[self.fl_word] & ~bit(fl) & WORD_MASK)
 
-    def take(self, need: int) -> tuple[int, int] | None:
+    def take(self, need: int) -> tuple[int, int]:
         if need < SMALL_BLOCK:
             i = need >> ALIGN_SHIFT  # search_index, inlined: an exact list
             if self.words[self.base + i]:
@@ -170,10 +170,10 @@ class TLSF(LinkedLists):
         # Nothing at or above the rounded request: try the request's own list.
         own = list_index(need)
         if own >= self.lists or not self.words[self.base + own]:
-            return None
+            return 0, 0
         b = self._scan(own, need)
         if not b:
-            return None
+            return 0, 0
         size = self.free_size(b)
         self.remove(b, size)
         return b, size
