@@ -697,3 +697,46 @@ def test_a_corrupted_journal_is_reported_not_followed(heap: SharedHeap) -> None:
         heap.check()
     finally:
         other.close()
+
+
+def test_processes_attached_counts_live_processes(heap: SharedHeap) -> None:
+    assert heap.stats()["processes_attached"] == 1
+    other = SharedHeap.attach(heap.name)  # a second attachment of this process
+    assert heap.stats()["processes_attached"] == 1
+    other.close()
+    r, w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the fork handler claims the child's own slot
+        os.write(w, b"k")
+        os.read(done_r, 1)
+        os._exit(0)
+    try:
+        os.read(r, 1)
+        assert heap.stats()["processes_attached"] == 2
+        assert describe_segment(heap.name)["attached"] == 2  # type: ignore[index]
+    finally:
+        os.write(done_w, b"k")
+        os.waitpid(pid, 0)
+        for fd in (r, w, done_r, done_w):
+            os.close(fd)
+    assert heap.stats()["processes_attached"] == 1  # the dead child's slot does not count
+
+
+def test_the_only_attacher_resets_a_lock_left_held(heap: SharedHeap) -> None:
+    # As after a reboot: the mutex says "held" by a thread that no live process has.
+    from pyalloc.shared.lock import lock_holder
+
+    heap.close()
+    with open(f"/dev/shm/{heap.name}", "r+b") as f:
+        f.seek(8 * 10)
+        lock = int.from_bytes(f.read(8), "little")
+        f.seek(lock)
+        f.write((4_000_000).to_bytes(4, "little"))  # a futex word naming a thread
+    reopened = SharedHeap.attach(heap.name)
+    try:
+        assert lock_holder(reopened) == 0
+        reopened.free(reopened.malloc(10))
+        reopened.check()
+    finally:
+        reopened.close()

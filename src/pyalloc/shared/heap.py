@@ -335,6 +335,8 @@ class SharedHeap(Heap):
         out["recoveries"] = raw[W_RECOVERIES]
         out["journal_slots"] = raw[W_JOURNAL_SLOTS]
         out["names"] = len(self.names)
+        # Processes, not attachments: one process may attach twice (this one counts).
+        out["processes_attached"] = len(set(self._table.attached()))
         return out
 
     # -- the directory -------------------------------------------------------------
