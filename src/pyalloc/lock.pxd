@@ -62,10 +62,8 @@ cdef class SharedLock(HeapLock):
     @cython.locals(r=int, m=mutex_ptr)
     cpdef bint acquire(self) except -1
     cpdef release(self)
-    @cython.locals(words=u64[::1])
     cdef int _begin(self) except -1
     @cython.locals(r=int)
     cdef int _locked_with(self, int r) except -1
-    @cython.locals(words=u64[::1])
     cpdef _finish(self, bint failed)
     cdef void _unlock(self) noexcept

@@ -274,10 +274,15 @@ class SharedLock(HeapLock):
 
     def _begin(self) -> None:
         """The transaction's start, the mutex held."""
-        words = self._words
-        if words[self._count_word] or words[self._draft_a] or words[self._draft_b]:
+        # self._words each time, not a local copy: compiled, copying a memoryview
+        # takes a reference with an atomic instruction.
+        if (
+            self._words[self._count_word]
+            or self._words[self._draft_a]
+            or self._words[self._draft_b]
+        ):
             self._slow_begin(self._heap._recover)
-        if words[self._brk_word] != self._brk_seen:
+        if self._words[self._brk_word] != self._brk_seen:
             self._slow_begin(self._heap._sync_brk)  # another process moved the break
         self.in_transaction = True
         if cython.compiled:
@@ -327,17 +332,16 @@ class SharedLock(HeapLock):
     def _finish(self, failed: bool) -> None:
         self.owner = 0
         self._entry_exc = None
-        words = self._words
         try:
             if failed:
                 self._heap._undo()
             else:
-                if words[self._count_word]:
-                    words[self._count_word] = 0  # commit
+                if self._words[self._count_word]:
+                    self._words[self._count_word] = 0  # commit
                 self.in_transaction = False
                 if self._deferred:
                     self._heap._discard_deferred()
-            self._brk_seen = words[self._brk_word]
+            self._brk_seen = self._words[self._brk_word]
         finally:
             self.in_transaction = False
             self._unlock()
