@@ -1,3 +1,6 @@
+# The compiled branch below names store_barrier, a C function of journal.pxd:
+# mypy: disable-error-code="name-defined"
+# ruff: noqa: F821
 """An undo journal for the metadata words of a heap shared between processes.
 
 A shared heap's operation writes a handful of metadata words (headers,
