@@ -1,4 +1,14 @@
-"""SharedHeap: throughput across processes, and the cost of handing arrays over.
+"""SharedHeap: its speed against glibc, throughput across processes, handing arrays over.
+
+Part 0, against glibc (compiled engine, one process, ratios of one run):
+a malloc(100)+free pair on a SharedHeap against glibc's through ctypes
+(target at most 0.6x), and the time per op replaying the classic traces
+(``/work/shared/traces/classic``, skipped when absent) on a SharedHeap
+against glibc (target at most 0.8x). Both use ``throughput.py``'s loops.
+With ``--before SRC`` (the ``src`` directory of an older tree, e.g. from
+``git archive 475615b src | tar -x -C /tmp/old``), the interpreted engine's
+SharedHeap pair of this tree and of that one, in children taking turns
+(target: this one no slower).
 
 Part 1, throughput. One fixed list of malloc/free operations (sizes 16 B to
 4 KiB, at most 256 blocks live) is run by
@@ -54,18 +64,103 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 try:
     import pyalloc  # noqa: F401
 except ImportError:  # running from a checkout without an install
     sys.path.insert(0, str(ROOT / "src"))
 
 import numpy as np  # noqa: E402
+from replay_loop import time_warm  # noqa: E402
+from throughput import CLASSIC_DIR, time_pairs, workloads_of  # noqa: E402
 
-from pyalloc import Heap, SharedHeap  # noqa: E402
+from pyalloc import COMPILED, Heap, SharedHeap  # noqa: E402
+from pyalloc.trace.reference import GlibcMalloc  # noqa: E402
+from pyalloc.trace.rep import read_trace  # noqa: E402
+
+TARGET_PAIR = 0.6
+TARGET_TRACES = 0.8
+
+
+# -- part 0: against glibc ------------------------------------------------------------------
+
+
+def _verdict(ratio: float, target: float) -> str:
+    return f"{ratio:.2f}x (target at most {target}x: {'PASS' if ratio <= target else 'FAIL'})"
+
+
+def against_glibc(pairs: int, repeat: int) -> None:
+    name = f"pyalloc-bench-{uuid.uuid4().hex}"
+    heap = SharedHeap.create(name, 256 << 20)
+    libc = GlibcMalloc()
+    try:
+        print(f"Against glibc through ctypes, engine {'compiled' if COMPILED else 'interpreted'}")
+        glibc_ns = time_pairs(libc, pairs, repeat)
+        shared_ns = time_pairs(heap, pairs, repeat)
+        print(f"  malloc(100)+free pair: glibc {glibc_ns:.0f} ns, SharedHeap {shared_ns:.0f} ns")
+        print(f"  SharedHeap / glibc, pair:        {_verdict(shared_ns / glibc_ns, TARGET_PAIR)}")
+        paths = sorted(CLASSIC_DIR.glob("*.rep")) if CLASSIC_DIR.is_dir() else []
+        paths = [p for p in paths if "short" not in p.name]
+        if not paths:
+            print(f"  classic traces: skipped ({CLASSIC_DIR} is absent)")
+            return
+        shared_total = glibc_total = ops = 0
+        for workload in workloads_of([read_trace(p) for p in paths]):
+            glibc_total += time_warm(libc, workload, repeat)
+            shared_total += time_warm(heap, workload, repeat)
+            ops += len(workload[1])
+        print(
+            f"  classic traces, {ops} ops: glibc {glibc_total / ops:.0f} ns/op, "
+            f"SharedHeap {shared_total / ops:.0f} ns/op"
+        )
+        ratio = shared_total / glibc_total
+        print(f"  SharedHeap / glibc, traces:      {_verdict(ratio, TARGET_TRACES)}")
+    finally:
+        heap.close()
+        heap.unlink()
+
 
 FORK = multiprocessing.get_context("fork")
 SIZES = (16, 24, 40, 64, 100, 200, 400, 1000, 2000, 4096)
 MAX_LIVE = 256
+
+
+_PAIR_CHILD = """
+import sys, time, uuid
+from pyalloc import SharedHeap
+heap = SharedHeap.create("pyalloc-bench-" + uuid.uuid4().hex, 1 << 24)
+try:
+    best = 1e18
+    for _ in range(3):
+        start = time.perf_counter_ns()
+        for _ in range(5000):
+            heap.free(heap.malloc(100))
+        best = min(best, time.perf_counter_ns() - start)
+finally:
+    heap.close()
+    heap.unlink()
+print(best / 5000)
+"""
+
+
+def interpreted_before(before: Path, turns: int) -> None:
+    """The interpreted SharedHeap pair of this tree and of the one at ``before``."""
+    import subprocess
+
+    def run(src: Path) -> float:
+        env = {**os.environ, "PYALLOC_PURE_PYTHON": "1", "PYTHONPATH": str(src)}
+        out = subprocess.run(
+            [sys.executable, "-c", _PAIR_CHILD], env=env, capture_output=True, text=True, check=True
+        )
+        return float(out.stdout)
+
+    now = min(run(ROOT / "src") for _ in range(turns))
+    old = min(run(before) for _ in range(turns))
+    ratio = now / old
+    print(f"Interpreted engine, SharedHeap malloc(100)+free pair, best of {turns} children each")
+    print(f"  this tree {now:.0f} ns, {before} {old:.0f} ns")
+    verdict = "PASS" if ratio <= 1.0 else "FAIL"
+    print(f"  this / before: {ratio:.2f}x (target at most 1.0x: {verdict})")
 
 
 # -- part 1: throughput -------------------------------------------------------------------
@@ -278,6 +373,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="fewer ops and round trips")
     parser.add_argument("--chaos", type=int, default=0, metavar="KILLS")
+    parser.add_argument("--before", type=Path, metavar="SRC", help="src of an older tree")
     args = parser.parse_args()
     sizes = [1 << 10, 1 << 20, 100 << 20]
     reps = {1 << 10: 300, 1 << 20: 60, 100 << 20: 4}
@@ -285,6 +381,13 @@ def main() -> int:
         args.ops, args.repeat = 5000, 1
         reps = {1 << 10: 30, 1 << 20: 6, 100 << 20: 1}
     print(f"Python {sys.version.split()[0]}, numpy {np.__version__}, {os.cpu_count()} CPUs")
+    against_glibc(20_000 if args.quick else 200_000, max(args.repeat, 3))
+    print()
+    if args.before is not None:
+        if not (args.before / "pyalloc").is_dir():
+            parser.error(f"--before: no pyalloc package in {args.before}")
+        interpreted_before(args.before, 3)
+        print()
     throughput(args.ops, args.repeat)
     handoff(sizes, reps)
     if args.chaos:

@@ -25,6 +25,7 @@ from pyalloc import HeapError, MappedHeap, SharedHeap
 from pyalloc import control as C
 from pyalloc.cli import main
 from pyalloc.shared import W_JOURNAL_COUNT, W_RECOVERIES, describe_file
+from pyalloc.shared.segment import lock_area_bytes
 
 try:
     import numpy as np
@@ -584,7 +585,8 @@ def test_flush_writes_the_dirty_pages_to_the_file(heap: MappedHeap, tmp_path: Pa
     heap.view(p)[:200_000] = pattern(5, 200_000)
     assert _dirty_kib(address) >= 190
     heap.flush()
-    assert _dirty_kib(address) == 0
+    # The lock lives in the file: its unlock, after the msync, dirties its page again.
+    assert _dirty_kib(address) <= lock_area_bytes() // 1024
     assert Path(heap.path).read_bytes()[p : p + 200_000] == pattern(5, 200_000)
     heap.close()
     with pytest.raises(HeapError, match="the heap is closed"):

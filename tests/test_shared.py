@@ -7,7 +7,6 @@ teardown. Processes are forked unless a test is about spawn.
 from __future__ import annotations
 
 import concurrent.futures
-import fcntl
 import hashlib
 import multiprocessing
 import os
@@ -621,10 +620,8 @@ def test_forked_child_has_a_lock_of_its_own(heap: SharedHeap) -> None:
         pid = os.fork()
         if pid == 0:
             try:
-                fcntl.flock(heap._lock.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                os.write(w, b"got it")  # wrong: the parent holds the lock
-            except BlockingIOError:
-                os.write(w, b"blocked")
+                # Wrong if it gets it: the parent holds the lock.
+                os.write(w, b"got it" if heap._lock.try_acquire() else b"blocked")
             finally:
                 os._exit(0)
         assert os.read(r, 16) == b"blocked"
@@ -664,8 +661,8 @@ def test_a_dead_holder_does_not_block_through_its_children(heap: SharedHeap) -> 
         assert os.WIFSIGNALED(status)
         probe = SharedHeap.attach(heap.name)
         try:
-            fcntl.flock(probe._lock.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # not BlockingIOError
-            fcntl.flock(probe._lock.fd, fcntl.LOCK_UN)
+            assert probe._lock.try_acquire()  # not held by the dead
+            probe._lock.release()
             probe.check()
             assert probe.stats()["recoveries"] == 1
         finally:
@@ -685,8 +682,8 @@ def test_a_corrupted_journal_is_reported_not_followed(heap: SharedHeap) -> None:
     raw[first] = heap.capacity  # entry 0 names a word beyond the heap ...
     raw[first + 1] = 12345
     raw[W_JOURNAL_COUNT] = 1  # ... as if its writer had died
-    before = file_digest(heap.name)
     other = SharedHeap.attach(heap.name)
+    before = file_digest(heap.name)  # after the attach, which claims a slot
     try:
         for h in (heap, other, heap):  # each time: refused, and the lock is free again
             with pytest.raises(HeapCorruptionError, match="journal entry 0"):
@@ -700,3 +697,46 @@ def test_a_corrupted_journal_is_reported_not_followed(heap: SharedHeap) -> None:
         heap.check()
     finally:
         other.close()
+
+
+def test_processes_attached_counts_live_processes(heap: SharedHeap) -> None:
+    assert heap.stats()["processes_attached"] == 1
+    other = SharedHeap.attach(heap.name)  # a second attachment of this process
+    assert heap.stats()["processes_attached"] == 1
+    other.close()
+    r, w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the fork handler claims the child's own slot
+        os.write(w, b"k")
+        os.read(done_r, 1)
+        os._exit(0)
+    try:
+        os.read(r, 1)
+        assert heap.stats()["processes_attached"] == 2
+        assert describe_segment(heap.name)["attached"] == 2  # type: ignore[index]
+    finally:
+        os.write(done_w, b"k")
+        os.waitpid(pid, 0)
+        for fd in (r, w, done_r, done_w):
+            os.close(fd)
+    assert heap.stats()["processes_attached"] == 1  # the dead child's slot does not count
+
+
+def test_the_only_attacher_resets_a_lock_left_held(heap: SharedHeap) -> None:
+    # As after a reboot: the mutex says "held" by a thread that no live process has.
+    from pyalloc.shared.lock import lock_holder
+
+    heap.close()
+    with open(f"/dev/shm/{heap.name}", "r+b") as f:
+        f.seek(8 * 10)
+        lock = int.from_bytes(f.read(8), "little")
+        f.seek(lock)
+        f.write((4_000_000).to_bytes(4, "little"))  # a futex word naming a thread
+    reopened = SharedHeap.attach(heap.name)
+    try:
+        assert lock_holder(reopened) == 0
+        reopened.free(reopened.malloc(10))
+        reopened.check()
+    finally:
+        reopened.close()

@@ -35,6 +35,7 @@ from typing import Any
 
 from pyalloc import SharedHeap
 from pyalloc.shared import W_JOURNAL_COUNT
+from pyalloc.shared.lock import lock_holder
 
 FORK = multiprocessing.get_context("fork")
 SIZES = (16, 40, 100, 250, 700, 1500, 4000, 12_000)
@@ -158,20 +159,6 @@ def verify_published(heap: SharedHeap) -> int:
     return len(table)
 
 
-def lock_holders(path: str) -> set[int]:
-    """Pids holding a flock on the file at ``path``, from /proc/locks."""
-    inode = os.stat(path).st_ino
-    holders = set()
-    with open("/proc/locks") as locks:
-        for line in locks:
-            fields = line.split()
-            if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK":
-                continue  # a waiter, or another kind of lock
-            if int(fields[5].rsplit(":", 1)[1]) == inode:
-                holders.add(int(fields[4]))
-    return holders
-
-
 def stopped(pid: int) -> bool:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t", "Z", "X")  # or dead
@@ -181,7 +168,6 @@ def freeze_writer(heap: SharedHeap, pids: list[int], patience: float) -> int | N
     """Stop the workers at a moment when one of them is inside an operation that
     writes (the journal has entries); return its index, or None after ``patience``
     seconds. The caller continues (SIGCONT) the workers it does not kill."""
-    path = f"/dev/shm/{heap.name}"
     raw = heap._raw
     deadline = time.monotonic() + patience
     while time.monotonic() < deadline:
@@ -192,9 +178,9 @@ def freeze_writer(heap: SharedHeap, pids: list[int], patience: float) -> int | N
         while not all(stopped(pid) for pid in pids):
             pass
         if raw[W_JOURNAL_COUNT]:
-            held = lock_holders(path)
+            held = lock_holder(heap)  # the workers run one thread: its id is the pid
             for i, pid in enumerate(pids):
-                if pid in held:
+                if pid == held:
                     return i
         for pid in pids:
             os.kill(pid, signal.SIGCONT)

@@ -12,7 +12,7 @@ Word layout (8-byte words from offset 0)::
     7   tag_secret            secret of the header tags
     8   link_key              XOR key of free-list links
     9   (unused since format 2; format 1 kept a probe of Python's hash here)
-    10  lock                  process-shared lock word (shared heaps)
+    10  lock                  shared heaps: byte offset of the lock area
     11-18                     shared heaps: journal, directory (shared/segment.py)
     19  committed             bytes from offset 0 whose storage is reserved
                               (file-backed heaps: the break never passes it

@@ -22,3 +22,48 @@ cdef class HeapLock:
 cdef class ClosedLock(HeapLock):
     cpdef bint acquire(self) except -1
     cpdef release(self)
+
+
+from cpython.ref cimport PyObject, Py_XDECREF
+from cpython.pythread cimport PyThread_get_thread_ident
+from pyalloc.layout cimport u64, i64
+
+cdef extern from "<pthread.h>" nogil:
+    int pthread_mutex_consistent(pthread_mutex_t *mutex)
+
+ctypedef pthread_mutex_t *mutex_ptr
+
+cdef int EBUSY
+
+cdef extern from "Python.h":
+    PyObject *PyErr_GetHandledException()
+
+
+cdef inline object handled_exception():
+    """sys.exception(): the exception being handled, or None."""
+    cdef PyObject *e = PyErr_GetHandledException()
+    if e is NULL:
+        return None
+    exc = <object>e
+    Py_XDECREF(e)
+    return exc
+
+
+cdef class SharedLock(HeapLock):
+    cdef u64[::1] _words
+    cdef size_t _address
+    cdef object _heap, _lib, _entry_exc
+    cdef i64 _count_word, _draft_a, _draft_b, _brk_word
+    cdef u64 _brk_seen
+    cdef list _deferred
+    cdef public bint in_transaction
+    cdef public unsigned long owner
+
+    @cython.locals(r=int, m=mutex_ptr)
+    cpdef bint acquire(self) except -1
+    cpdef release(self)
+    cdef int _begin(self) except -1
+    @cython.locals(r=int)
+    cdef int _locked_with(self, int r) except -1
+    cpdef _finish(self, bint failed)
+    cdef void _unlock(self) noexcept

@@ -31,16 +31,19 @@ What survives what::
         payload bytes.
         create() syncs the new file and its name: a crash right after it
         leaves an empty heap or no file, never a half-made heap.
+        The lock in the file may be left held by a process of the old boot:
+        the first process to open the file again finds no live process in
+        its attach table and initializes the lock anew.
 
 Limits: the file must be on a local filesystem that supports hard links
-(create links the finished file into place), ``flock`` (NFS emulates it with
-POSIX locks, which a process loses when it closes any descriptor of the
-file) and shared writable mappings. Truncating a heap file while a process
-has it mapped kills that process (SIGBUS) when it next touches the lost
-pages. Header tags are computed with Python's hash of a tuple of ints, and
-the control record keeps a probe of it: a file written by a Python whose
-hash differs is refused with HeapError, as is one of another pyalloc format
-version or byte order.
+(create links the finished file into place), open-file-description record
+locks (the attach table's) and shared writable mappings that a
+process-shared mutex can live in (the heap's lock is one, in the file).
+Truncating a heap file while a process has it mapped kills that process
+(SIGBUS) when it next touches the lost pages. Header tags are computed
+with Python's hash of a tuple of ints, and the control record keeps a
+probe of it: a file written by a Python whose hash differs is refused with
+HeapError, as is one of another pyalloc format version or byte order.
 """
 
 from __future__ import annotations
@@ -123,7 +126,7 @@ class MappedHeap(SharedHeap):
         """
         with self._lock:
             self._segment.flush()
-            os.fsync(self._lock.fd)
+            os.fsync(self._segment.reserve_fd)
 
     def __reduce__(self) -> tuple[Callable[[str], Self], tuple[str]]:
         return (type(self).open, (self.name,))

@@ -25,10 +25,12 @@ from typing import TYPE_CHECKING, Any, Self
 
 from .. import control as C
 from ..allocator import check_size
+from ..attach import AttachTable
 from ..errors import HeapCorruptionError, HeapError, InvalidPointerError
 from ..heap import DEFAULT_CAPACITY, Heap
 from ..journal import DEFAULT_SLOTS, ENTRY_BYTES, Journal
 from ..layout import HEADER
+from ..lock import SharedLock, init_shared_mutex
 from ..policies import is_builtin, policy_class
 from ..regions import (
     Words,
@@ -39,7 +41,7 @@ from ..regions import (
     remove_abandoned_builds,
 )
 from .fork import _open_heaps
-from .lock import _ClosedLock, _SegmentLock
+from .lock import _ClosedLock, claim_slot, segment_lock
 from .names import _NAME_ENTRY, _NAMES_HEAD, NAME_MAX_BYTES, NAMES_MAGIC, SharedNames, _encode_names
 from .ndarrays import _array_spec, _numpy
 from .segment import (
@@ -49,6 +51,7 @@ from .segment import (
     W_JOURNAL,
     W_JOURNAL_COUNT,
     W_JOURNAL_SLOTS,
+    W_LOCK,
     W_NAMES,
     W_NAMES_NEXT,
     W_RECOVERIES,
@@ -59,8 +62,9 @@ from .segment import (
     _fsync_directory,
     _map,
     _read_control,
-    _reopen,
     _Segment,
+    attach_table,
+    lock_area_bytes,
 )
 from .transaction import _PayloadBytes
 
@@ -90,7 +94,8 @@ class SharedHeap(Heap):
     # Sliding a block down overwrites its old bytes; an undone transaction
     # would then give back a block whose bytes have moved.
     realloc_slides_down = False
-    _lock_fd: int
+    _table: AttachTable
+    _slot: int
     _raw: Words
     _journal: Journal
     _segment: _Segment
@@ -149,13 +154,13 @@ class SharedHeap(Heap):
             )
         cls.layout_size(capacity, policy_cls)
         journal = page_round_up(capacity)
-        size = journal + page_round_up(journal_slots * ENTRY_BYTES)
+        lock = journal + page_round_up(journal_slots * ENTRY_BYTES)
+        size = lock + lock_area_bytes()
         directory = os.path.dirname(path)
         remove_abandoned_builds(directory)
         building = building_path(path)
         fd = os.open(building, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         region: _Segment | None = None
-        lock_fd = -1
         try:
             os.ftruncate(fd, size)
             region = _Segment(path, _map(fd, size), name, fd)
@@ -173,11 +178,13 @@ class SharedHeap(Heap):
             words[W_SHARED_VERSION] = SHARED_VERSION
             words[W_JOURNAL] = journal
             words[W_JOURNAL_SLOTS] = journal_slots
+            words[W_LOCK] = lock
+            init_shared_mutex(_address_of(region.buf) + lock)
+            attach_table(words, lock, fd).format()
             words[W_SHARED_MAGIC] = SHARED_MAGIC
             if cls._DURABLE:
                 region.flush()
                 os.fsync(fd)
-            lock_fd = _reopen(fd)
             try:
                 os.link(building, path)  # atomic, and refuses an existing name
             except FileExistsError:
@@ -185,15 +192,13 @@ class SharedHeap(Heap):
             if cls._DURABLE:
                 _fsync_directory(directory)
         except BaseException:
-            if lock_fd >= 0:
-                os.close(lock_fd)
             if region is not None:
                 region.close()
             raise
         finally:
             os.close(fd)
             os.unlink(building)
-        return cls._from_segment(region, lock_fd)
+        return cls._from_segment(region)
 
     @classmethod
     def _open_file(cls, path: str, name: str) -> Self:
@@ -207,20 +212,15 @@ class SharedHeap(Heap):
             words, size = _read_control(fd, what)
             _check_control(words, size, what)
             region = _Segment(path, _map(fd, size), name, fd)
-            try:
-                lock_fd = _reopen(fd)
-            except BaseException:
-                region.close()
-                raise
         finally:
             os.close(fd)
-        return cls._from_segment(region, lock_fd)
+        return cls._from_segment(region)
 
     @classmethod
-    def _from_segment(cls, region: _Segment, fd: int) -> Self:
+    def _from_segment(cls, region: _Segment) -> Self:
         heap = cls.__new__(cls)
         heap.name = region.name or ""
-        heap._lock_fd = fd
+        heap._slot = -1
         try:
             raw = region.words
             heap._raw = raw
@@ -232,14 +232,14 @@ class SharedHeap(Heap):
                 limit=raw[C.W_CAPACITY] >> 3,
             )
             heap._segment = region
+            heap._base_address = _address_of(region.buf)
             heap._bind(region, True)
             heap.meta.attach(raw[W_JOURNAL] >> 3, raw[W_JOURNAL_SLOTS], W_JOURNAL_COUNT)
+            heap._table, heap._slot = claim_slot(heap)
         except BaseException:
             lock = getattr(heap, "_lock", None)
-            if isinstance(lock, _SegmentLock):
+            if isinstance(lock, SharedLock):
                 lock.close()
-            else:
-                os.close(fd)
             if getattr(heap, "meta", None) is not None:
                 heap._release_views()
             heap.__dict__.clear()
@@ -251,7 +251,6 @@ class SharedHeap(Heap):
         engine_bytes = heap.bytes
         heap.bytes = _PayloadBytes(memoryview(region.buf), heap._before_payload_store)  # type: ignore[assignment]
         engine_bytes.release()
-        heap._base_address = _address_of(region.buf)
         heap.names = SharedNames(heap)
         from ..arrays import SharedArrays  # arrays.py builds on this module
 
@@ -262,14 +261,18 @@ class SharedHeap(Heap):
     # -- engine hooks --------------------------------------------------------------
 
     def _make_lock(self) -> Any:
-        return _SegmentLock(self._lock_fd, self)
+        return segment_lock(self)
 
     def _undo(self) -> None:
-        segment = self._segment
         self._journal.undo()
-        segment.in_transaction = False
-        segment.deferred.clear()
+        self._segment.deferred.clear()
         self.brk = self._raw[C.W_BRK]
+
+    def _sync_brk(self) -> None:
+        self.brk = self._raw[C.W_BRK]
+
+    def _discard_deferred(self) -> None:
+        self._segment.discard_deferred()
 
     def _recover(self) -> None:
         """Undo the transaction of a holder that died, then free its drafts
@@ -283,8 +286,8 @@ class SharedHeap(Heap):
             if not draft:
                 continue
             self.brk = raw[C.W_BRK]
-            segment = self._segment
-            segment.in_transaction = True
+            lock = self._lock
+            lock.in_transaction = True
             try:
                 self._free(draft)
                 self.meta.store(word, 0)
@@ -292,9 +295,11 @@ class SharedHeap(Heap):
                 self._undo()
                 raw[word] = 0  # not a block: forget it rather than fail every lock
                 continue
+            finally:
+                lock.in_transaction = False
             self._journal.commit()
-            segment.in_transaction = False
-            segment.discard_deferred()
+            self._segment.discard_deferred()
+        self.brk = raw[C.W_BRK]
 
     def _checkpoint(self) -> None:
         """Commit in the middle of a transaction, at a point where the heap is consistent."""
@@ -306,11 +311,14 @@ class SharedHeap(Heap):
             self._checkpoint()
 
     def _after_fork_in_child(self) -> None:
+        """A forked child is an attachment of its own: its own slot in the table."""
         if self._closed:
             return
-        self._lock.reopen_after_fork()
-        self._segment.in_transaction = False
-        self._segment.deferred.clear()
+        self._lock.after_fork_in_child()
+        try:
+            self._table, self._slot = claim_slot(self)
+        except HeapError:
+            self._die()  # the table is full: this copy cannot be used in the child
 
     # -- checking and statistics ---------------------------------------------------
 
@@ -327,6 +335,8 @@ class SharedHeap(Heap):
         out["recoveries"] = raw[W_RECOVERIES]
         out["journal_slots"] = raw[W_JOURNAL_SLOTS]
         out["names"] = len(self.names)
+        # Processes, not attachments: one process may attach twice (this one counts).
+        out["processes_attached"] = len(set(self._table.attached()))
         return out
 
     # -- the directory -------------------------------------------------------------
@@ -454,7 +464,7 @@ class SharedHeap(Heap):
         except FileNotFoundError:
             raise FileNotFoundError(f"no {self._KIND} named {self.name!r}") from None
         if not self._closed:
-            mine = os.fstat(self._lock.fd)
+            mine = os.fstat(self._segment.reserve_fd)
             if (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino):
                 raise FileNotFoundError(f"the name {self.name!r} now belongs to another file")
         os.unlink(path)
@@ -468,6 +478,7 @@ class SharedHeap(Heap):
         lock = self._lock
         self._lock = _ClosedLock()
         lock.close()
+        self._table.release(self._slot)
         self.bytes.release()
         self._release_views()
         try:
@@ -491,8 +502,10 @@ class SharedHeap(Heap):
     def _die(self) -> None:
         """Leave this object as a killed process leaves the heap: lock dropped, nothing undone."""
         lock = self._lock
-        if isinstance(lock, _SegmentLock):
+        if isinstance(lock, SharedLock):
             lock.abandon()
+        # Its slot is freed as the next attachment would reap a dead one.
+        self._table.release(self._slot)
         self._closed = True
         _open_heaps.discard(self)
         self._lock = _ClosedLock()

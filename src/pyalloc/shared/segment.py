@@ -6,12 +6,18 @@ Region::
     heap_start       blocks (layout.py)
     capacity         end of the heap; the engine never touches what follows
     journal          page-aligned: ``slots`` entries of 16 bytes
-    journal + 16 * slots
+    lock             page-aligned (journal + its pages): the mutex
+                     (``lock.MUTEX_BYTES``), then the attach table
+                     (``attach.py``, ``ATTACH_SLOTS`` slots of no payload)
+    lock + lock_area_bytes()
 
 Control words of a shared heap (the engine reserves 10-23)::
 
+    10  lock                byte offset of the lock area
+
     11  SHARED_MAGIC        b"pyashare": a heap made by SharedHeap.create
-    12  SHARED_VERSION      layout version of words 11-18 and the journal
+    12  SHARED_VERSION      layout version of words 10-18, the journal and the
+                            lock area (2: the mutex and the attach table)
     13  journal             byte offset of the journal
     14  journal slots       entries it can hold
     15  journal count       live entries: non-zero only inside a transaction,
@@ -32,14 +38,19 @@ import struct
 from typing import Any, Final
 
 from .. import control as C
+from ..attach import AttachTable, table_words
 from ..errors import HeapError
 from ..journal import ENTRY_BYTES
 from ..layout import HEADER
+from ..lock import MUTEX_BYTES
 from ..policies import policy_by_id
-from ..regions import BUILDING_SUFFIX, FileRegion, _shm_path, list_shared
+from ..regions import BUILDING_SUFFIX, FileRegion, _shm_path, list_shared, page_round_up
 
 SHARED_MAGIC: Final = int.from_bytes(b"pyashare", "little")
-SHARED_VERSION: Final = 1
+SHARED_VERSION: Final = 2
+ATTACH_SLOTS: Final = 256  # processes (or attachments) at once
+
+W_LOCK: Final = C.W_LOCK
 
 W_SHARED_MAGIC: Final = C.W_RESERVED
 W_SHARED_VERSION: Final = C.W_RESERVED + 1
@@ -56,6 +67,16 @@ DRAFT_WORDS: Final = (W_NAMES_NEXT, W_ARRAYS_NEXT)  # blocks recovery frees when
 assert W_RECOVERIES < C.W_COMMITTED < W_ARRAYS_NEXT < C.CONTROL_WORDS
 
 
+def lock_area_bytes() -> int:
+    """Bytes of the lock area: the mutex, then the attach table, in whole pages."""
+    return page_round_up(MUTEX_BYTES + 8 * table_words(ATTACH_SLOTS, 0))
+
+
+def attach_table(words: Any, lock: int, fd: int) -> AttachTable:
+    """The attach table of the lock area at byte ``lock`` of ``words``."""
+    return AttachTable(words, (lock + MUTEX_BYTES) >> 3, ATTACH_SLOTS, 0, fd)
+
+
 # -- the segment -------------------------------------------------------------------
 
 
@@ -69,7 +90,7 @@ class _Segment(FileRegion):
 
     def __init__(self, path: str, buf: Any, name: str, fd: int) -> None:
         super().__init__(path, buf, name)
-        self.in_transaction = False
+        self.lock: Any = None  # the heap's SharedLock: inside its transactions, pages wait
         self.deferred: list[tuple[int, int]] = []
         # An open file of its own for reserving blocks (not the lock's, which
         # a forked child replaces; not a duplicate of it, which would share its flock).
@@ -82,7 +103,8 @@ class _Segment(FileRegion):
             self.reserve_fd = -1
 
     def _discard(self, start: int, length: int) -> None:
-        if self.in_transaction:
+        lock = self.lock
+        if lock is not None and lock.in_transaction:
             self.deferred.append((start, length))
         else:
             super()._discard(start, length)
@@ -133,11 +155,14 @@ def _check_control(words: list[int], size: int, what: str) -> None:
     capacity = words[C.W_CAPACITY]
     journal = words[W_JOURNAL]
     slots = words[W_JOURNAL_SLOTS]
+    lock = words[W_LOCK]
     if (
         size % 8
         or not words[C.W_HEAP_START] < capacity <= journal
         or journal % 8
-        or not 0 < slots <= (size - journal) // ENTRY_BYTES
+        or not 0 < slots <= (lock - journal) // ENTRY_BYTES
+        or lock % MUTEX_BYTES
+        or lock + lock_area_bytes() > size
     ):
         raise HeapError(f"{what}: its control record does not fit its size ({size} bytes)")
 
@@ -169,6 +194,7 @@ def describe_file(path: str, name: str | None = None) -> dict[str, Any] | None:
     try:
         words, size = _read_control(fd, repr(name))
         _check_control(words, size, repr(name))
+        attached = len(_read_attached(fd, words[W_LOCK]))
     except (HeapError, OSError):
         return None
     finally:
@@ -183,7 +209,15 @@ def describe_file(path: str, name: str | None = None) -> dict[str, Any] | None:
         "journal_entries": words[W_JOURNAL_COUNT],
         "recoveries": words[W_RECOVERIES],
         "has_names": bool(words[W_NAMES]),
+        "attached": attached,
     }
+
+
+def _read_attached(fd: int, lock: int) -> list[int]:
+    """The pids of the live processes in the attach table, read from the file ``fd``."""
+    data = os.pread(fd, 8 * table_words(ATTACH_SLOTS, 0), lock + MUTEX_BYTES)
+    words = list(struct.unpack(f"={len(data) // 8}Q", data))
+    return AttachTable(words, 0, ATTACH_SLOTS, 0, fd).attached()
 
 
 def list_heaps() -> list[dict[str, Any]]:
