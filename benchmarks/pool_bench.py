@@ -281,7 +281,7 @@ def scaling_over_threads(seconds: float, repeat: int, name: str) -> bool:
         "the interpreter's switching alone)"
     )
     ok = ratio >= THREAD_TARGET
-    print(f"{verdict(ok)}  2 threads / 1: {ratio:.2f}x (target: at least {THREAD_TARGET}x)")
+    print(f"{verdict(ok)}  2 threads / 1: {ratio:.3f}x (target: at least {THREAD_TARGET}x)")
     return ok
 
 
