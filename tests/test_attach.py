@@ -206,7 +206,7 @@ def test_the_lock_excludes_another_process(region: tuple[int, memoryview]) -> No
     if child == 0:
         os.close(read)
         try:
-            with table._locked():
+            with table.locked():
                 os.write(write, b"x")
                 time.sleep(0.3)
                 words[marker] = 1  # just before the unlock

@@ -183,7 +183,9 @@ class AttachTable:
 
     # -- claiming and freeing, under the table's lock ---------------------------------
 
-    def _locked(self) -> _TableLock:
+    def locked(self) -> _TableLock:
+        """The table's lock, for a caller that must act while no slot can be
+        claimed or freed (re-initializing what no live process may hold)."""
         return _TableLock(self.fd, self.first * 8)
 
     def claim(self, recover: Callable[[int], None] | None = None) -> tuple[int, bool]:
@@ -195,7 +197,7 @@ class AttachTable:
         slots are reaped first (``recover(slot)`` for each).
         """
         self.verify()
-        with self._locked():
+        with self.locked():
             self._reap_locked(recover)
             words = self.words
             # The boot is recorded here, not at format only: after a reboot the
@@ -223,13 +225,13 @@ class AttachTable:
     def release(self, slot: int) -> None:
         """Free ``slot``, this process's; its payload must be empty already."""
         word = self._pid_word(slot)
-        with self._locked():
+        with self.locked():
             if self.words[word] == os.getpid():
                 self.words[word] = 0
 
     def reap(self, recover: Callable[[int], None] | None = None) -> int:
         """Recover and free every dead slot; return how many there were."""
-        with self._locked():
+        with self.locked():
             return self._reap_locked(recover)
 
     def _reap_locked(self, recover: Callable[[int], None] | None) -> int:

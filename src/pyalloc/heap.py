@@ -18,7 +18,7 @@ The block format is described in ``layout.py`` and the control record in
 - realloc works in place whenever it can: shrinking splits off the tail,
   growing takes a free successor or moves the break; failing that, a private
   heap slides the block down into a free predecessor when that makes room
-  (a shared heap does not: see ``shared.py``); otherwise it copies.
+  (a shared heap does not: see the ``shared`` package); otherwise it copies.
 
 Refuse before writing: every operation reads and checks every header, footer
 and link it will depend on before its first write, so a rejected call leaves

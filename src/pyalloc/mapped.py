@@ -40,10 +40,9 @@ Limits: the file must be on a local filesystem that supports hard links
 locks (the attach table's) and shared writable mappings that a
 process-shared mutex can live in (the heap's lock is one, in the file).
 Truncating a heap file while a process has it mapped kills that process
-(SIGBUS) when it next touches the lost pages. Header tags are computed
-with Python's hash of a tuple of ints, and the control record keeps a
-probe of it: a file written by a Python whose hash differs is refused with
-HeapError, as is one of another pyalloc format version or byte order.
+(SIGBUS) when it next touches the lost pages. Header tags are integer
+arithmetic that every build computes alike, compiled or interpreted; a file
+of another pyalloc format version or byte order is refused with HeapError.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ def claim_slot(heap: SharedHeap) -> tuple[AttachTable, int]:
     table = _table(heap)
     slot, alone = table.claim()
     if alone:
-        with table._locked():  # no attachment can claim a slot, hence lock, meanwhile
+        with table.locked():  # no attachment can claim a slot, hence lock, meanwhile
             if len(table.attached()) == 1:
                 init_shared_mutex(heap._base_address + heap._raw[W_LOCK])
     return table, slot
