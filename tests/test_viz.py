@@ -7,6 +7,9 @@ from the ``blocks()`` walk the pictures are drawn from.
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -484,6 +487,35 @@ def test_top_once(shared: SharedHeap, capsys: pytest.CaptureFixture[str]) -> Non
     assert any("#" in line for line in map_lines)
     status, _, err = run(capsys, "top", f"pyalloc-test-{uuid.uuid4().hex}", "--once")
     assert status == 1 and err.count("\n") == 1
+
+
+def test_top_counts_the_processes_attached(
+    shared: SharedHeap, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def attached_line() -> str:
+        status, out, err = run(capsys, "top", shared.name, "--once", "--rows", "2")
+        assert status == 0, err
+        return " ".join(out.split())
+
+    assert "processes 1 attached" in attached_line()  # this process, twice attached
+    ready, done = os.pipe()
+    child = os.fork()
+    if child == 0:  # attaches, says so, and waits to be killed
+        try:
+            SharedHeap.attach(shared.name)
+            os.write(done, b"x")
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    try:
+        assert os.read(ready, 1) == b"x"
+        assert "processes 2 attached" in attached_line()
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        os.close(ready)
+        os.close(done)
+    assert "processes 1 attached" in attached_line()  # the dead one is not counted
 
 
 def test_a_system_allocator_gets_the_timeline_alone(

@@ -142,6 +142,7 @@ def render_view(view: LiveView, columns: int, rows: int = TOP_ROWS) -> Renderabl
         ("free blocks", f"{stats['free_blocks']:,}"),
         ("free bytes", human_bytes(free)),
         ("external frag", f"{external:.1%}"),
+        ("processes", f"{stats.get('processes_attached', 0):,} attached"),
     ]
     for i in range(0, len(pairs), 3):
         numbers.add_row(*(cell for pair in pairs[i : i + 3] for cell in pair))
