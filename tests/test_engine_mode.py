@@ -9,6 +9,7 @@ so that a broken build fails here instead of passing interpreted) and with
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.machinery
 import json
 import os
@@ -27,7 +28,8 @@ ROOT = Path(pyalloc.__file__).parent
 
 
 def engine_files() -> dict[str, str]:
-    return {name: sys.modules[name].__file__ or "" for name in _engine.ENGINE_MODULES}
+    # Some engine modules (the pool) are imported only when used: import them all.
+    return {name: importlib.import_module(name).__file__ or "" for name in _engine.ENGINE_MODULES}
 
 
 def test_the_engine_runs_in_the_mode_asked_for() -> None:
@@ -227,5 +229,5 @@ def test_another_system_is_told_in_one_line() -> None:
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "ImportError: pyalloc runs on Linux only (it uses /dev/shm, /proc, madvise(MADV_REMOVE)"
-        " and flock); this system is 'darwin'"
+        " and process-shared robust mutexes); this system is 'darwin'"
     )

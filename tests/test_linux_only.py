@@ -13,8 +13,8 @@ import sys
 import pytest
 
 WHY = (
-    "pyalloc runs on Linux only (it uses /dev/shm, /proc, madvise(MADV_REMOVE) and flock);"
-    " this system is 'darwin'"
+    "pyalloc runs on Linux only (it uses /dev/shm, /proc, madvise(MADV_REMOVE)"
+    " and process-shared robust mutexes); this system is 'darwin'"
 )
 
 

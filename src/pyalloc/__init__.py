@@ -18,8 +18,8 @@ def _runs_as_the_command() -> bool:
 
 if not sys.platform.startswith("linux"):
     _why = (
-        f"pyalloc runs on Linux only (it uses /dev/shm, /proc, madvise(MADV_REMOVE) and flock);"
-        f" this system is {sys.platform!r}"
+        "pyalloc runs on Linux only (it uses /dev/shm, /proc, madvise(MADV_REMOVE)"
+        f" and process-shared robust mutexes); this system is {sys.platform!r}"
     )
     if _runs_as_the_command():
         # A command's user gets the one line, not the traceback of an import.

@@ -12,13 +12,13 @@ attaching (``_create_file``, ``_open_file``) take any path, and
 Glossary
 --------
 segment     the ``/dev/shm`` file holding the heap; its name is the heap's.
-lock        ``flock`` on the segment's file, plus a ``threading.Lock`` for the
-            threads of one process. The kernel drops a ``flock`` when the
-            last descriptor of its open file is closed, which death does, so
-            a process killed holding the lock blocks no one. Each attachment
-            opens the file once for the lock alone: the mapping's own
-            descriptor (mmap keeps a duplicate) and a forked child's copies
-            must not share it, or they would keep a dead holder's lock.
+lock        a process-shared robust pthread mutex in the segment's lock area
+            (``lock.py`` here, ``SharedLock`` in the engine's ``lock.py``),
+            for processes and threads alike. The next locker after a holder
+            dies is told so (EOWNERDEAD) and undoes its transaction, so a
+            process killed holding the lock blocks no one; the attach table
+            (``attach.py``) lets the only live attacher re-initialize a
+            mutex whose holder died on another boot.
 journal     the undo journal of ``journal.py``: every metadata word an
             operation overwrites is saved first, so a killed operation is
             undone by the next process to take the lock.

@@ -92,8 +92,8 @@ class _Segment(FileRegion):
         super().__init__(path, buf, name)
         self.lock: Any = None  # the heap's SharedLock: inside its transactions, pages wait
         self.deferred: list[tuple[int, int]] = []
-        # An open file of its own for reserving blocks (not the lock's, which
-        # a forked child replaces; not a duplicate of it, which would share its flock).
+        # An open file of its own (not a duplicate of the caller's descriptor)
+        # for reserving blocks and for the attach table's record lock.
         self.reserve_fd = _reopen(fd)
 
     def close(self) -> None:
@@ -247,10 +247,9 @@ def _address_of(buf: Any) -> int:
 def _reopen(fd: int) -> int:
     """A new open file (not a duplicate descriptor) on the file open at ``fd``.
 
-    The lock needs an open file of its own: ``flock`` belongs to the open
-    file, and ``mmap`` keeps a duplicate of the descriptor it maps, which
-    would otherwise hold the lock for as long as the mapping exists, in this
-    process and in any child forked from it.
+    What is done through an open file (a record lock, a reservation) should
+    not depend on a descriptor the caller may close, nor on the duplicate
+    ``mmap`` keeps of the descriptor it maps.
     """
     return os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
 
