@@ -24,7 +24,7 @@ import os
 import re
 import secrets
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 PAGE_SIZE = mmap.PAGESIZE
 
@@ -125,6 +125,63 @@ def remove_abandoned_builds(directory: str) -> None:
             os.unlink(path)
         except FileNotFoundError:
             pass  # another create removed it first
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+_R = TypeVar("_R", bound=_Closable)
+
+
+def build_then_link(
+    path: str,
+    size: int,
+    build: Callable[[int], _R],
+    taken: str,
+    finish: Callable[[_R, int], None] | None = None,
+) -> _R:
+    """Make the file ``path`` whole under a temporary name, then give it the name.
+
+    ``build(fd)`` maps and writes the new file (``size`` bytes, sparse) and
+    returns its region; ``finish(region, fd)``, if given, runs before the
+    link (a durable file syncs there). The link is atomic and refuses an
+    existing name (FileExistsError: ``taken`` says what exists), so nobody
+    ever opens a half-made file, and a builder killed mid-way leaves only a
+    temporary, which the next build in that directory removes. On any
+    failure the region is closed and nothing is left.
+    """
+    directory = os.path.dirname(path)
+    remove_abandoned_builds(directory)
+    building = building_path(path)
+    fd = os.open(building, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    region: _R | None = None
+    try:
+        os.ftruncate(fd, size)
+        region = build(fd)
+        if finish is not None:
+            finish(region, fd)
+        try:
+            os.link(building, path)
+        except FileExistsError:
+            raise FileExistsError(f"{taken} already exists") from None
+    except BaseException:
+        if region is not None:
+            region.close()
+        raise
+    finally:
+        os.close(fd)
+        os.unlink(building)
+    return region
+
+
+def fsync_directory(directory: str) -> None:
+    """Make a new name in ``directory`` durable."""
+    fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def page_round_up(n: int) -> int:
@@ -273,29 +330,20 @@ class SharedRegion(FileRegion):
         the first time one is written)."""
         path = _shm_path(name)
         size = _check_size(size)
-        remove_abandoned_builds(_SHM_DIR)
-        building = building_path(path)
-        fd = os.open(building, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        region: SharedRegion | None = None
-        try:
-            os.ftruncate(fd, size)
+
+        def build(fd: int) -> SharedRegion:
             if reserve_all:
                 allocate_blocks(fd, 0, size, path, f"make a segment of {size} bytes")
             region = cls(name, mmap.mmap(fd, size, flags=mmap.MAP_SHARED))
             if fill is not None:
-                fill(region)
-            try:
-                os.link(building, path)
-            except FileExistsError:
-                raise FileExistsError(f"shared-memory segment {name!r} already exists") from None
-        except BaseException:
-            if region is not None:
-                region.close()
-            raise
-        finally:
-            os.close(fd)
-            os.unlink(building)
-        return region
+                try:
+                    fill(region)
+                except BaseException:
+                    region.close()
+                    raise
+            return region
+
+        return build_then_link(path, size, build, f"shared-memory segment {name!r}")
 
     @classmethod
     def attach(cls, name: str) -> SharedRegion:

@@ -36,9 +36,9 @@ from ..regions import (
     Words,
     _shm_path,
     allocate_blocks,
-    building_path,
+    build_then_link,
+    fsync_directory,
     page_round_up,
-    remove_abandoned_builds,
 )
 from .fork import _open_heaps
 from .lock import _ClosedLock, claim_slot, segment_lock
@@ -59,7 +59,6 @@ from .segment import (
     W_SHARED_VERSION,
     _address_of,
     _check_control,
-    _fsync_directory,
     _map,
     _read_control,
     _Segment,
@@ -156,48 +155,48 @@ class SharedHeap(Heap):
         journal = page_round_up(capacity)
         lock = journal + page_round_up(journal_slots * ENTRY_BYTES)
         size = lock + lock_area_bytes()
-        directory = os.path.dirname(path)
-        remove_abandoned_builds(directory)
-        building = building_path(path)
-        fd = os.open(building, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        region: _Segment | None = None
-        try:
-            os.ftruncate(fd, size)
+
+        def build(fd: int) -> _Segment:
             region = _Segment(path, _map(fd, size), name, fd)
-            # The file is sparse: its first pages (control record, policy words,
-            # the epilogue) and the journal get their blocks now, before the
-            # format writes there (a store to a page without a block is a
-            # SIGBUS); the rest as the break reaches them (Heap._grow_to).
-            committed = page_round_up(cls.control_bytes(capacity, policy_cls) + 2 * HEADER)
-            what = f"make {cls._KIND} {name!r}"
-            allocate_blocks(fd, 0, committed, path, what)
-            allocate_blocks(fd, journal, size, path, what)
-            cls._format(region, capacity, policy_cls)
-            words = region.words
-            words[C.W_COMMITTED] = committed
-            words[W_SHARED_VERSION] = SHARED_VERSION
-            words[W_JOURNAL] = journal
-            words[W_JOURNAL_SLOTS] = journal_slots
-            words[W_LOCK] = lock
-            init_shared_mutex(_address_of(region.buf) + lock)
-            attach_table(words, lock, fd).format()
-            words[W_SHARED_MAGIC] = SHARED_MAGIC
-            if cls._DURABLE:
-                region.flush()
-                os.fsync(fd)
             try:
-                os.link(building, path)  # atomic, and refuses an existing name
-            except FileExistsError:
-                raise FileExistsError(f"{cls._KIND} {name!r} already exists") from None
-            if cls._DURABLE:
-                _fsync_directory(directory)
-        except BaseException:
-            if region is not None:
+                # The file is sparse: its first pages (control record, policy
+                # words, the epilogue) and the journal get their blocks now,
+                # before the format writes there (a store to a page without a
+                # block is a SIGBUS); the rest as the break reaches them
+                # (Heap._grow_to).
+                committed = page_round_up(cls.control_bytes(capacity, policy_cls) + 2 * HEADER)
+                what = f"make {cls._KIND} {name!r}"
+                allocate_blocks(fd, 0, committed, path, what)
+                allocate_blocks(fd, journal, size, path, what)
+                cls._format(region, capacity, policy_cls)
+                words = region.words
+                words[C.W_COMMITTED] = committed
+                words[W_SHARED_VERSION] = SHARED_VERSION
+                words[W_JOURNAL] = journal
+                words[W_JOURNAL_SLOTS] = journal_slots
+                words[W_LOCK] = lock
+                init_shared_mutex(_address_of(region.buf) + lock)
+                attach_table(words, lock, fd).format()
+                words[W_SHARED_MAGIC] = SHARED_MAGIC
+            except BaseException:
                 region.close()
+                raise
+            return region
+
+        def sync(region: _Segment, fd: int) -> None:
+            region.flush()
+            os.fsync(fd)
+
+        durable = cls._DURABLE
+        region = build_then_link(
+            path, size, build, f"{cls._KIND} {name!r}", sync if durable else None
+        )
+        try:
+            if durable:
+                fsync_directory(os.path.dirname(path))
+        except BaseException:
+            region.close()
             raise
-        finally:
-            os.close(fd)
-            os.unlink(building)
         return cls._from_segment(region)
 
     @classmethod

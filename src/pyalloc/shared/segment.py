@@ -260,12 +260,3 @@ def _map(fd: int, size: int) -> Any:
     if size <= 0:
         raise HeapError("the heap's file is empty")
     return mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make a new name in ``directory`` durable."""
-    fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
