@@ -78,12 +78,14 @@ cdef class Heap(Allocator):
     @cython.locals(body=i64, b=i64, have=i64, need=i64, prev_bit=i64, q=i64, usable=i64, s=i64)
     cpdef i64 _resize(self, i64 p, i64 size) except -1
 
-    @cython.locals(c=i64, d=i64, heads=i64)
+    @cython.locals(c=i64, d=i64, H=i64)
     cdef i64 _slab_malloc(self, i64 size) except -1
     @cython.locals(live=i64)
     cdef i64 _slab_malloc_slow(self, i64 size, i64 c) except -1
-    @cython.locals(heads=i64)
+    @cython.locals(H=i64)
     cdef bint _class_has_slabs(self, i64 c) except -1
+    @cython.locals(h=i64)
+    cdef i64 _heads_in_range(self) noexcept
     @cython.locals(size=i64, asked=i64, c=i64)
     cdef int _free_small_block(self, i64 p, i64 body) except -1
     @cython.locals(h=i64, body=i64)

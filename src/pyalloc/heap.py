@@ -826,17 +826,15 @@ class Heap(Allocator):
 
     def _slab_malloc(self, size: int) -> int:
         c = size_class(size)
-        heads = self.words[W_SLABS]
-        d = 0
-        if heads & 15 == 0 and self.heap_start < heads and heads + HEADS_BYTES <= self.brk:
-            d = self.words[(heads >> 3) + H_LIST + c]
+        H = self._heads_in_range()
+        d = self.words[H + H_LIST + c] if H else 0
         if not d:
             return self._slab_malloc_slow(size, c)
         return self._slab_take(d, c)
 
     def _slab_malloc_slow(self, size: int, c: int) -> int:
         """No slab of class ``c`` has room: a new slab, or, while the class has
-        none and fewer than SLAB_DEMAND blocks of this size live, a block."""
+        none and fewer than SLAB_DEMAND blocks of this class live, a block."""
         live = self._small_live[c]
         if live < self._slab_demand and not self._class_has_slabs(c):
             p = self._block_malloc(size)
@@ -848,15 +846,13 @@ class Heap(Allocator):
         """Whether class ``c`` has a slab, read without checking the heads block:
         a wrong answer only makes a block where a slab would serve, or sends
         the request to _new_slab, which checks everything it uses."""
-        heads = self.words[W_SLABS]
-        if heads & 15 or not (self.heap_start < heads and heads + HEADS_BYTES <= self.brk):
-            return False
-        return self.words[(heads >> 3) + H_SLABS + c] != 0
+        H = self._heads_in_range()
+        return H != 0 and self.words[H + H_SLABS + c] != 0
 
     def _free_small_block(self, p: int, body: int) -> None:
         """Free a block that may serve a small request (one served before its
         class had a slab): into the cache or the free lists, and one live
-        block of that request's size fewer."""
+        block of that request's class fewer."""
         size = body & SIZE_MASK
         asked = size - HEADER - slack_of(body)
         if self._cache_counts[size >> 4] < self._cache_limit:
@@ -868,14 +864,22 @@ class Heap(Allocator):
             if self._small_live[c]:
                 self._small_live[c] -= 1
 
+    def _heads_in_range(self) -> int:
+        """Word index of the heads block if control word W_SLABS names a place
+        in the heap where it can be, else 0; its header is not checked."""
+        h = self.words[W_SLABS]
+        if h & 15 or not (self.heap_start < h and h + HEADS_BYTES <= self.brk):
+            return 0
+        return h >> 3
+
     def _heads(self) -> int:
         """Word index of the heads block, checked: the block control word
         W_SLABS names must be the heap's own block of HEADS_BYTES. Made with
-        the first small request."""
+        the first slab."""
         h = self.words[W_SLABS]
         if h == SLABS_ON:
             return self._make_heads()
-        if h & 15 or not (self.heap_start < h and h + HEADS_BYTES <= self.brk):
+        if not self._heads_in_range():
             raise HeapCorruptionError("the slab lists' heads are outside the heap")
         body = self._header(h - HEADER)
         if (
