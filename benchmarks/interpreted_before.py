@@ -53,16 +53,12 @@ def child_main(source: str, workloads_file: str) -> int:
 
 
 def load_workloads() -> tuple[str, list[Any]]:
+    """The first of throughput.py's trace sets: the classic traces when present."""
     sys.path.insert(0, str(ROOT / "src"))
-    from throughput import CLASSIC_DIR, workloads_of
+    from throughput import load_sets
 
-    from pyalloc.trace.rep import read_trace
-    from pyalloc.workloads import bundled_traces
-
-    if CLASSIC_DIR.is_dir():
-        paths = [p for p in sorted(CLASSIC_DIR.glob("*.rep")) if "short" not in p.name]
-        return "classic traces", workloads_of([read_trace(p) for p in paths])
-    return "bundled traces", workloads_of([read_trace(p) for p in bundled_traces()])
+    label, workloads = load_sets(None)[0]
+    return label, workloads
 
 
 def extract(rev: str, into: str) -> str:

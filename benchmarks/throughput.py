@@ -347,14 +347,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
             GLIBC: time_mixed_pairs(libc, sizes, args.pairs, args.repeat),
         }
-        row = mixes[mix]
+        timed = mixes[mix]
         print(
-            f"  {mix:12} sizes {','.join(map(str, sizes)):24} pyalloc {row[PYALLOC]:6,.0f} ns"
-            f"   no slabs {row[NO_SLABS]:6,.0f} ns   glibc {row[GLIBC]:6,.0f} ns"
-            f"   pyalloc/glibc {row[PYALLOC] / row[GLIBC]:.2f}x"
+            f"  {mix:12} sizes {','.join(map(str, sizes)):24} pyalloc {timed[PYALLOC]:6,.0f} ns"
+            f"   no slabs {timed[NO_SLABS]:6,.0f} ns   glibc {timed[GLIBC]:6,.0f} ns"
+            f"   pyalloc/glibc {timed[PYALLOC] / timed[GLIBC]:.2f}x"
         )
     small = mixes["small only"][PYALLOC]
-    fastest = min(row[PYALLOC] for row in mixes.values())
+    fastest = min(timed[PYALLOC] for timed in mixes.values())
     verdicts.append(
         (
             "small-object pairs are the heap's fastest (small only, against blocks only, mixed)",
