@@ -22,8 +22,11 @@ between runs, and the best kept: every peer is measured warm. Per-op
 averages are total time over total ops of a trace set. A second section
 times ``malloc(100)`` + ``free`` pairs, and a third pairs of small objects
 only (16 to 128 bytes: slab objects), of blocks only (200 to 4000 bytes) and
-of both mixed, with slabs and without. Utilization (default ``Heap``) is
-peak live payload / ``stats()['peak_heap_bytes']``.
+of both mixed, with slabs and without, each allocator holding RESIDENT
+objects of every size of the row live meanwhile (a program's heap is not
+empty, and a class gets slabs only once SLAB_DEMAND of its objects live).
+Utilization (default ``Heap``) is peak live payload /
+``stats()['peak_heap_bytes']``.
 
 Targets (issue: the compiled engine), printed with pass/fail at the end:
 
@@ -59,6 +62,7 @@ except ImportError:  # running from a checkout without an install
 from replay_loop import Workload, time_warm  # noqa: E402
 
 from pyalloc import Heap  # noqa: E402
+from pyalloc.slab import SLAB_DEMAND  # noqa: E402
 from pyalloc.trace.reference import GlibcMalloc, MultiprocessingHeap  # noqa: E402
 from pyalloc.trace.rep import Trace, read_trace  # noqa: E402
 from pyalloc.workloads import bundled_traces  # noqa: E402
@@ -69,6 +73,7 @@ PAIR_SIZE = 100
 PYALLOC, INTERPRETED, GLIBC, MP = "pyalloc", "interpreted", "glibc", "mp.heap"
 PEERS = (PYALLOC, INTERPRETED, GLIBC, MP)
 NO_SLABS = "no slabs"
+RESIDENT = 2 * SLAB_DEMAND  # objects of each size of a pair row kept live while it runs
 PAIR_MIXES = {  # sizes a pair row cycles through
     "small only": (16, 32, 48, 64, 100, 128),
     "blocks only": (200, 500, 1000, 4000),
@@ -102,37 +107,33 @@ def time_mp(workload: Workload, repeat: int) -> int:
 
 def time_pairs(allocator: Any, pairs: int, repeat: int) -> float:
     """ns per malloc(PAIR_SIZE) + free pair, best of ``repeat``."""
-    malloc, free = allocator.malloc, allocator.free
-
-    def run() -> int:
-        gc.disable()
-        try:
-            start = time.perf_counter_ns()
-            for _ in range(pairs):
-                free(malloc(PAIR_SIZE))
-            return time.perf_counter_ns() - start
-        finally:
-            gc.enable()
-
-    return min(run() for _ in range(repeat)) / pairs
+    plan = [PAIR_SIZE] * pairs
+    return min(time_plan(allocator.malloc, allocator.free, plan) for _ in range(repeat)) / pairs
 
 
 def time_mixed_pairs(allocator: Any, sizes: Sequence[int], pairs: int, repeat: int) -> float:
-    """ns per malloc + free pair cycling through ``sizes``, best of ``repeat``."""
+    """ns per malloc + free pair cycling through ``sizes``, best of ``repeat``,
+    with RESIDENT objects of each size live throughout."""
     malloc, free = allocator.malloc, allocator.free
     plan = [sizes[i % len(sizes)] for i in range(pairs)]
+    resident = [malloc(size) for size in sizes for _ in range(RESIDENT)]
+    try:
+        return min(time_plan(malloc, free, plan) for _ in range(repeat)) / pairs
+    finally:
+        for pointer in resident:
+            free(pointer)
 
-    def run() -> int:
-        gc.disable()
-        try:
-            start = time.perf_counter_ns()
-            for size in plan:
-                free(malloc(size))
-            return time.perf_counter_ns() - start
-        finally:
-            gc.enable()
 
-    return min(run() for _ in range(repeat)) / pairs
+def time_plan(malloc: Any, free: Any, plan: list[int]) -> int:
+    """Nanoseconds of one malloc + free per size in ``plan``."""
+    gc.disable()
+    try:
+        start = time.perf_counter_ns()
+        for size in plan:
+            free(malloc(size))
+        return time.perf_counter_ns() - start
+    finally:
+        gc.enable()
 
 
 def utilization(workload: Workload, policy: str, small: bool = True) -> float:
