@@ -147,3 +147,43 @@ def test_a_waiting_thread_lets_the_holder_run_python() -> None:
     heap.free(done[0])
     heap.check()
     heap.close()
+
+
+def test_every_waiter_gets_the_lock_in_turn() -> None:
+    # Several threads wait at once for a held lock; each release must wake one
+    # of them (none left asleep with the lock free) and never two at once.
+    from pyalloc import Heap
+
+    heap = Heap(1 << 20)
+    lock = heap._lock
+    inside = [0]
+    most_inside = [0]
+    passed: list[int] = []
+    started = threading.Barrier(5)
+
+    def waiter(i: int) -> None:
+        started.wait()
+        for _ in range(50):
+            with lock:
+                inside[0] += 1
+                most_inside[0] = max(most_inside[0], inside[0])
+                for _ in range(200):  # switch points while holding the lock
+                    pass
+                inside[0] -= 1
+        passed.append(i)
+
+    threads = [threading.Thread(target=waiter, args=(i,)) for i in range(4)]
+    with lock:
+        for t in threads:
+            t.start()
+        started.wait()
+        for _ in range(100_000):  # let them all reach the lock and wait
+            pass
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert sorted(passed) == [0, 1, 2, 3]
+    assert most_inside[0] == 1
+    p = heap.malloc(10)  # the lock is free again
+    heap.free(p)
+    heap.close()

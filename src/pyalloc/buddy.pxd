@@ -6,7 +6,7 @@ from pyalloc.layout cimport ALLOCATED, HEADER, PREV_ALLOCATED, TAG_SHIFT, decode
 from pyalloc.policies.base cimport LinkedLists
 
 cdef class _OrderLists(LinkedLists):
-    pass
+    cpdef i64 free_size(self, i64 b) except -1
 
 cdef class BuddyHeap(Allocator):
     cdef public object words, buf, _lists

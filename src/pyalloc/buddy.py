@@ -136,13 +136,16 @@ def order_for(size: int) -> int:
 class _OrderLists(LinkedLists):
     """The free list of each order, through the engine's LinkedLists.
 
-    It reads ``heap_start``, ``brk``, ``link_key``, ``words`` and
-    ``free_block_size`` of its heap, which BuddyHeap provides with the same
-    meaning as Heap does.
+    It reads ``heap_start``, ``link_key`` and ``words`` of its heap, which
+    BuddyHeap provides with the same meaning as Heap does; a free block's size
+    is the buddy heap's to say (its order, not a size field).
     """
 
     name = "buddy"
     policy_id = 0  # not an engine policy: never written in a format word
+
+    def free_size(self, b: int) -> int:
+        return self.heap.free_block_size(b)
 
 
 class BuddyHeap(Allocator):

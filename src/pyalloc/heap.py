@@ -313,17 +313,6 @@ class Heap(Allocator):
         if self._prev_allocated_bit(n) != (PREV_ALLOCATED if on else 0):
             self.meta.store(n >> 3, self.words[n >> 3] ^ PREV_ALLOCATED)
 
-    def free_block_size(self, b: int) -> int:
-        """Size of the free block at ``b``; HeapCorruptionError if it is not one."""
-        if not (self.heap_start <= b < self.brk and b & 15 == 8):
-            raise HeapCorruptionError(f"free-list link to offset {b:#x} is outside the heap")
-        body = self._header(b)
-        if body < 0:
-            raise HeapCorruptionError(f"header of free block {b + 8} is corrupted")
-        if body & ALLOCATED:
-            raise HeapCorruptionError(f"free list holds block {b + 8}, which is allocated")
-        return body & SIZE_MASK
-
     def _live_header(self, p: int) -> int:
         """Validate ``p`` as a live block's payload; return its header body."""
         b = p - HEADER

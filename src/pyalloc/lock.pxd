@@ -12,12 +12,30 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_mutex_unlock(pthread_mutex_t *mutex)
 
 
+cdef extern from "<semaphore.h>" nogil:
+    ctypedef struct sem_t:
+        pass
+    int sem_init(sem_t *sem, int pshared, unsigned int value)
+    int sem_destroy(sem_t *sem)
+    int sem_wait(sem_t *sem)
+    int sem_post(sem_t *sem)
+
+cdef extern from *:
+    """
+    #ifdef Py_GIL_DISABLED
+    #error "HeapLock's held flag relies on the GIL"
+    #endif
+    """
+
 cdef class HeapLock:
-    cdef pthread_mutex_t _mutex
+    cdef bint _held
+    cdef int _waiters
+    cdef sem_t _wake
     cdef object _lock
     cdef object __weakref__
     cpdef bint acquire(self) except -1
     cpdef release(self)
+    cdef int _wait(self) except -1
 
 cdef class ClosedLock(HeapLock):
     cpdef bint acquire(self) except -1

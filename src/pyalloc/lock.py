@@ -3,15 +3,19 @@
 # ruff: noqa: F821
 """The per-heap locks: a private heap's, and the shared heaps' mutex in their segment.
 
-Compiled, ``HeapLock`` is a ``pthread`` mutex inside the object, and an
-uncontended acquire/release pair is two C calls and no system call (the
-``PyThread`` lock reads the clock even when asked not to wait). Interpreted, it wraps a
+Compiled, ``HeapLock`` is a held flag and a semaphore inside the object.
+Every caller holds the GIL (it is called from Python), so testing and setting
+the flag is exclusive: an uncontended acquire/release pair is two C stores,
+with no atomic instruction and no library call. A thread that finds the flag
+set counts itself a waiter and sleeps on the semaphore with the GIL released;
+``release`` posts the semaphore when someone waits, and the woken thread
+tests the flag again. The semaphore counts posts, so a wake-up that comes
+before the sleep is not lost. Interpreted, the lock wraps a
 ``threading.Lock``. Either way the lock never blocks while holding the GIL:
-compiled, ``acquire`` first tries without waiting and only then waits with
-the GIL released, as ``threading.Lock`` does. A thread that waited holding
-the GIL would deadlock with a holder that needs the GIL to finish, and the
-code under the lock does run Python (a Python policy, ``madvise`` through
-the region, building an exception).
+a thread that waited holding it would deadlock with a holder that needs the
+GIL to finish, and the code under the lock does run Python (a Python policy,
+``madvise`` through the region, building an exception). A build without a
+GIL is refused at compile time (lock.pxd): the flag would not be exclusive.
 
 ``HeapLock`` is also the type of every heap's lock slot: the shared heap's
 lock and the lock of a closed heap are subclasses that override
@@ -68,7 +72,7 @@ class HeapLock:
 
     def __cinit__(self) -> None:
         if cython.compiled:
-            pthread_mutex_init(cython.address(self._mutex), cython.NULL)
+            sem_init(cython.address(self._wake), 0, 0)
 
     def __init__(self) -> None:
         if not cython.compiled:
@@ -80,20 +84,32 @@ class HeapLock:
 
     def __dealloc__(self) -> None:
         if cython.compiled:
-            pthread_mutex_destroy(cython.address(self._mutex))
+            sem_destroy(cython.address(self._wake))
 
     def acquire(self) -> bool:
         if cython.compiled:
-            if pthread_mutex_trylock(cython.address(self._mutex)):
-                with cython.nogil:
-                    pthread_mutex_lock(cython.address(self._mutex))
+            if self._held:
+                return self._wait()
+            self._held = True
         else:
             self._lock.acquire()
         return True
 
+    def _wait(self) -> bool:
+        """Compiled: sleep, the GIL released, until the holder lets go; then hold."""
+        self._waiters += 1
+        while self._held:
+            with cython.nogil:
+                sem_wait(cython.address(self._wake))
+        self._waiters -= 1
+        self._held = True
+        return True
+
     def release(self) -> None:
         if cython.compiled:
-            pthread_mutex_unlock(cython.address(self._mutex))
+            self._held = False
+            if self._waiters:
+                sem_post(cython.address(self._wake))
         else:
             self._lock.release()
 

@@ -127,7 +127,14 @@ class FreeIndex:
 
     def free_size(self, b: int) -> int:
         """Size of the free block at ``b``; HeapCorruptionError if it is not one."""
-        return self.heap.free_block_size(b)
+        if not self.in_heap(b):
+            raise HeapCorruptionError(f"free-list link to offset {b:#x} is outside the heap")
+        body = decode(self.words[b >> 3], b, self.tag_secret, self.header_key)
+        if body < 0:
+            raise HeapCorruptionError(f"header of free block {b + 8} is corrupted")
+        if body & ALLOCATED:
+            raise HeapCorruptionError(f"free list holds block {b + 8}, which is allocated")
+        return body & SIZE_MASK
 
 
 class LinkedLists(FreeIndex):
