@@ -145,7 +145,7 @@ class _OrderLists(LinkedLists):
     policy_id = 0  # not an engine policy: never written in a format word
 
     def free_size(self, b: int) -> int:
-        return self.heap.free_block_size(b)
+        return cast("BuddyHeap", self.heap).free_block_size(b)
 
 
 class BuddyHeap(Allocator):

@@ -69,6 +69,8 @@ class HeapLock:
     """A non-reentrant lock: ``acquire``/``release`` or ``with``."""
 
     # The names used only when compiled come from lock.pxd.
+    _held: bool
+    _waiters: int
 
     def __cinit__(self) -> None:
         if cython.compiled:
