@@ -4,7 +4,13 @@
 cimport cython
 
 ctypedef unsigned long long u64
-ctypedef long long i64
+# A C long, not long long: the engine's targets are LP64 (64-bit long), and Cython
+# spells an inline method's "except -1" of a long long type as an invalid literal.
+ctypedef long i64
+cdef extern from *:
+    """
+    _Static_assert(sizeof(long) == 8, "pyalloc's engine needs a 64-bit C long");
+    """
 ctypedef (i64, i64) i64_pair  # two results of a C function, with no tuple built
 
 cdef i64 WORD, ALIGN_SHIFT, ALIGNMENT, HEADER, MIN_BLOCK, ALLOCATED, PREV_ALLOCATED, CACHED, INTERNAL
