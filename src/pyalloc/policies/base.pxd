@@ -19,16 +19,16 @@ cdef class FreeIndex:
     cpdef remove(self, i64 b, i64 size)
     cpdef i64_pair take(self, i64 need)
     cpdef i64 find(self, i64 need) except -1
-    cpdef bint in_heap(self, u64 b) noexcept
+    cdef inline bint _in_heap(self, u64 b) noexcept
     cpdef i64 free_size(self, i64 b) except -1
 
 cdef class LinkedLists(FreeIndex):
-    cpdef u64 read_link(self, u64 b, i64 field) noexcept
-    cpdef int write_link(self, i64 b, i64 field, u64 link) except -1
+    cdef inline u64 _read_link(self, u64 b, i64 field) noexcept
+    cdef inline int _write_link(self, i64 b, i64 field, u64 link) except -1
     @cython.locals(first=i64)
     cpdef i64 check_head(self, i64 head) except -1
     @cython.locals(body=i64)
-    cpdef int check_free(self, u64 b) except -1
+    cdef inline int _check_free(self, u64 b) except -1
     cpdef bint push(self, i64 head, i64 b) except -1
     @cython.locals(nxt=i64, prv=i64)
     cpdef i64_pair neighbours(self, i64 head, i64 b)

@@ -123,11 +123,14 @@ class FreeIndex:
 
     def in_heap(self, b: int) -> bool:
         """``b`` may be a block: inside the heap, at a block's alignment."""
+        return self._in_heap(b)
+
+    def _in_heap(self, b: int) -> bool:
         return self.heap_start <= b < self.words[W_BRK] and b & 15 == 8
 
     def free_size(self, b: int) -> int:
         """Size of the free block at ``b``; HeapCorruptionError if it is not one."""
-        if not self.in_heap(b):
+        if not self._in_heap(b):
             raise HeapCorruptionError(f"free-list link to offset {b:#x} is outside the heap")
         body = decode(self.words[b >> 3], b, self.tag_secret, self.header_key)
         if body < 0:
@@ -140,11 +143,22 @@ class FreeIndex:
 class LinkedLists(FreeIndex):
     """Helpers for policies made of doubly linked free lists."""
 
+    # The helpers' bodies are inline C methods when compiled (the underscored
+    # names, which the engine's policies call); the plain names are for Python.
+
     def read_link(self, b: int, field: int) -> int:
+        """The link at ``b + field`` (``NEXT`` or ``PREV``), unmangled."""
+        return self._read_link(b, field)
+
+    def write_link(self, b: int, field: int, link: int) -> None:
+        """Store ``link`` at ``b + field``, mangled, through the metadata store."""
+        self._write_link(b, field, link)
+
+    def _read_link(self, b: int, field: int) -> int:
         at = b + field
         return mangle(self.words[at >> 3], at, self.link_key)
 
-    def write_link(self, b: int, field: int, link: int) -> None:
+    def _write_link(self, b: int, field: int, link: int) -> None:
         at = b + field
         self.meta.store(at >> 3, mangle(link, at, self.link_key))
 
@@ -157,15 +171,18 @@ class LinkedLists(FreeIndex):
         """
         first = self.words[head]
         if first:
-            if not self.in_heap(first):
+            if not self._in_heap(first):
                 raise HeapCorruptionError(f"free-list head at control word {head} is invalid")
-            if self.read_link(first, PREV):
+            if self._read_link(first, PREV):
                 raise HeapCorruptionError(f"free-list head at control word {head} has a prev link")
-            self.check_free(first)
+            self._check_free(first)
         return first
 
     def check_free(self, b: int) -> int:
         """HeapCorruptionError unless the header at ``b`` (in the heap) is a free block's."""
+        return self._check_free(b)
+
+    def _check_free(self, b: int) -> int:
         body = decode(self.words[b >> 3], b, self.tag_secret, self.header_key)
         if body < 0 or body & ALLOCATED:
             raise HeapCorruptionError(f"free-list block {b + 8} is not a free block")
@@ -178,9 +195,9 @@ class LinkedLists(FreeIndex):
         """
         first = self.check_head(head)
         if first:
-            self.write_link(first, PREV, b)
-        self.write_link(b, NEXT, first)
-        self.write_link(b, PREV, 0)
+            self._write_link(first, PREV, b)
+        self._write_link(b, NEXT, first)
+        self._write_link(b, PREV, 0)
         self.meta.store(head, b)
         return not first
 
@@ -190,19 +207,19 @@ class LinkedLists(FreeIndex):
         When ``b`` is first, its successor will head the list: it is checked
         as ``check_head`` would, so that the next push can trust it.
         """
-        nxt = self.read_link(b, NEXT)
-        prv = self.read_link(b, PREV)
+        nxt = self._read_link(b, NEXT)
+        prv = self._read_link(b, PREV)
         if nxt:
-            if not self.in_heap(nxt):
+            if not self._in_heap(nxt):
                 raise HeapCorruptionError(f"free block {b + 8}: next link {nxt:#x} is invalid")
-            if self.read_link(nxt, PREV) != b:
+            if self._read_link(nxt, PREV) != b:
                 raise HeapCorruptionError(f"free block {b + 8}: next block's prev link is broken")
             if not prv:
-                self.check_free(nxt)
+                self._check_free(nxt)
         if prv:
-            if not self.in_heap(prv):
+            if not self._in_heap(prv):
                 raise HeapCorruptionError(f"free block {b + 8}: prev link {prv:#x} is invalid")
-            if self.read_link(prv, NEXT) != b:
+            if self._read_link(prv, NEXT) != b:
                 raise HeapCorruptionError(f"free block {b + 8}: prev block's next link is broken")
         elif self.words[head] != b:
             raise HeapCorruptionError(f"free block {b + 8} has no prev link but is not first")
@@ -212,11 +229,11 @@ class LinkedLists(FreeIndex):
         """Take ``b`` off the list at ``head``; links are checked first."""
         prv, nxt = self.neighbours(head, b)
         if prv:
-            self.write_link(prv, NEXT, nxt)
+            self._write_link(prv, NEXT, nxt)
         else:
             self.meta.store(head, nxt)
         if nxt:
-            self.write_link(nxt, PREV, prv)
+            self._write_link(nxt, PREV, prv)
 
     def pop_head(self, head: int, need: int, lowest: int, limit: int) -> tuple[int, int]:
         """Unlink the first block of the list at ``head`` and return (b, size).
@@ -228,7 +245,7 @@ class LinkedLists(FreeIndex):
         ``words[head]`` is 0 afterwards.
         """
         b = self.words[head]
-        if not self.in_heap(b):
+        if not self._in_heap(b):
             raise HeapCorruptionError(f"free-list head at control word {head} is invalid")
         body = decode(self.words[b >> 3], b, self.tag_secret, self.header_key)
         if body < 0 or body & ALLOCATED:
@@ -236,14 +253,14 @@ class LinkedLists(FreeIndex):
         size = body & SIZE_MASK
         if size < need or not lowest <= size < limit:
             raise HeapCorruptionError(f"free block {b + 8} of {size} bytes is on the wrong list")
-        nxt = self.read_link(b, NEXT)
-        if self.read_link(b, PREV):
+        nxt = self._read_link(b, NEXT)
+        if self._read_link(b, PREV):
             raise HeapCorruptionError(f"free block {b + 8} heads its list but has a prev link")
         if nxt:
-            if not self.in_heap(nxt) or self.read_link(nxt, PREV) != b:
+            if not self._in_heap(nxt) or self._read_link(nxt, PREV) != b:
                 raise HeapCorruptionError(f"free block {b + 8}: next link is broken")
-            self.check_free(nxt)  # the list's next head
-            self.write_link(nxt, PREV, 0)
+            self._check_free(nxt)  # the list's next head
+            self._write_link(nxt, PREV, 0)
         self.meta.store(head, nxt)
         return b, size
 
@@ -256,7 +273,7 @@ class LinkedLists(FreeIndex):
         is checked in full before it is used.
         """
         while b != stop:
-            if not self.in_heap(b):
+            if not self._in_heap(b):
                 if not b:
                     raise HeapCorruptionError("the search's starting block is not on the list")
                 raise HeapCorruptionError(f"free-list link {b:#x} is outside the heap")
@@ -266,7 +283,7 @@ class LinkedLists(FreeIndex):
             budget -= 1
             if budget <= 0:
                 raise HeapCorruptionError("a free list has a cycle")
-            b = self.read_link(b, NEXT)
+            b = self._read_link(b, NEXT)
         self.steps_left = budget
         return 0
 
@@ -279,7 +296,7 @@ class LinkedLists(FreeIndex):
         best = 0
         best_size = 0
         while b:
-            if not self.in_heap(b):
+            if not self._in_heap(b):
                 raise HeapCorruptionError(f"free-list link {b:#x} is outside the heap")
             size = stored_size(self.words[b >> 3], self.header_key)
             if size >= need and (not best or size < best_size):
@@ -292,7 +309,7 @@ class LinkedLists(FreeIndex):
                 if whole:
                     raise HeapCorruptionError("a free list has a cycle")
                 break
-            b = self.read_link(b, NEXT)
+            b = self._read_link(b, NEXT)
         return best
 
     def check_list(
@@ -332,12 +349,12 @@ class LinkedLists(FreeIndex):
         while b:
             if len(found) >= limit:
                 raise HeapCorruptionError(f"free list at control word {head} has a cycle")
-            if not self.in_heap(b):
+            if not self._in_heap(b):
                 raise HeapCorruptionError(f"free-list link {b:#x} is outside the heap")
             self.free_size(b)
-            if self.read_link(b, PREV) != prv:
+            if self._read_link(b, PREV) != prv:
                 raise HeapCorruptionError(f"free block {b + 8}: prev link disagrees with its list")
             found.append(b)
             prv = b
-            b = self.read_link(b, NEXT)
+            b = self._read_link(b, NEXT)
         return found

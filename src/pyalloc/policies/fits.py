@@ -113,7 +113,7 @@ class NextFit(ExplicitList):
         if not b:
             return 0, 0
         size = self.free_size(b)
-        after = self.read_link(b, NEXT)
+        after = self._read_link(b, NEXT)
         self.unlink(self.base + HEAD, b)  # checks both neighbours before writing
         self.meta.store(self.base + ROVER, after)
         return b, size
@@ -123,7 +123,7 @@ class NextFit(ExplicitList):
         if self.words[rover] != b:
             self.unlink(self.base + HEAD, b)
             return
-        after = self.read_link(b, NEXT)
+        after = self._read_link(b, NEXT)
         self.unlink(self.base + HEAD, b)
         self.meta.store(rover, after)
 
