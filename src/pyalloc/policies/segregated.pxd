@@ -16,16 +16,16 @@ cdef class Segregated(LinkedLists):
     cdef public list floors
 
     @cython.locals(i=i64, above=u64)
-    cpdef i64 _first_class_from(self, i64 c) except? -2
-    cpdef i64 class_of(self, i64 size) except -1
+    cdef inline i64 _first_class_from(self, i64 c) except? -2
+    cdef inline i64 class_of(self, i64 size) except -1
     cpdef insert(self, i64 b, i64 size)
     cpdef validate(self, i64 b, i64 size)
     cpdef validate_insert(self, i64 size)
     cpdef remove(self, i64 b, i64 size)
     @cython.locals(c=i64, b=i64, size=i64)
     cpdef i64_pair take(self, i64 need)
-    cpdef i64_pair _pop(self, i64 c, i64 need)
+    cdef inline i64_pair _pop(self, i64 c, i64 need)
     @cython.locals(at=i64)
-    cpdef _mark_empty(self, i64 c)
+    cdef inline object _mark_empty(self, i64 c)
     cpdef i64 find(self, i64 need) except -1
-    cpdef i64 best_in_class(self, i64 need, i64 c) except -1
+    cdef inline i64 best_in_class(self, i64 need, i64 c) except -1

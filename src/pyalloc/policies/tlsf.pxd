@@ -16,16 +16,16 @@ cdef class TLSF(LinkedLists):
     cdef public i64 fl_count, lists, fl_word, sl_base
 
     @cython.locals(fl=i64, bits=u64, above=u64)
-    cpdef i64 _first_from(self, i64 i) except? -2
+    cdef inline i64 _first_from(self, i64 i) except? -2
     @cython.locals(i=i64, fl=i64)
     cpdef insert(self, i64 b, i64 size)
     cpdef validate(self, i64 b, i64 size)
     cpdef validate_insert(self, i64 size)
     cpdef remove(self, i64 b, i64 size)
     @cython.locals(fl=i64, at=i64, bits=u64)
-    cpdef _mark_empty(self, i64 i)
+    cdef inline object _mark_empty(self, i64 i)
     @cython.locals(i=i64, own=i64, b=i64, size=i64)
     cpdef i64_pair take(self, i64 need)
-    cpdef i64_pair _pop(self, i64 i, i64 need)
-    cpdef i64 _scan(self, i64 i, i64 need) except -1
+    cdef inline i64_pair _pop(self, i64 i, i64 need)
+    cdef inline i64 _scan(self, i64 i, i64 need) except -1
     cpdef i64 find(self, i64 need) except -1
