@@ -71,6 +71,7 @@ cdef class Heap(Allocator):
     cdef inline int _keep(self, i64 p, i64 body) except -1
     @cython.locals(size=i64, n=i64, nbody=i64, start=i64, total=i64, pb=i64, nsize=i64, trim=bint)
     cdef inline _release(self, i64 b, i64 body, bint dry_run=*)
+    @cython.locals(old_brk=i64, new_brk=i64, extent=i64)
     cdef inline _trim(self, i64 start, i64 total)
     @cython.locals(s=i64)
     cpdef i64 _usable(self, i64 p) except -1

@@ -109,7 +109,7 @@ SMALL_BLOCK_MAX: Final = 128  # blocks this size or smaller are cut from the hig
 SMALL_CHUNK: Final = 1 << 10  # ... and the heap grows at least this much for one
 TRIM_THRESHOLD: Final = 1 << 18  # a free top block this large is trimmed ...
 TOP_PAD: Final = 1 << 16  # ... down to this many bytes
-TRIM_THRESHOLD_MAX: Final = 1 << 26  # each trim doubles the threshold, up to this
+TRIM_THRESHOLD_MAX: Final = 1 << 26  # each trim raises the threshold, up to this
 RESERVE_STEP: Final = 1 << 20  # a file-backed heap reserves its file's blocks this far ahead
 
 assert TOP_PAD >= MIN_BLOCK and TRIM_THRESHOLD > TOP_PAD
@@ -650,13 +650,14 @@ class Heap(Allocator):
     def _trim(self, start: int, total: int) -> None:
         """Cut the free top block down to TOP_PAD and give its pages back.
 
-        The threshold then doubles (as glibc raises its own): a program whose
-        heap swings up and down by the same amount stops paying for page
-        faults on every swing.
+        The threshold then rises to twice the larger of itself and the heap's
+        extent before the trim (glibc raises its own too): a program whose heap
+        swings up and down within the same extent pays for page faults on its
+        first swing only, and what stays mapped is bounded by its own peak.
         """
-        if self._trim_threshold < TRIM_THRESHOLD_MAX:
-            self._trim_threshold <<= 1
         old_brk = self.brk
+        extent = old_brk - self.heap_start
+        self._trim_threshold = min(max(self._trim_threshold, extent) << 1, TRIM_THRESHOLD_MAX)
         new_brk = start + TOP_PAD
         self._set_header(new_brk, ALLOCATED)  # epilogue, predecessor free
         self._set_free(start, TOP_PAD)
