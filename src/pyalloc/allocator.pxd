@@ -10,6 +10,7 @@ cdef class Allocator:
     cdef public bint _closed, _locking
 
     cpdef i64 _malloc(self, i64 size) except -1
+    cpdef i64 _realloc(self, object p, object size) except -1
     cpdef _free(self, i64 p)
     cpdef i64 _resize(self, i64 p, i64 size) except -1
     cpdef i64 _usable(self, i64 p) except -1

@@ -523,12 +523,13 @@ class Heap(Allocator):
         self._set_header(b, allocated_body(need, size, PREV_ALLOCATED))
         return b + HEADER
 
-    def _flush_cache(self) -> None:
+    def _flush_cache(self) -> int:
         """Free every cached block for real, coalescing it with its neighbours."""
         for i in range(CACHE_BINS):
             while self._cache_counts[i]:
                 b = self._uncache(i)
                 self._release(b, self._header(b) & ~CACHED)
+        return 0
 
     def _extend(self, need: int, size: int, chunk: bool = True) -> int:
         """Serve ``need`` bytes by moving the break; return the block's offset.
