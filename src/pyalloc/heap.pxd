@@ -64,7 +64,7 @@ cdef class Heap(Allocator):
     @cython.locals(rest=i64, a=i64)
     cdef inline i64 _split(self, i64 b, i64 have, i64 need, i64 size) except -1
     @cython.locals(brk=i64, body=i64, top=i64, b=i64, new_brk=i64, prev_bit=i64, rest=i64)
-    cdef inline i64 _extend(self, i64 need, i64 size, bint chunk=*) except -1
+    cpdef i64 _extend(self, i64 need, i64 size, bint chunk=*) except -1
     @cython.locals(body=i64, size=i64, s=i64)
     cpdef _free(self, i64 p)
     @cython.locals(i=i64, n=i64)
