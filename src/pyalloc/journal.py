@@ -193,7 +193,9 @@ class MetadataStore:
         return 0
 
     def _full(self) -> None:
-        raise JournalFullError(f"an operation wrote more than {self.slots} metadata words; it is undone")
+        raise JournalFullError(
+            f"an operation wrote more than {self.slots} metadata words; it is undone"
+        )
 
     def _journaled_armed(self, e: int, n: int, index: int, value: int) -> None:
         """The journaled write with a fault armed (tests): each store may raise instead."""
