@@ -740,3 +740,28 @@ def test_the_only_attacher_resets_a_lock_left_held(heap: SharedHeap) -> None:
         reopened.check()
     finally:
         reopened.close()
+
+
+def test_small_objects_are_slabbed_from_the_first_and_reused_by_another_process(
+    heap: SharedHeap,
+) -> None:
+    # A shared heap has no per-process cache: a class's slab comes with its
+    # first object, and a slot freed by one process serves the next malloc of
+    # another (the slab is in the segment, not in a process).
+    p = heap.malloc(100)
+    assert heap.in_slab(p)
+    heap.free(p)
+    pid = os.fork()
+    if pid == 0:  # the child: the same heap, by name
+        code = 1
+        try:
+            child = SharedHeap.attach(heap.name)
+            q = child.malloc(100)
+            code = 0 if q == p and child.in_slab(q) else 2
+            child.free(q)
+            child.close()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    heap.check()

@@ -12,7 +12,8 @@ Invariants, whenever no process holds the lock::
 The engine's per-process cache of freed small blocks stays off in a shared
 heap: a block freed by one process must be usable by all, and a process that
 dies must not take freed memory with it. ``Heap._bind`` leaves it off; only
-the private ``Heap`` constructor turns it on.
+the private ``Heap`` constructor turns it on. Small objects are recycled by
+their slabs instead, which a shared heap makes with a class's first object.
 """
 
 from __future__ import annotations
