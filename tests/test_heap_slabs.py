@@ -131,22 +131,6 @@ def test_a_few_small_objects_never_cost_a_slab() -> None:
         h.check()
 
 
-def test_a_heap_without_the_cache_slabs_a_class_from_its_first_object() -> None:
-    # No cache recycles its freed blocks, so the slab does: a malloc/free pair
-    # keeps reusing one slot of one slab, and the heap does not grow.
-    with Heap(4 << 20, cache=False) as h:
-        first = h.malloc(40)
-        assert h.in_slab(first)
-        h.free(first)
-        size = h.stats()["heap_bytes"]
-        for _ in range(1000):
-            p = h.malloc(40)
-            assert h.in_slab(p) and slab_of(p) == slab_of(first)
-            h.free(p)
-        assert h.stats()["heap_bytes"] == size
-        h.check()
-
-
 def test_small_false_serves_every_size_from_blocks() -> None:
     with Heap(1 << 20, small=False) as h:
         p = h.malloc(24)

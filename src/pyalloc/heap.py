@@ -168,7 +168,6 @@ class Heap(Allocator):
         self._bind(region, lock)
         if cache:
             self._cache_limit = CACHE_LIMIT
-            self._slab_demand = SLAB_DEMAND
 
     # -- set-up --------------------------------------------------------------
 
@@ -247,15 +246,12 @@ class Heap(Allocator):
         # The largest block a small request may have got (a rest too small
         # for a block of its own stays with it).
         self._small_blocks = SMALL_BLOCK_LIMIT + MIN_BLOCK - 16 if self._slabs else 0
-        # Live blocks of a small size before its class gets a slab, and this
-        # process's count of them by size class. The count only decides when a
-        # class's first slab is made, so it lives in the process, not the
-        # region: no journaled store and no check of the heads block on a small
-        # block's malloc and free. Without the cache (below), a class gets its
-        # slab with its first object: the slab is where its freed objects are
-        # reused, by every process of a shared heap. The constructor of a heap
-        # with the cache raises the demand to SLAB_DEMAND.
-        self._slab_demand = 0
+        # Live blocks of a small size before its class gets a slab (tests set 0;
+        # a shared heap too), and this process's count of them by size class.
+        # The count only decides when a class's first slab is made, so it lives
+        # in the process, not the region: no journaled store and no check of
+        # the heads block on a small block's malloc and free.
+        self._slab_demand = SLAB_DEMAND
         self._small_live = array("q", bytes(8 * NCLASSES))
         self.header_key = words[C.W_HEADER_KEY]
         self.tag_secret = words[C.W_TAG_SECRET]

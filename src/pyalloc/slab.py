@@ -31,14 +31,14 @@ is found by arithmetic (``p & -SLAB_BYTES``) and trusted only when the header
 before it passes its tag and says INTERNAL; the index word must then decode
 and name a descriptor that points back.
 
-In a heap with the per-process cache of freed blocks (a private ``Heap``),
-a class gets its first slab only once SLAB_DEMAND blocks of its size are
-live at once (as this process counts them: the count is a heuristic, kept
-out of the region): until then its requests are blocks with headers, which
-the cache recycles, so a heap with a few small objects does not pay 4 KiB
-for each size it uses. A heap without the cache (shared and mapped heaps,
-``Heap(cache=False)``) gives a class its slab with its first object: there
-the slab is what recycles small objects, for every process.
+In a private ``Heap``, a class gets its first slab only once SLAB_DEMAND
+blocks of its size are live at once (as this process counts them: the
+count is a heuristic, kept out of the region): until then its requests are
+blocks with headers, which the heap's cache of freed blocks recycles, so a
+heap with a few small objects does not pay 4 KiB for each size it uses. A
+shared or mapped heap, which has no such cache, gives a class its slab with
+its first object: there the slab is what recycles small objects, for every
+process.
 
 The **heads block** (HEADS_BYTES, INTERNAL too), made with the first small
 request, holds the head of each class's list of slabs with a free slot and

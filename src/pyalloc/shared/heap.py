@@ -234,6 +234,9 @@ class SharedHeap(Heap):
             heap._segment = region
             heap._base_address = _address_of(region.buf)
             heap._bind(region, True)
+            # No per-process cache here: a class's slab comes with its first
+            # object, and recycles small objects for every process.
+            heap._slab_demand = 0
             heap.meta.attach(raw[W_JOURNAL] >> 3, raw[W_JOURNAL_SLOTS], W_JOURNAL_COUNT)
             heap._table, heap._slot = claim_slot(heap)
         except BaseException:
