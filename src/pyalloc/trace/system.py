@@ -49,10 +49,11 @@ peak_footprint   glibc: the largest number of bytes glibc holds from the
                  few hundred KiB says little.  Footprints are multiples of
                  the page size.
 footprint_method which of these a result used: FOOTPRINT_METHOD (resident
-                 pages), FOOTPRINT_METHOD_MALLINFO2 or
+                 pages), FOOTPRINT_METHOD_MALLINFO2,
                  FOOTPRINT_METHOD_NO_MALLINFO2 (glibc measured by resident
-                 pages, since it has no mallinfo2); each starts with the
-                 short name a table shows.
+                 pages, since it has no mallinfo2) or
+                 FOOTPRINT_METHOD_MEM_HEAPSIZE (a malloc-lab package); each
+                 starts with the short name a table shows.
 util             peak_payload / peak_footprint (0.0 when the footprint is 0).
 seconds          the fastest of ``timed_repeats`` passes that make the same
                  calls with no touching or checking; each includes the
@@ -86,6 +87,7 @@ from .rep import Trace
 __all__ = [
     "FOOTPRINT_METHOD",
     "FOOTPRINT_METHOD_MALLINFO2",
+    "FOOTPRINT_METHOD_MEM_HEAPSIZE",
     "FOOTPRINT_METHOD_NO_MALLINFO2",
     "SYSTEM_ALLOCATORS",
     "SystemResult",
@@ -108,6 +110,10 @@ FOOTPRINT_METHOD_MALLINFO2 = (
 )
 FOOTPRINT_METHOD_NO_MALLINFO2 = (
     FOOTPRINT_METHOD + "; this glibc has no mallinfo2 (added in 2.33), so its bytes cannot be read"
+)
+FOOTPRINT_METHOD_MEM_HEAPSIZE = (
+    "mem_heapsize: peak of the malloc-lab package's mem_heapsize() (mdriver's footprint), "
+    "sampled after every allocating op"
 )
 
 # allocator -> (shared object to preload, Debian package that ships it)
@@ -381,9 +387,11 @@ def replay_system(
     if report.get("error"):
         return failed(str(report["error"]), peak_payload, peak_footprint)
     method = FOOTPRINT_METHOD
-    if report.get("footprint_method") == "mallinfo2":
+    if malloc_lab is not None:
+        method = FOOTPRINT_METHOD_MEM_HEAPSIZE
+    elif report.get("footprint_method") == "mallinfo2":
         method = FOOTPRINT_METHOD_MALLINFO2
-    elif allocator == "glibc" and malloc_lab is None:
+    elif allocator == "glibc":
         method = FOOTPRINT_METHOD_NO_MALLINFO2
     return SystemResult(
         allocator=allocator,
