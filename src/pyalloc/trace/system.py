@@ -24,17 +24,19 @@ peak_payload     the largest sum of requested sizes of live blocks, under the
 peak_footprint   glibc: the largest number of bytes glibc holds from the
                  system, ``arena + hblkhd`` of ``mallinfo2()`` (glibc 2.33
                  and later), read after every op that allocates, above a
-                 baseline taken just before the first op.  Exact to the
-                 byte, and what glibc itself says it has taken: the
-                 allocator's own account, where the others' footprint is
-                 the kernel's.  A glibc without ``mallinfo2`` is measured
-                 as the others are, and ``footprint_method`` says so.
-                 The others: resident memory, the largest number of private resident
-                 pages of the replayer (``/proc/self/statm``: resident -
-                 shared, read after every op that allocates) above a
-                 baseline taken just before the first op, in bytes, with
-                 every byte of every block written so that live blocks are
-                 resident.  The trace runs in a thread of its own, which
+                 baseline taken just before the first op, less the free
+                 room of the trace's new arena (which is the trace's: the
+                 replayer's docstring says why).  Exact to the byte, and
+                 what glibc itself says it has taken: the allocator's own
+                 account, where the others' footprint is the kernel's.  A
+                 glibc without ``mallinfo2`` is measured as the others
+                 are, and ``footprint_method`` says so.
+                 The others: resident memory, the largest number of
+                 private resident pages of the replayer
+                 (``/proc/self/statm``: resident - shared, read after every
+                 op that allocates) above a baseline taken just before the
+                 first op, in bytes, with every byte of every block written
+                 so that live blocks are resident.  The trace runs in a thread of its own, which
                  gets an arena (glibc, jemalloc), heap (mimalloc) or thread
                  cache (tcmalloc) of its own, away from the interpreter's
                  blocks.  Details in the replayer's docstring.
@@ -42,7 +44,8 @@ peak_footprint   glibc: the largest number of bytes glibc holds from the
                  count different things (mapped, committed, resident, with
                  or without metadata) and report the present, not the peak;
                  resident pages are what each allocator costs the machine
-                 and are read the same way for all of them.  The
+                 and are read the same way for all of them (glibc's own
+                 count, read after every op, is exact, hence its use).  The
                  interpreter adds a page or two of noise, and an allocator
                  may still hand the trace a few pages it had already
                  touched, so utilization of a trace whose peak is below a
@@ -106,7 +109,8 @@ FOOTPRINT_METHOD = (
 )
 FOOTPRINT_METHOD_MALLINFO2 = (
     "mallinfo2: peak of glibc's arena + hblkhd (bytes held from the system, exact; sampled "
-    "after every allocating op) above a baseline taken before the first op"
+    "after every allocating op) above a baseline taken before the first op, less the free "
+    "room of the trace's arena"
 )
 FOOTPRINT_METHOD_NO_MALLINFO2 = (
     FOOTPRINT_METHOD + "; this glibc has no mallinfo2 (added in 2.33), so its bytes cannot be read"
