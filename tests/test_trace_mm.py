@@ -10,6 +10,7 @@ from pyalloc.cli import main
 from pyalloc.trace import mm
 from pyalloc.trace.generate import generate
 from pyalloc.trace.rep import parse_trace, write_trace
+from pyalloc.trace.system import FOOTPRINT_METHOD_MEM_HEAPSIZE
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "mm_implicit.c"
@@ -41,6 +42,7 @@ def test_the_example_replays_validly() -> None:
         result = mm.replay_package(package, generate(kind, ops=3000, seed=2))
         assert result.valid, result.error
         assert 0.5 < result.util <= 1.0 and result.peak_footprint >= result.peak_payload
+        assert result.footprint_method == FOOTPRINT_METHOD_MEM_HEAPSIZE
 
 
 @pytest.mark.parametrize(

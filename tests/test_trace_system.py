@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from pyalloc.trace import system
+from pyalloc.trace import _system_replayer, system
+from pyalloc.trace.bench import FOOTPRINT_MALLINFO2, FOOTPRINT_RESIDENT, row_from_system, tiny_peak
 from pyalloc.trace.generate import generate
 from pyalloc.trace.rep import Op, Trace
 from pyalloc.trace.system import (
     FOOTPRINT_METHOD,
+    FOOTPRINT_METHOD_MALLINFO2,
+    FOOTPRINT_METHOD_NO_MALLINFO2,
     PRELOAD_LIBRARIES,
     SYSTEM_ALLOCATORS,
     SystemResult,
+    glibc_has_mallinfo2,
     replay_system,
     system_available,
 )
@@ -25,6 +31,18 @@ def _available_or_skip(allocator: str) -> None:
     reason = system_available(allocator)
     if reason is not None:
         pytest.skip(reason)
+
+
+def _mallinfo2_or_skip() -> None:
+    _available_or_skip("glibc")
+    if not glibc_has_mallinfo2():
+        pytest.skip("this glibc has no mallinfo2 (added in 2.33)")
+
+
+def _expected_method(allocator: str) -> str:
+    if allocator != "glibc":
+        return FOOTPRINT_METHOD
+    return FOOTPRINT_METHOD_MALLINFO2 if glibc_has_mallinfo2() else FOOTPRINT_METHOD_NO_MALLINFO2
 
 
 def _peak_payload(trace: Trace) -> int:
@@ -63,10 +81,12 @@ def test_replay_measures_a_valid_trace(allocator: str, kind: str) -> None:
     assert result.allocator == allocator and result.trace == trace.name
     assert result.ops == len(trace.ops)
     assert result.peak_payload == _peak_payload(trace)
-    assert result.peak_footprint > 0 and result.peak_footprint % 4096 == 0
+    assert result.peak_footprint > 0
     assert result.util == pytest.approx(result.peak_payload / result.peak_footprint)
     assert result.seconds > 0
-    assert result.footprint_method == FOOTPRINT_METHOD
+    assert result.footprint_method == _expected_method(allocator)
+    if result.footprint_method != FOOTPRINT_METHOD_MALLINFO2:
+        assert result.peak_footprint % mmap.PAGESIZE == 0  # resident pages
 
 
 @pytest.mark.parametrize("allocator", SYSTEM_ALLOCATORS)
@@ -229,3 +249,109 @@ def test_any_shared_object_is_replayed_and_validated(tmp_path: Path) -> None:
     assert not crash.valid and crash.error is not None
     missing = replay_system(trace, str(tmp_path / "absent.so"))
     assert not missing.valid and "no such shared object" in (missing.error or "")
+
+
+# -- glibc's footprint by mallinfo2 ---------------------------------------------------------
+
+
+def _one_block(size: int) -> Trace:
+    return Trace(ops=[Op("a", 0, size), Op("f", 0, 0)], num_ids=1, name=f"one-{size}")
+
+
+def test_mallinfo2_counts_a_mapped_block_to_the_page() -> None:
+    _mallinfo2_or_skip()
+    # 1 MiB is above glibc's mmap threshold: the block is mapped on its own
+    # (hblkhd), its size and glibc's 8-byte size field rounded up to a page.
+    # The trace of one byte gives what the trace's arena held anyway.
+    large = replay_system(_one_block(1 << 20), "glibc", timed_repeats=0)
+    small = replay_system(_one_block(1), "glibc", timed_repeats=0)
+    assert large.valid and small.valid, (large.error, small.error)
+    assert large.footprint_method == small.footprint_method == FOOTPRINT_METHOD_MALLINFO2
+    grown = large.peak_footprint - small.peak_footprint
+    assert (1 << 20) < grown <= (1 << 20) + mmap.PAGESIZE
+    # The same trace twice: the same bytes (no page noise).
+    again = replay_system(_one_block(1 << 20), "glibc", timed_repeats=0)
+    assert again.peak_footprint == large.peak_footprint
+
+
+@pytest.mark.parametrize("kind", ["realistic", "realloc_growth", "fragmenter", "coalesce"])
+def test_mallinfo2_peak_covers_the_peak_payload(kind: str) -> None:
+    _mallinfo2_or_skip()
+    trace = generate(kind, 3000, seed=5)
+    result = replay_system(trace, "glibc", timed_repeats=0)
+    assert result.valid, result.error
+    assert result.footprint_method == FOOTPRINT_METHOD_MALLINFO2
+    assert result.peak_payload == _peak_payload(trace)
+    # Every live byte is in a block glibc took from the system during the
+    # trace or in the room its arena had for the trace at the baseline.
+    assert result.peak_footprint >= result.peak_payload
+    assert 0 < result.util <= 1.0
+
+
+def test_mallinfo2_and_resident_pages_agree_on_a_large_trace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _mallinfo2_or_skip()
+    blocks, size = 200, 20_000  # 4 MB live at the peak, in the arena (below the mmap threshold)
+    ops = [Op("a", i, size) for i in range(blocks)] + [Op("f", i, 0) for i in range(blocks)]
+    trace = Trace(ops=ops, num_ids=blocks, name="arena")
+    exact = replay_system(trace, "glibc", timed_repeats=0)
+    monkeypatch.setattr(system, "glibc_has_mallinfo2", lambda: False)
+    pages = replay_system(trace, "glibc", timed_repeats=0)
+    assert exact.valid and pages.valid, (exact.error, pages.error)
+    assert exact.footprint_method == FOOTPRINT_METHOD_MALLINFO2
+    assert pages.footprint_method == FOOTPRINT_METHOD_NO_MALLINFO2
+    assert exact.peak_footprint >= blocks * size
+    # Every byte written, so the arena's pages are resident: the two measures
+    # differ by the rounding and the interpreter's few pages.
+    assert abs(exact.peak_footprint - pages.peak_footprint) <= 16 * mmap.PAGESIZE
+
+
+def test_a_glibc_without_mallinfo2_is_measured_by_resident_pages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _available_or_skip("glibc")
+    monkeypatch.setattr(system, "glibc_has_mallinfo2", lambda: False)
+    result = replay_system(generate("realistic", 1500, seed=2), "glibc", timed_repeats=0)
+    assert result.valid, result.error
+    assert result.footprint_method == FOOTPRINT_METHOD_NO_MALLINFO2
+    assert "no mallinfo2" in result.footprint_method
+    assert result.peak_footprint > 0 and result.peak_footprint % mmap.PAGESIZE == 0
+    row = row_from_system(result)
+    assert row["footprint"] == FOOTPRINT_RESIDENT
+
+
+def test_the_replayer_falls_back_without_mallinfo2() -> None:
+    # A C library without the two functions: no reader, no spare room.
+    assert _system_replayer.mallinfo2_reader(object()) is None
+    assert _system_replayer.spare_in_thread_arenas(object()) == 0
+    if not glibc_has_mallinfo2():
+        pytest.skip("this glibc has no mallinfo2 (added in 2.33)")
+    libc = ctypes.CDLL(None)
+    held = _system_replayer.mallinfo2_reader(libc)
+    assert held is not None
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    # Above the largest mmap threshold glibc sets itself (32 MiB): always
+    # mapped on its own, whatever this process freed before; never touched.
+    size = 64 << 20
+    before = held()
+    block = libc.malloc(size)
+    assert block
+    try:
+        assert size < held() - before <= size + mmap.PAGESIZE
+    finally:
+        libc.free(block)
+
+
+def test_a_mallinfo2_row_is_exact_not_resident() -> None:
+    _mallinfo2_or_skip()
+    result = replay_system(_one_block(100), "glibc", timed_repeats=0)
+    assert result.valid, result.error
+    row = row_from_system(result)
+    assert row["footprint"] == FOOTPRINT_MALLINFO2
+    assert not tiny_peak(row)  # a small peak in bytes is still exact
+    resident = SystemResult("mimalloc", "t", True, 2, 100, 4096, 100 / 4096, 0.0, None)
+    assert row_from_system(resident)["footprint"] == FOOTPRINT_RESIDENT
+    assert tiny_peak(row_from_system(resident))

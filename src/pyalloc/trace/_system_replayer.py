@@ -1,8 +1,10 @@
 """Replay a trace through the C allocator this process runs on (a subprocess of
 :mod:`pyalloc.trace.system`).
 
-Run as ``python -I -S _system_replayer.py OPS_FILE ALLOCATOR_LIBRARY REPEATS``
-with the allocator under test in ``LD_PRELOAD`` (none for glibc).  Standard
+Run as ``python -I -S _system_replayer.py OPS_FILE ALLOCATOR_LIBRARY REPEATS [MODE]``
+with the allocator under test in ``LD_PRELOAD`` (none for glibc).  MODE:
+``preload`` (the default), ``glibc`` (glibc's own malloc, measured by
+``mallinfo2``), ``local`` or ``mm`` (see :func:`replay`).  Standard
 library only and no pyalloc import, so that the interpreter is as small as it
 can be when the baseline is taken.  Prints one JSON object on stdout.
 
@@ -46,7 +48,7 @@ Passes
 Footprint
 ---------
 
-::
+Resident pages, for every allocator but glibc::
 
     anonymous(t)   = resident - shared      (/proc/self/statm, in pages)
     peak_footprint = (max over the pass of anonymous(t) - anonymous(baseline)) * page size
@@ -66,6 +68,31 @@ costs a few microseconds, which only the measured pass pays.  The
 interpreter's own use during the pass is small and steady (the tables are
 mapped in advance, the temporaries are recycled by pymalloc), a few pages of
 noise that matters only for traces of a few hundred KiB.
+
+glibc's bytes (MODE ``glibc``), exact to the byte::
+
+    held(t)        = arena + hblkhd         (mallinfo2(), glibc 2.33 and later)
+    spare          = free bytes of the arenas other than the main one, at the baseline
+    peak_footprint = max over the pass of held(t) - (held(baseline) - spare)
+
+``arena`` is what every arena holds from the system (sbrk'ed or mapped and
+made writable), ``hblkhd`` what blocks mapped on their own hold: together,
+the bytes glibc has taken from the kernel and not given back, whether the
+pages are resident or not.  Read at the same points as the pages (no op but
+an allocating one can raise it).  The trace's thread has its arena before
+the baseline (the interpreter allocates in the thread it starts), with the
+room glibc sets up in a new arena (``M_TOP_PAD``, 128 KiB, beyond what it
+first serves): ``spare`` counts that room as the trace's, as the resident
+pages would count its pages once the trace touched them.  Without it a
+trace of less than that room would cost glibc nothing, and a larger one
+less than its own payload.  The main arena's free bytes (the interpreter's
+holes) are not the trace's: its thread never allocates there.  ``spare``
+comes from ``malloc_stats`` (read once, its stderr captured), which gives
+each arena's bytes, where ``mallinfo2`` gives only their sums.
+
+``mallinfo2`` walks every free list of every arena, so a read costs more as
+the trace leaves more free blocks; only the measured pass pays it.  Without
+``mallinfo2`` the pages are read instead and the report says so.
 """
 
 from __future__ import annotations
@@ -101,6 +128,82 @@ def statm_reader() -> Callable[[], int]:
         return int(fields[1]) - int(fields[2])  # resident - shared (file and shmem)
 
     return anonymous_pages
+
+
+class MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2``: every field a size_t, in this order."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",  # bytes the arenas hold from the system (not counting hblkhd)
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",  # bytes of blocks mapped on their own
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def mallinfo2_reader(process: Any) -> Callable[[], int] | None:
+    """A function returning the bytes glibc holds from the system now, or None
+    when the C library has no ``mallinfo2`` (glibc before 2.33)."""
+    mallinfo2 = getattr(process, "mallinfo2", None)
+    if mallinfo2 is None:
+        return None
+    mallinfo2.argtypes = []
+    mallinfo2.restype = MallInfo2
+
+    def held_bytes() -> int:
+        info = mallinfo2()
+        return int(info.arena + info.hblkhd)
+
+    return held_bytes
+
+
+def spare_in_thread_arenas(process: Any) -> int:
+    """Free bytes in every arena but the main one (arena 0), from ``malloc_stats``.
+
+    ``malloc_stats`` prints to the C library's stderr: fd 2 is pointed at a
+    memory file for the call and put back.  0 if it cannot be read.
+    """
+    malloc_stats = getattr(process, "malloc_stats", None)
+    if malloc_stats is None:
+        return 0
+    malloc_stats.argtypes = []
+    malloc_stats.restype = None
+    capture = os.memfd_create("malloc-stats")
+    saved = os.dup(2)
+    try:
+        os.dup2(capture, 2)
+        malloc_stats()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    size = os.fstat(capture).st_size
+    text = os.pread(capture, size, 0).decode("ascii", "replace")
+    os.close(capture)
+    spare = 0
+    arena = None  # the number of the arena whose lines follow; None after the total
+    system_bytes = 0
+    for line in text.splitlines():
+        name, _, value = line.partition("=")
+        if line.startswith("Arena "):
+            arena = int(line[6:].rstrip(":"))
+        elif line.startswith("Total"):
+            arena = None
+        elif arena is None or not value.strip().isdigit():
+            continue
+        elif name.startswith("system bytes"):
+            system_bytes = int(value)
+        elif name.startswith("in use bytes") and arena != 0:
+            spare += system_bytes - int(value)
+    return spare
 
 
 def release_free_memory(process: ctypes.CDLL) -> None:
@@ -256,8 +359,9 @@ def replay(ops_path: str, library: str, repeats: int, mode: str) -> dict[str, ob
     """The measured pass and the timed passes; the report as a dict.
 
     Runs in a thread of its own (see "Passes" in the module docstring).
-    ``mode``: "preload" (the library is the process's allocator), "local"
-    (a shared object's own malloc, free and realloc) or "mm" (a malloc-lab
+    ``mode``: "preload" (the library is the process's allocator), "glibc"
+    (the same, with glibc's ``mallinfo2`` as the footprint), "local" (a
+    shared object's own malloc, free and realloc) or "mm" (a malloc-lab
     package).
     """
     num_ids, kinds, ids, sizes = map_ops(ops_path)
@@ -283,16 +387,24 @@ def replay(ops_path: str, library: str, repeats: int, mode: str) -> dict[str, ob
     block_sizes = word_table(num_ids)
     stamps = word_table(num_ids)
 
+    # footprint_now() in units of `unit` bytes, read after every op that can raise it
+    process = ctypes.CDLL(None)
+    held_bytes = mallinfo2_reader(process) if mode == "glibc" else None
     if lab is not None:  # mdriver's footprint: the peak of mem_heapsize(), in bytes
         heap_lo = lab.lo()
         heapsize = lab.heapsize
 
-        def anonymous_pages() -> int:
+        def footprint_now() -> int:
             return int(heapsize())
 
+        method, unit = "mem_heapsize", 1
+    elif held_bytes is not None:
+        footprint_now, method, unit = held_bytes, "mallinfo2", 1
     else:
-        anonymous_pages = statm_reader()
-    baseline = peak_pages = anonymous_pages()
+        footprint_now, method, unit = statm_reader(), "resident", mmap.PAGESIZE
+    spare = spare_in_thread_arenas(process) if method == "mallinfo2" else 0
+    baseline = peak = footprint_now()
+    baseline -= spare  # the room of the trace's arena is the trace's (see "Footprint")
     if lab is not None:
         baseline = 0  # mdriver divides by the whole heap, what mm_init took included
 
@@ -380,9 +492,9 @@ def replay(ops_path: str, library: str, repeats: int, mode: str) -> dict[str, ob
                 stamps[block] = ((index + 1) * STAMP_MULTIPLIER) & WORD_MASK
                 write_stamp(block, pointer, size)
                 payload += size
-            pages = anonymous_pages()
-            if pages > peak_pages:
-                peak_pages = pages
+            now = footprint_now()
+            if now > peak:
+                peak = now
             if payload > peak_payload:
                 peak_payload = payload
                 if peak_payload > physical_bytes:
@@ -390,13 +502,14 @@ def replay(ops_path: str, library: str, repeats: int, mode: str) -> dict[str, ob
     except ValidationError as exc:
         error = f"op {index + 1} ({'afr'[kinds[index]]} {ids[index]} {sizes[index]}): {exc}"
 
-    peak_pages = max(peak_pages, anonymous_pages())
-    unit = 1 if lab is not None else mmap.PAGESIZE
+    peak = max(peak, footprint_now())
     result: dict[str, object] = {
         "error": error,
         "peak_payload": peak_payload,
-        "peak_footprint": (peak_pages - baseline) * unit,
+        "peak_footprint": (peak - baseline) * unit,
         "baseline_footprint": baseline * unit,
+        "spare": spare,
+        "footprint_method": method,
         "seconds": 0.0,
     }
     if error is not None:

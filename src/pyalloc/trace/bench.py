@@ -75,10 +75,12 @@ JSON_KEYS: Final = (
 )
 ROW_KEYS: Final = JSON_KEYS  # the CSV's columns: the same
 # How a row's peak_heap was measured: the heap's own bytes (pyalloc), the
-# peak of mem_heapsize() (a malloc-lab package), or resident pages (a system
-# allocator: page-granular, so a trace whose peak is a few pages says little).
+# peak of mem_heapsize() (a malloc-lab package), glibc's mallinfo2 (arena +
+# hblkhd, exact), or resident pages (the other system allocators:
+# page-granular, so a trace whose peak is a few pages says little).
 FOOTPRINT_HEAP: Final = "heap bytes"
 FOOTPRINT_MEMLIB: Final = "mem_heapsize"
+FOOTPRINT_MALLINFO2: Final = "mallinfo2"
 FOOTPRINT_RESIDENT: Final = "resident pages"
 TINY_PEAK: Final = 64 << 10  # a resident-page peak below this is flagged, not trusted
 # The names ``pyalloc.trace.system`` serves; repeated here so that the command
@@ -117,8 +119,15 @@ def row_from_replay(result: ReplayResult, trace: str | None = None) -> Row:
 def row_from_system(result: Any, trace: str | None = None, malloc_lab: bool = False) -> Row:
     """The row of a ``pyalloc.trace.system.SystemResult`` (of a malloc-lab package)."""
     seconds = float(result.seconds)
+    # A result's footprint_method starts with the short name a row shows.
+    if malloc_lab:
+        footprint = FOOTPRINT_MEMLIB
+    elif str(getattr(result, "footprint_method", "")).startswith(FOOTPRINT_MALLINFO2):
+        footprint = FOOTPRINT_MALLINFO2
+    else:
+        footprint = FOOTPRINT_RESIDENT
     return {
-        "footprint": FOOTPRINT_MEMLIB if malloc_lab else FOOTPRINT_RESIDENT,
+        "footprint": footprint,
         "trace": result.trace if trace is None else trace,
         "allocator": result.allocator,
         "policy": None,

@@ -14,19 +14,29 @@ The replayer calls ``malloc``, ``free`` and ``realloc`` through ctypes; with
 the library preloaded those names resolve to it, and the replayer refuses to
 run (an error, not a glibc measurement under another name) when they do not.
 glibc runs in a subprocess too, rather than in this process through ctypes,
-so that its footprint is measured exactly as the others' are.
+so that the trace meets the same fresh process as the others do.
 
 What is measured
 ----------------
 
 peak_payload     the largest sum of requested sizes of live blocks, under the
                  replay semantics of :mod:`pyalloc.trace.rep`.
-peak_footprint   resident memory: the largest number of private resident
-                 pages of the replayer (``/proc/self/statm``: resident -
-                 shared, read after every op that allocates) above a
-                 baseline taken just before the first op, in bytes, with
-                 every byte of every block written so that live blocks are
-                 resident.  The trace runs in a thread of its own, which
+peak_footprint   glibc: the largest number of bytes glibc holds from the
+                 system, ``arena + hblkhd`` of ``mallinfo2()`` (glibc 2.33
+                 and later), read after every op that allocates, above a
+                 baseline taken just before the first op, less the free
+                 room of the trace's new arena (which is the trace's: the
+                 replayer's docstring says why).  Exact to the byte, and
+                 what glibc itself says it has taken: the allocator's own
+                 account, where the others' footprint is the kernel's.  A
+                 glibc without ``mallinfo2`` is measured as the others
+                 are, and ``footprint_method`` says so.
+                 The others: resident memory, the largest number of
+                 private resident pages of the replayer
+                 (``/proc/self/statm``: resident - shared, read after every
+                 op that allocates) above a baseline taken just before the
+                 first op, in bytes, with every byte of every block written
+                 so that live blocks are resident.  The trace runs in a thread of its own, which
                  gets an arena (glibc, jemalloc), heap (mimalloc) or thread
                  cache (tcmalloc) of its own, away from the interpreter's
                  blocks.  Details in the replayer's docstring.
@@ -34,12 +44,19 @@ peak_footprint   resident memory: the largest number of private resident
                  count different things (mapped, committed, resident, with
                  or without metadata) and report the present, not the peak;
                  resident pages are what each allocator costs the machine
-                 and are read the same way for all of them.  The
+                 and are read the same way for all of them (glibc's own
+                 count, read after every op, is exact, hence its use).  The
                  interpreter adds a page or two of noise, and an allocator
                  may still hand the trace a few pages it had already
                  touched, so utilization of a trace whose peak is below a
                  few hundred KiB says little.  Footprints are multiples of
                  the page size.
+footprint_method which of these a result used: FOOTPRINT_METHOD (resident
+                 pages), FOOTPRINT_METHOD_MALLINFO2,
+                 FOOTPRINT_METHOD_NO_MALLINFO2 (glibc measured by resident
+                 pages, since it has no mallinfo2) or
+                 FOOTPRINT_METHOD_MEM_HEAPSIZE (a malloc-lab package); each
+                 starts with the short name a table shows.
 util             peak_payload / peak_footprint (0.0 when the footprint is 0).
 seconds          the fastest of ``timed_repeats`` passes that make the same
                  calls with no touching or checking; each includes the
@@ -57,6 +74,7 @@ allocator the platform cannot run, and a replayer that crashes or times out:
 from __future__ import annotations
 
 import array
+import ctypes
 import json
 import os
 import platform
@@ -71,9 +89,13 @@ from .rep import Trace
 
 __all__ = [
     "FOOTPRINT_METHOD",
+    "FOOTPRINT_METHOD_MALLINFO2",
+    "FOOTPRINT_METHOD_MEM_HEAPSIZE",
+    "FOOTPRINT_METHOD_NO_MALLINFO2",
     "SYSTEM_ALLOCATORS",
     "SystemResult",
     "find_allocator_library",
+    "glibc_has_mallinfo2",
     "is_library_path",
     "replay_system",
     "system_available",
@@ -82,8 +104,20 @@ __all__ = [
 SYSTEM_ALLOCATORS: tuple[str, ...] = ("glibc", "jemalloc", "mimalloc", "tcmalloc")
 
 FOOTPRINT_METHOD = (
-    "peak resident anonymous memory (statm resident - shared, sampled after every "
-    "allocating op) above a baseline taken before the first op, every block byte written"
+    "resident pages: peak resident anonymous memory (statm resident - shared, sampled after "
+    "every allocating op) above a baseline taken before the first op, every block byte written"
+)
+FOOTPRINT_METHOD_MALLINFO2 = (
+    "mallinfo2: peak of glibc's arena + hblkhd (bytes held from the system, exact; sampled "
+    "after every allocating op) above a baseline taken before the first op, less the free "
+    "room of the trace's arena"
+)
+FOOTPRINT_METHOD_NO_MALLINFO2 = (
+    FOOTPRINT_METHOD + "; this glibc has no mallinfo2 (added in 2.33), so its bytes cannot be read"
+)
+FOOTPRINT_METHOD_MEM_HEAPSIZE = (
+    "mem_heapsize: peak of the malloc-lab package's mem_heapsize() (mdriver's footprint), "
+    "sampled after every allocating op"
 )
 
 # allocator -> (shared object to preload, Debian package that ships it)
@@ -188,6 +222,18 @@ def find_allocator_library(allocator: str) -> str | None:
     return None
 
 
+def glibc_has_mallinfo2() -> bool:
+    """Whether this process's C library has ``mallinfo2`` (glibc 2.33 and later).
+
+    The replayer runs on the same C library, so this says how glibc's
+    footprint will be measured there.
+    """
+    try:
+        return hasattr(ctypes.CDLL(None), "mallinfo2")
+    except OSError:
+        return False
+
+
 def is_library_path(name: str) -> bool:
     """Whether an allocator name is the path of a shared object (``./my.so``)."""
     return "/" in name or name.endswith(".so")
@@ -284,6 +330,8 @@ def replay_system(
         mode = ["local"]  # dlopen'ed and called directly, not preloaded
     elif allocator == "glibc":
         library = GLIBC_LIBRARY
+        if glibc_has_mallinfo2():
+            mode = ["glibc"]  # preloaded (it is the process's), measured by mallinfo2
     else:
         found = find_allocator_library(allocator)
         if found is None:  # removed since system_available looked
@@ -342,6 +390,13 @@ def replay_system(
     peak_footprint = int(report.get("peak_footprint", 0))
     if report.get("error"):
         return failed(str(report["error"]), peak_payload, peak_footprint)
+    method = FOOTPRINT_METHOD
+    if malloc_lab is not None:
+        method = FOOTPRINT_METHOD_MEM_HEAPSIZE
+    elif report.get("footprint_method") == "mallinfo2":
+        method = FOOTPRINT_METHOD_MALLINFO2
+    elif allocator == "glibc":
+        method = FOOTPRINT_METHOD_NO_MALLINFO2
     return SystemResult(
         allocator=allocator,
         trace=name,
@@ -352,5 +407,5 @@ def replay_system(
         util=peak_payload / peak_footprint if peak_footprint else 0.0,
         seconds=float(report["seconds"]),
         error=None,
-        footprint_method=FOOTPRINT_METHOD,
+        footprint_method=method,
     )

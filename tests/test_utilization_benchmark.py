@@ -1,0 +1,84 @@
+"""The verdicts of benchmarks/utilization_vs_system.py, on comparisons made up here."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from pyalloc.trace.bench import DEFAULT_HEAP, Column, Comparison, Source
+from pyalloc.trace.rep import Op, Trace
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "utilization_vs_system.py"
+
+
+@pytest.fixture(scope="module")
+def benchmark() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("utilization_vs_system", BENCHMARK)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(util: float, peak_heap: int, valid: bool = True) -> dict[str, Any]:
+    return {"valid": valid, "util": util, "peak_heap": peak_heap, "peak_payload": 1000}
+
+
+def _comparison(cells: dict[str, tuple[dict[str, Any], ...]], mimalloc: bool = True) -> Comparison:
+    """One source per name; each tuple is (pyalloc, glibc, mimalloc) rows."""
+    trace = Trace(ops=[Op("a", 0, 1000), Op("f", 0, 0)], num_ids=1, name="t")
+    names = [DEFAULT_HEAP, "glibc"] + (["mimalloc"] if mimalloc else [])
+    comparison = Comparison(
+        [Source(label, label, trace=trace) for label in cells],
+        [Column(DEFAULT_HEAP, False), *(Column(name, True) for name in names[1:])],
+    )
+    for i, rows in enumerate(cells.values()):
+        for name, row in zip(names, rows, strict=False):
+            comparison.cells[i, name] = row
+    return comparison
+
+
+def test_verdicts_follow_the_rules(
+    benchmark: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    large = benchmark.THRESHOLD
+    small = benchmark.THRESHOLD - 1
+    comparison = _comparison(
+        {
+            "beats-both": (_row(0.95, 1), _row(0.90, 1), _row(0.93, large)),
+            "below-glibc": (_row(0.80, 1), _row(0.85, 1), _row(0.50, large)),
+            "below-mimalloc": (_row(0.90, 1), _row(0.85, 1), _row(0.92, large)),
+            # mimalloc's peak too small to judge by: its better util does not count
+            "small-mimalloc": (_row(0.90, 1), _row(0.85, 1), _row(0.99, small)),
+            # mimalloc below glibc: the mimalloc rule does not apply
+            "mimalloc-worse": (_row(0.90, 1), _row(0.85, 1), _row(0.70, large)),
+            "failed": (_row(0.0, 0, valid=False), _row(0.85, 1), _row(0.90, large)),
+        }
+    )
+    verdicts = benchmark.print_set("made up", comparison)
+    out = capsys.readouterr().out
+    glibc, mimalloc = verdicts
+    assert glibc[2] is False
+    assert glibc[1] == "4 of 6 (missed: below-glibc, failed)"
+    assert mimalloc[2] is False
+    assert mimalloc[1] == "1 of 2 (missed: below-mimalloc)"
+    lines = {line.split()[0]: line.split() for line in out.splitlines() if line}
+    assert lines["beats-both"][-2:] == ["yes", "yes"]
+    assert lines["small-mimalloc"][-3:] == ["99.00%~", "yes", "-"]
+    assert lines["mimalloc-worse"][-2:] == ["yes", "-"]
+    assert lines["failed"][2] == "FAIL"
+
+
+def test_without_mimalloc_only_glibc_is_judged(benchmark: ModuleType) -> None:
+    comparison = _comparison(
+        {"a": (_row(0.95, 1), _row(0.90, 1)), "b": (_row(0.91, 1), _row(0.90, 1))},
+        mimalloc=False,
+    )
+    verdicts = benchmark.print_set("made up", comparison)
+    assert verdicts == [("made up: pyalloc util >= glibc's on every trace", "2 of 2", True)]
