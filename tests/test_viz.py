@@ -589,3 +589,17 @@ def test_a_malloc_lab_package_gets_its_timeline(tmp_path: Path) -> None:
     out = tmp_path / "mm.png"
     assert main(["viz", str(trace), "--mm", str(example), "-o", str(out)]) == 0
     assert out.stat().st_size > 0
+
+
+def test_glibcs_timeline_says_its_footprint_is_mallinfo2_bytes() -> None:
+    from pyalloc.trace.system import glibc_has_mallinfo2, system_available
+    from pyalloc.viz.commands import _system_timeline
+
+    reason = system_available("glibc")
+    if reason is not None:
+        pytest.skip(reason)
+    if not glibc_has_mallinfo2():
+        pytest.skip("this glibc has no mallinfo2 (added in 2.33)")
+    timeline = _system_timeline(churn_trace(), "glibc")
+    assert timeline.measured_as == "mallinfo2 bytes"
+    assert timeline.peak_footprint >= timeline.peak_payload

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ..trace.bench import SYSTEM_ALLOCATORS, load_source, system_for
 from ..trace.rep import Trace
 from ..trace.replay import policy_names
+from ..trace.system import FOOTPRINT_METHOD_MALLINFO2
 from ..units import human_bytes
 from .history import (
     FOOTPRINT_RESIDENT,
@@ -140,7 +141,8 @@ def _cache(args: argparse.Namespace) -> str:
 
 def _system_timeline(trace: Trace, name: str, package: Any = None) -> Timeline:
     """The timeline of an allocator whose layout is not visible: a system
-    allocator (resident pages), or a malloc-lab ``package`` (mem_heapsize)."""
+    allocator (resident pages; glibc's bytes from mallinfo2), or a malloc-lab
+    ``package`` (mem_heapsize)."""
     if package is not None:
         from ..trace.mm import replay_package
 
@@ -159,6 +161,8 @@ def _system_timeline(trace: Trace, name: str, package: Any = None) -> Timeline:
         raise VizError(f"{trace.name} on {name}: {result.error}")
     timeline = payload_timeline(trace, name)
     timeline.peak_footprint = int(result.peak_footprint)
+    if result.footprint_method == FOOTPRINT_METHOD_MALLINFO2:
+        timeline.measured_as = "mallinfo2 bytes"
     return timeline
 
 
