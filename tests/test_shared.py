@@ -382,6 +382,25 @@ def test_names_refuse_bad_keys_and_pointers(heap: SharedHeap) -> None:
     heap.check()
 
 
+def test_names_take_a_slab_object_whatever_the_bytes_before_it(heap: SharedHeap) -> None:
+    # A slab object has no header: the word before it is the previous object's
+    # data (or a stale header of what the slab's pages held before). Naming
+    # must look the pointer up in its slab, never read that word as a header.
+    from pyalloc.layout import ALLOCATED, encode
+
+    a = heap.malloc(16)
+    b = heap.malloc(16)
+    assert heap.in_slab(a) and heap.in_slab(b) and b == a + 16
+    forged = encode(ALLOCATED | (1 << 36), b - 8, heap.tag_secret, heap.header_key)
+    heap.buf[b - 8 : b] = forged.to_bytes(8, "little")  # a's own bytes
+    heap.names["b"] = b
+    assert heap.names["b"] == b
+    del heap.names["b"]
+    heap.free(a)
+    heap.free(b)
+    heap.check()
+
+
 def test_names_persist_across_attachments(names: Callable[[], str]) -> None:
     name = names()
     with SharedHeap.create(name, CAPACITY) as h:

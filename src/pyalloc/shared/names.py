@@ -40,7 +40,7 @@ class SharedNames(MutableMapping[str, int]):
             pointer = int(pointer)
         heap = self._heap
         with heap._lock:
-            heap._live_header(pointer)
+            heap._usable(pointer)  # a live block or slab object, else HeapError
             table = heap._read_names()
             if table.get(key) != pointer:
                 table[key] = pointer
