@@ -17,42 +17,34 @@ from collections.abc import Callable
 
 import pytest
 from test_shared_crash import (
-    Killed,
     Operation,
     Scene,
     Setup,
     assert_survivors,
+    count_stores,
+    die_before_store,
     fresh,
     prepare,
+    raise_before_store,
 )
 
 from pyalloc import control as C
-from pyalloc.shared import W_JOURNAL_COUNT, SharedHeap
+from pyalloc.shared import SharedHeap
 from pyalloc.slab import SLABS_ON, size_class, slots_of
 
 __all__ = ["fresh"]  # the fixture, used by name
 
 
-def eager(heap: SharedHeap) -> SharedHeap:
-    """Slabs from a class's first object in this process (not after
-    SLAB_DEMAND live blocks), so that small requests are slab operations."""
-    heap._slab_demand = 0
-    return heap
-
-
 def setup_block_only(s: Scene) -> None:
-    eager(s.heap)
     s.alloc("A", 3000)
 
 
 def setup_one_object(s: Scene) -> None:
-    eager(s.heap)
     s.alloc("A", 3000)
     s.alloc("x", 40)
 
 
 def setup_full_slab(s: Scene) -> None:
-    eager(s.heap)
     for i in range(slots_of(size_class(128))):
         s.alloc(f"o{i}", 128)
     s.alloc("A", 3000)
@@ -60,7 +52,6 @@ def setup_full_slab(s: Scene) -> None:
 
 def setup_two_slabs_one_emptying(s: Scene) -> None:
     """Two slabs of one class; the second holds one object only."""
-    eager(s.heap)
     n = slots_of(size_class(96))
     for i in range(n + 1):
         s.alloc(f"o{i}", 96)
@@ -81,19 +72,6 @@ SCENARIOS: dict[str, tuple[Setup, Operation, bool]] = {
     ),
     "realloc-out-of-slot": (setup_one_object, lambda h, s: h._realloc(s.ptr["x"], 2000), True),
 }
-
-
-def count_stores(name: str, setup: Setup, op: Operation) -> int:
-    scene, _, _ = prepare(name, setup)
-    worker = eager(SharedHeap.attach(name))
-    with worker._lock:
-        before = worker.meta.stores
-        op(worker, scene)
-        stores = worker.meta.stores - before
-    worker.check()
-    worker.close()
-    scene.heap.close()
-    return stores
 
 
 def test_the_scenarios_do_what_they_say(fresh: Callable[[], str]) -> None:
@@ -127,13 +105,7 @@ def test_killed_between_any_two_stores_of_a_slab_operation(
         name = fresh()
         scene, before, names_before = prepare(name, setup)
         live_before = scene.heap.stats()["live_blocks"]
-        worker = eager(SharedHeap.attach(name))
-        worker._lock.acquire()
-        worker.meta.arm(k, Killed)
-        with pytest.raises(Killed):
-            op(worker, scene)
-        worker._die()
-        journaled = scene.heap._raw[W_JOURNAL_COUNT]
+        journaled = die_before_store(name, scene, op, k)
         assert_survivors(scene, before, names_before, mid_commit)
         stats = scene.heap.stats()
         assert stats["recoveries"] == (1 if journaled else 0)
@@ -153,11 +125,7 @@ def test_exception_between_stores_of_a_slab_operation_is_undone(
     for k in range(0, total, 2):
         name = fresh()
         scene, before, names_before = prepare(name, setup)
-        worker = eager(SharedHeap.attach(name))
-        worker.meta.arm(k, RuntimeError)
-        with pytest.raises(RuntimeError), worker._lock:
-            op(worker, scene)
-        assert worker._raw[W_JOURNAL_COUNT] == 0
+        worker = raise_before_store(name, scene, op, k)
         assert_survivors(scene, before, names_before, mid_commit)
         worker.check()
         worker.close()

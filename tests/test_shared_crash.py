@@ -207,6 +207,29 @@ def assert_survivors(
     heap.check()
 
 
+def die_before_store(name: str, scene: Scene, op: Operation, k: int) -> int:
+    """A worker attached to heap ``name`` dies before the ``k``-th store of ``op``,
+    holding the lock; returns the journal count it left behind."""
+    worker = SharedHeap.attach(name)
+    worker._lock.acquire()
+    worker.meta.arm(k, Killed)
+    with pytest.raises(Killed):
+        op(worker, scene)
+    worker._die()
+    return int(scene.heap._raw[W_JOURNAL_COUNT])
+
+
+def raise_before_store(name: str, scene: Scene, op: Operation, k: int) -> SharedHeap:
+    """``op``, in a worker attached to heap ``name``, raises before its ``k``-th
+    store, holding the lock; the journal is empty at once. Returns the worker."""
+    worker = SharedHeap.attach(name)
+    worker.meta.arm(k, RuntimeError)
+    with pytest.raises(RuntimeError), worker._lock:
+        op(worker, scene)
+    assert worker._raw[W_JOURNAL_COUNT] == 0
+    return worker
+
+
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_killed_between_any_two_stores(scenario: str, fresh: Callable[[], str]) -> None:
     setup, op, mid_commit = SCENARIOS[scenario]
@@ -217,13 +240,7 @@ def test_killed_between_any_two_stores(scenario: str, fresh: Callable[[], str]) 
         name = fresh()
         scene, before, names_before = prepare(name, setup)
         live_before = scene.heap.stats()["live_blocks"]
-        worker = SharedHeap.attach(name)
-        worker._lock.acquire()
-        worker.meta.arm(k, Killed)
-        with pytest.raises(Killed):
-            op(worker, scene)
-        worker._die()
-        journaled = scene.heap._raw[W_JOURNAL_COUNT]
+        journaled = die_before_store(name, scene, op, k)
         assert_survivors(scene, before, names_before, mid_commit)
         stats = scene.heap.stats()
         if journaled:
@@ -252,11 +269,7 @@ def test_exception_between_stores_is_undone_on_the_spot(
         # what earlier rounds left free (the implicit list reuses other holes).
         name = fresh()
         scene, before, names_before = prepare(name, setup)
-        worker = SharedHeap.attach(name)
-        worker.meta.arm(k, RuntimeError)
-        with pytest.raises(RuntimeError), worker._lock:
-            op(worker, scene)
-        assert worker._raw[W_JOURNAL_COUNT] == 0
+        worker = raise_before_store(name, scene, op, k)
         assert_survivors(scene, before, names_before, mid_commit)
         assert scene.heap.stats()["recoveries"] == 0
         worker.check()
