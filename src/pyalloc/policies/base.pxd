@@ -21,19 +21,19 @@ cdef class FreeIndex:
     cpdef i64 find(self, i64 need) except -1
     cdef inline bint _in_heap(self, u64 b) noexcept
     cpdef i64 free_size(self, i64 b) except -1
+    @cython.locals(body=i64)
+    cdef inline i64 _free_body(self, u64 b) except -1
 
 cdef class LinkedLists(FreeIndex):
     cdef inline u64 _read_link(self, u64 b, i64 field) noexcept
     cdef inline int _write_link(self, i64 b, i64 field, u64 link) except -1
     @cython.locals(first=i64)
     cpdef i64 check_head(self, i64 head) except -1
-    @cython.locals(body=i64)
-    cdef inline int _check_free(self, u64 b) except -1
     cpdef bint push(self, i64 head, i64 b) except -1
     @cython.locals(nxt=i64, prv=i64)
     cpdef i64_pair neighbours(self, i64 head, i64 b)
     cpdef int unlink(self, i64 head, i64 b) except -1
-    @cython.locals(b=i64, body=i64, size=i64, nxt=i64)
+    @cython.locals(b=i64, size=i64, nxt=i64)
     cpdef i64_pair pop_head(self, i64 head, i64 need, i64 lowest, i64 limit)
     @cython.locals(size=i64)
     cpdef i64 scan_first(self, i64 b, i64 stop, i64 need, i64 budget) except -1

@@ -132,12 +132,15 @@ class FreeIndex:
         """Size of the free block at ``b``; HeapCorruptionError if it is not one."""
         if not self._in_heap(b):
             raise HeapCorruptionError(f"free-list link to offset {b:#x} is outside the heap")
+        return self._free_body(b) & SIZE_MASK
+
+    def _free_body(self, b: int) -> int:
+        """The header body of the free block at ``b`` (in the heap), checked: its
+        tag, and the allocated bit clear; HeapCorruptionError otherwise."""
         body = decode(self.words[b >> 3], b, self.tag_secret, self.header_key)
-        if body < 0:
-            raise HeapCorruptionError(f"header of free block {b + 8} is corrupted")
-        if body & ALLOCATED:
-            raise HeapCorruptionError(f"free list holds block {b + 8}, which is allocated")
-        return body & SIZE_MASK
+        if body < 0 or body & ALLOCATED:
+            raise HeapCorruptionError(f"free-list block {b + 8} is not a free block")
+        return body
 
 
 class LinkedLists(FreeIndex):
@@ -175,17 +178,12 @@ class LinkedLists(FreeIndex):
                 raise HeapCorruptionError(f"free-list head at control word {head} is invalid")
             if self._read_link(first, PREV):
                 raise HeapCorruptionError(f"free-list head at control word {head} has a prev link")
-            self._check_free(first)
+            self._free_body(first)
         return first
 
     def check_free(self, b: int) -> int:
         """HeapCorruptionError unless the header at ``b`` (in the heap) is a free block's."""
-        return self._check_free(b)
-
-    def _check_free(self, b: int) -> int:
-        body = decode(self.words[b >> 3], b, self.tag_secret, self.header_key)
-        if body < 0 or body & ALLOCATED:
-            raise HeapCorruptionError(f"free-list block {b + 8} is not a free block")
+        self._free_body(b)
         return 0
 
     def push(self, head: int, b: int) -> bool:
@@ -215,7 +213,7 @@ class LinkedLists(FreeIndex):
             if self._read_link(nxt, PREV) != b:
                 raise HeapCorruptionError(f"free block {b + 8}: next block's prev link is broken")
             if not prv:
-                self._check_free(nxt)
+                self._free_body(nxt)
         if prv:
             if not self._in_heap(prv):
                 raise HeapCorruptionError(f"free block {b + 8}: prev link {prv:#x} is invalid")
@@ -247,10 +245,7 @@ class LinkedLists(FreeIndex):
         b = self.words[head]
         if not self._in_heap(b):
             raise HeapCorruptionError(f"free-list head at control word {head} is invalid")
-        body = decode(self.words[b >> 3], b, self.tag_secret, self.header_key)
-        if body < 0 or body & ALLOCATED:
-            raise HeapCorruptionError(f"header of free block {b + 8} is corrupted")
-        size = body & SIZE_MASK
+        size = self._free_body(b) & SIZE_MASK
         if size < need or not lowest <= size < limit:
             raise HeapCorruptionError(f"free block {b + 8} of {size} bytes is on the wrong list")
         nxt = self._read_link(b, NEXT)
@@ -259,7 +254,7 @@ class LinkedLists(FreeIndex):
         if nxt:
             if not self._in_heap(nxt) or self._read_link(nxt, PREV) != b:
                 raise HeapCorruptionError(f"free block {b + 8}: next link is broken")
-            self._check_free(nxt)  # the list's next head
+            self._free_body(nxt)  # the list's next head
             self._write_link(nxt, PREV, 0)
         self.meta.store(head, nxt)
         return b, size
