@@ -13,8 +13,8 @@ cdef class MetadataStore:
     cdef public u64[::1] words
     cdef public i64 journal, slots, count_word, stores, fault_at
     cdef public object fault
-    @cython.locals(n=i64, e=i64)
     cpdef int store(self, i64 index, u64 value) except -1
-    cdef int _full(self) except -1
+    @cython.locals(n=i64, e=i64)
+    cdef int _journaled(self, i64 index, u64 value) except -1
     cdef int _journaled_armed(self, i64 e, i64 n, i64 index, u64 value) except -1
     cdef int _raw(self, i64 index, u64 value) except -1

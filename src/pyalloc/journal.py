@@ -164,38 +164,36 @@ class MetadataStore:
             del self.store  # back to the method, which journals
 
     def store(self, index: int, value: int) -> int:
-        if not self.journal:
+        if self.journal:
+            self._journaled(index, value)
+        else:
             self.words[index] = value
-            return 0
-        # Journaled: written here rather than in a method of its own, so that
-        # compiled it costs no second call. self.words each time, not a local
-        # copy: compiled, copying a memoryview takes a reference with an atomic
-        # instruction, the cost of the whole store.
+        return 0
+
+    def _journaled(self, index: int, value: int) -> None:
+        # self.words each time, not a local copy: compiled, copying a memoryview
+        # takes a reference with an atomic instruction, the cost of the whole store.
         n = self.words[self.count_word]
         if n >= self.slots:
-            self._full()
+            raise JournalFullError(
+                f"an operation wrote more than {self.slots} metadata words; it is undone"
+            )
         e = self.journal + 2 * n
         if self.fault_at >= 0:
             self._journaled_armed(e, n, index, value)
-            return 0
-        # The order of these stores is the journal's guarantee (a kill between
-        # any two is undone right): compiled, a compiler barrier keeps each in
-        # its place (the CPU keeps a thread's stores in order for its own signals).
-        self.words[e] = index
-        self.words[e + 1] = self.words[index]
-        if cython.compiled:
-            store_barrier()
-        self.words[self.count_word] = n + 1
-        if cython.compiled:
-            store_barrier()
-        self.words[index] = value
-        self.stores += 4
-        return 0
-
-    def _full(self) -> None:
-        raise JournalFullError(
-            f"an operation wrote more than {self.slots} metadata words; it is undone"
-        )
+        else:
+            # The order of these stores is the journal's guarantee (a kill between
+            # any two is undone right): compiled, a compiler barrier keeps each in
+            # its place (the CPU keeps a thread's stores in order for its own signals).
+            self.words[e] = index
+            self.words[e + 1] = self.words[index]
+            if cython.compiled:
+                store_barrier()
+            self.words[self.count_word] = n + 1
+            if cython.compiled:
+                store_barrier()
+            self.words[index] = value
+            self.stores += 4
 
     def _journaled_armed(self, e: int, n: int, index: int, value: int) -> None:
         """The journaled write with a fault armed (tests): each store may raise instead."""
