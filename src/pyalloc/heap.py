@@ -1161,7 +1161,7 @@ class Heap(Allocator):
 
     def in_slab(self, p: int) -> bool:
         """Whether ``p`` lies in one of the heap's slabs (no check of the object)."""
-        if type(p) is not int or not 0 < p < 1 << 62:
+        if type(p) is not int or not 0 < p <= 0x3FFF_FFFF_FFFF_FFFF:
             return False
         with self._lock:
             return bool(self._slabs and self._slab_of(p))
