@@ -513,12 +513,12 @@ class Heap(Allocator):
         self.policy.validate_insert(rest)
         if need <= SMALL_BLOCK_MAX:
             a = b + rest
-            self.policy.insert(b, rest)
+            self.policy.insert_validated(b, rest)
             self._set_free(b, rest)
             self._set_prev_allocated(b + have, 1)
             self._set_header(a, allocated_body(need, size, 0))
             return a + HEADER
-        self.policy.insert(b + need, rest)
+        self.policy.insert_validated(b + need, rest)
         self._set_free(b + need, rest)
         self._set_header(b, allocated_body(need, size, PREV_ALLOCATED))
         return b + HEADER
@@ -563,7 +563,7 @@ class Heap(Allocator):
         prev_bit = PREV_ALLOCATED
         if rest:
             self._set_free(b, rest)
-            self.policy.insert(b, rest)
+            self.policy.insert_validated(b, rest)
             b += rest
             prev_bit = 0
         self._set_header(b, allocated_body(need, size, prev_bit))
@@ -646,7 +646,7 @@ class Heap(Allocator):
             self._trim(start, total)
             return
         self._set_free(start, total)
-        policy.insert(start, total)
+        policy.insert_validated(start, total)
 
     def _trim(self, start: int, total: int) -> None:
         """Cut the free top block down to TOP_PAD and give its pages back.
@@ -662,7 +662,7 @@ class Heap(Allocator):
         new_brk = start + TOP_PAD
         self._set_header(new_brk, ALLOCATED)  # epilogue, predecessor free
         self._set_free(start, TOP_PAD)
-        self.policy.insert(start, TOP_PAD)
+        self.policy.insert_validated(start, TOP_PAD)
         self.brk = new_brk
         self.meta.store(W_BRK, new_brk)
         if self._reserving:  # the pages given back were the file's blocks
@@ -740,7 +740,7 @@ class Heap(Allocator):
         if rest >= MIN_BLOCK:
             self._set_header(pb, allocated_body(need, size, PREV_ALLOCATED))
             self._set_free(pb + need, rest)
-            self.policy.insert(pb + need, rest)
+            self.policy.insert_validated(pb + need, rest)
             if not nsize:
                 self._set_prev_allocated(end, 0)
         else:
@@ -793,7 +793,7 @@ class Heap(Allocator):
             if rest >= MIN_BLOCK:
                 self._set_header(b, allocated_body(need, size, prev_bit))
                 self._set_free(b + need, rest)
-                self.policy.insert(b + need, rest)
+                self.policy.insert_validated(b + need, rest)
             else:
                 self._set_header(b, allocated_body(total, size, prev_bit))
                 self._set_header(after, abody | PREV_ALLOCATED)
@@ -1135,10 +1135,10 @@ class Heap(Allocator):
         if rest:
             policy.validate_insert(rest)
         if gap:
-            policy.insert(b, gap)
+            policy.insert_validated(b, gap)
             self._set_free(b, gap)
         if rest:
-            policy.insert(a + size, rest)
+            policy.insert_validated(a + size, rest)
             self._set_free(a + size, rest)
         else:
             self._set_prev_allocated(b + have, 1)

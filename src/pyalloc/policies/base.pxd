@@ -14,6 +14,7 @@ cdef class FreeIndex:
     cdef public u64 header_key, tag_secret, link_key
 
     cpdef insert(self, i64 b, i64 size)
+    cpdef insert_validated(self, i64 b, i64 size)
     cpdef validate(self, i64 b, i64 size)
     cpdef validate_insert(self, i64 size)
     cpdef remove(self, i64 b, i64 size)
@@ -30,6 +31,8 @@ cdef class LinkedLists(FreeIndex):
     @cython.locals(first=i64)
     cpdef i64 check_head(self, i64 head) except -1
     cpdef bint push(self, i64 head, i64 b) except -1
+    @cython.locals(first=i64)
+    cpdef bint push_validated(self, i64 head, i64 b) except -1
     @cython.locals(nxt=i64, prv=i64)
     cpdef i64_pair neighbours(self, i64 head, i64 b)
     cpdef int unlink(self, i64 head, i64 b) except -1

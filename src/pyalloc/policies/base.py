@@ -18,6 +18,9 @@ on metadata it cannot trust, before it writes)::
 
     insert(b, size)      b is a free block (header and footer written or about
                          to be); put it in the index
+    insert_validated(b, size)
+                         insert, after validate_insert(size) in the same
+                         operation: what that checked may be trusted
     remove(b, size)      take the free block b out of the index
     validate(b, size)    raise if remove(b, size) would follow a bad link
     validate_insert(size)
@@ -81,6 +84,13 @@ class FreeIndex:
 
     def insert(self, b: int, size: int) -> None:
         raise NotImplementedError
+
+    def insert_validated(self, b: int, size: int) -> None:
+        """``insert``, which this operation's ``validate_insert(size)`` has
+        checked; a policy may skip those checks (between the two, the engine
+        writes only the blocks it unlinks and merges, and an unlink checks
+        the block it leaves at a list's head)."""
+        self.insert(b, size)
 
     def validate(self, b: int, size: int) -> None:
         """Raise HeapCorruptionError if removing ``b`` would follow a bad link."""
@@ -191,7 +201,13 @@ class LinkedLists(FreeIndex):
 
         The old head is checked (``check_head``) before anything is written.
         """
-        first = self.check_head(head)
+        self.check_head(head)
+        return self.push_validated(head, b)
+
+    def push_validated(self, head: int, b: int) -> bool:
+        """``push`` to a list whose head passed ``check_head`` earlier in this
+        operation (see ``insert_validated``)."""
+        first = self.words[head]
         if first:
             self._write_link(first, PREV, b)
         self._write_link(b, NEXT, first)

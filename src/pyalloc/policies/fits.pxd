@@ -8,6 +8,7 @@ cdef i64 HEAD, ROVER
 
 cdef class ExplicitList(LinkedLists):
     cpdef insert(self, i64 b, i64 size)
+    cpdef insert_validated(self, i64 b, i64 size)
     cpdef validate(self, i64 b, i64 size)
     cpdef validate_insert(self, i64 size)
     cpdef remove(self, i64 b, i64 size)

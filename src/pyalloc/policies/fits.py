@@ -58,6 +58,9 @@ class ExplicitList(LinkedLists):
     def insert(self, b: int, size: int) -> None:
         self.push(self.base + HEAD, b)
 
+    def insert_validated(self, b: int, size: int) -> None:
+        self.push_validated(self.base + HEAD, b)
+
     def validate_insert(self, size: int) -> None:
         self.check_head(self.base + HEAD)
 

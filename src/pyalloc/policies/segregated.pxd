@@ -3,7 +3,7 @@ cimport cython
 from pyalloc.layout cimport WORD_MASK, bit, bit_length, i64, i64_pair, lowest_bit, u64
 from pyalloc.policies.base cimport LinkedLists
 
-cdef i64 EXACT_SHIFT, EXACT_CLASSES, SUB_SHIFT, SUB_MASK, BEST_FIT_SCAN, TABLE_LIMIT
+cdef i64 EXACT_SHIFT, EXACT_LIMIT, EXACT_CLASSES, SUB_SHIFT, SUB_MASK, BEST_FIT_SCAN, TABLE_LIMIT
 cdef bytes CLASS_OF
 
 @cython.locals(f=i64)
@@ -19,6 +19,7 @@ cdef class Segregated(LinkedLists):
     cdef inline i64 _first_class_from(self, i64 c) except? -2
     cdef inline i64 class_of(self, i64 size) except -1
     cpdef insert(self, i64 b, i64 size)
+    cpdef insert_validated(self, i64 b, i64 size)
     cpdef validate(self, i64 b, i64 size)
     cpdef validate_insert(self, i64 size)
     cpdef remove(self, i64 b, i64 size)

@@ -34,12 +34,13 @@ if TYPE_CHECKING:
     from ..heap import Heap
 
 EXACT_SHIFT: Final = 9
-EXACT_CLASSES: Final = bit(EXACT_SHIFT) >> 4  # 32 classes of 16 bytes
+EXACT_LIMIT: Final = bit(EXACT_SHIFT)  # block sizes below: exact classes
+EXACT_CLASSES: Final = EXACT_LIMIT >> 4  # 32 classes of 16 bytes
 SUB_SHIFT: Final = 2  # 4 classes per power of two above
 SUB_MASK: Final = bit(SUB_SHIFT) - 1
 BEST_FIT_SCAN: Final = 32  # blocks examined in the request's own class
 
-assert EXACT_CLASSES << 4 == bit(EXACT_SHIFT)
+assert EXACT_CLASSES << 4 == EXACT_LIMIT
 
 
 def class_floor(c: int) -> int:
@@ -51,7 +52,7 @@ def class_floor(c: int) -> int:
 
 
 def size_class(size: int) -> int:
-    if size < bit(EXACT_SHIFT):
+    if size < EXACT_LIMIT:
         return size >> 4
     f = bit_length(size) - 1
     return EXACT_CLASSES + ((f - EXACT_SHIFT) << SUB_SHIFT) + ((size >> (f - SUB_SHIFT)) & SUB_MASK)
@@ -107,8 +108,12 @@ class Segregated(LinkedLists):
         return CLASS_OF[size >> 4] if size < TABLE_LIMIT else size_class(size)
 
     def insert(self, b: int, size: int) -> None:
+        self.validate_insert(size)
+        self.insert_validated(b, size)
+
+    def insert_validated(self, b: int, size: int) -> None:
         c = self.class_of(size)
-        if self.push(self.base + c, b):
+        if self.push_validated(self.base + c, b):
             at = self.bitmap_base + (c >> 6)
             self.meta.store(at, self.words[at] | bit(c & 63))
 
@@ -128,7 +133,7 @@ class Segregated(LinkedLists):
 
     def take(self, need: int) -> tuple[int, int]:
         words = self.words
-        if need < bit(EXACT_SHIFT):
+        if need < EXACT_LIMIT:
             c = need >> 4
             if words[self.base + c]:  # an exact fit
                 return self._pop(c, need)
@@ -186,6 +191,7 @@ class Segregated(LinkedLists):
 # Compiled, the constants above are C variables (segregated.pxd); this gives
 # Python importers the same names and values. Interpreted, it changes nothing.
 globals().update(
-    EXACT_SHIFT=EXACT_SHIFT, EXACT_CLASSES=EXACT_CLASSES, SUB_SHIFT=SUB_SHIFT, SUB_MASK=SUB_MASK,
-    BEST_FIT_SCAN=BEST_FIT_SCAN, TABLE_LIMIT=TABLE_LIMIT, CLASS_OF=CLASS_OF,
+    EXACT_SHIFT=EXACT_SHIFT, EXACT_LIMIT=EXACT_LIMIT, EXACT_CLASSES=EXACT_CLASSES,
+    SUB_SHIFT=SUB_SHIFT, SUB_MASK=SUB_MASK, BEST_FIT_SCAN=BEST_FIT_SCAN, TABLE_LIMIT=TABLE_LIMIT,
+    CLASS_OF=CLASS_OF,
 )  # fmt: skip

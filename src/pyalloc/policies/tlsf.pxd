@@ -19,6 +19,7 @@ cdef class TLSF(LinkedLists):
     cdef inline i64 _first_from(self, i64 i) except? -2
     @cython.locals(i=i64, fl=i64)
     cpdef insert(self, i64 b, i64 size)
+    cpdef insert_validated(self, i64 b, i64 size)
     cpdef validate(self, i64 b, i64 size)
     cpdef validate_insert(self, i64 size)
     cpdef remove(self, i64 b, i64 size)

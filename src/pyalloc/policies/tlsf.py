@@ -128,8 +128,12 @@ class TLSF(LinkedLists):
         return (fl << SL_SHIFT) | lowest_bit(bits)
 
     def insert(self, b: int, size: int) -> None:
+        self.validate_insert(size)
+        self.insert_validated(b, size)
+
+    def insert_validated(self, b: int, size: int) -> None:
         i = size >> ALIGN_SHIFT if size < SMALL_BLOCK else list_index(size)
-        if self.push(self.base + i, b):
+        if self.push_validated(self.base + i, b):
             fl = i >> SL_SHIFT
             words = self.words
             self.meta.store(self.sl_base + fl, words[self.sl_base + fl] | bit(i & SL_MASK))
