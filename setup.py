@@ -17,6 +17,7 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "src", "pyalloc"))
+import _inline  # noqa: E402
 from _engine import ENGINE_MODULES, source_digest  # noqa: E402
 
 sys.path.pop(0)
@@ -42,6 +43,7 @@ def extensions() -> list:
         return []
     from setuptools import Extension
 
+    _inline.write(os.path.join("src", "pyalloc"))  # layout's accessors, inline (_inline.py)
     modules = [
         Extension(
             name,

@@ -2,7 +2,8 @@
 cimport cython
 from pyalloc.allocator cimport Allocator
 from pyalloc.journal cimport MetadataStore
-from pyalloc.layout cimport ALLOCATED, HEADER, PREV_ALLOCATED, TAG_SHIFT, decode, encode, bit, bit_length, i64, lowest_bit, u64
+from pyalloc.layout cimport ALLOCATED, HEADER, PREV_ALLOCATED, TAG_SHIFT, i64, u64
+from pyalloc._accessors cimport decode, encode, bit, bit_length, lowest_bit
 from pyalloc.policies.base cimport LinkedLists
 
 cdef class _OrderLists(LinkedLists):

@@ -85,20 +85,18 @@ from .allocator import Allocator, check_size, stats_record
 from .errors import DoubleFreeError, HeapCorruptionError, InvalidPointerError
 from .heap import DEFAULT_CAPACITY
 from .journal import MetadataStore
-from .layout import (
-    ALLOCATED,
-    HEADER,
-    PREV_ALLOCATED,
-    TAG_SHIFT,
-    bit,
-    bit_length,
-    decode,
-    encode,
-    lowest_bit,
-)
+from .layout import ALLOCATED, HEADER, PREV_ALLOCATED, TAG_SHIFT
 from .lock import HeapLock
 from .policies.base import PREV, LinkedLists
 from .regions import AnonymousRegion, Region
+
+try:
+    import cython
+except ImportError:  # interpreted, without Cython installed
+    from . import _cython as cython
+
+if not cython.compiled:  # compiled, inline C functions: _accessors.pxd (_inline.py)
+    from .layout import bit, bit_length, decode, encode, lowest_bit
 
 if TYPE_CHECKING:
     from .heap import Heap

@@ -5,9 +5,11 @@ from pyalloc.control cimport W_BRK, W_COMMITTED, W_PEAK, W_SLABS
 from pyalloc.journal cimport MetadataStore
 from pyalloc.layout cimport (
     ALLOCATED, CACHED, HEADER, INTERNAL, MAX_BLOCK, MIN_BLOCK, PREV_ALLOCATED, SIZE_MASK, SLACK_MAX,
-    TAGGED_MASK, WORD_MASK, allocated_body, bit, block_size, block_size_for, decode, encode, free_word,
-    i64, i64_pair, is_allocated, lowest_bit,
-    prev_is_allocated, slack_of, u64,
+    TAGGED_MASK, WORD_MASK, i64, i64_pair, u64,
+)
+from pyalloc._accessors cimport (
+    allocated_body, bit, block_size, block_size_for, decode, encode, free_word, is_allocated,
+    lowest_bit, prev_is_allocated, slack_of,
 )
 from pyalloc.policies.base cimport FreeIndex
 from pyalloc.slab cimport (

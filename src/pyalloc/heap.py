@@ -56,17 +56,6 @@ from .layout import (
     SIZE_MASK,
     TAGGED_MASK,
     WORD_MASK,
-    allocated_body,
-    bit,
-    block_size,
-    block_size_for,
-    decode,
-    encode,
-    free_word,
-    is_allocated,
-    lowest_bit,
-    prev_is_allocated,
-    slack_of,
 )
 from .lock import HeapLock
 from .policies import POLICIES, policy_by_id, policy_class
@@ -99,6 +88,26 @@ from .slab import (
     slots_of,
     unused_bits,
 )
+
+try:
+    import cython
+except ImportError:  # interpreted, without Cython installed
+    from . import _cython as cython
+
+if not cython.compiled:  # compiled, inline C functions: _accessors.pxd (_inline.py)
+    from .layout import (
+        allocated_body,
+        bit,
+        block_size,
+        block_size_for,
+        decode,
+        encode,
+        free_word,
+        is_allocated,
+        lowest_bit,
+        prev_is_allocated,
+        slack_of,
+    )
 
 DEFAULT_CAPACITY: Final = 256 << 20
 CACHE_LIMIT: Final = 16  # freed blocks kept per size in the cache ...

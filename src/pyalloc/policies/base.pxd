@@ -1,7 +1,8 @@
 # C types of base.py for the compiled engine: the policy protocol.
 cimport cython
 from pyalloc.journal cimport MetadataStore
-from pyalloc.layout cimport ALLOCATED, SIZE_MASK, decode, i64, i64_pair, mangle, stored_size, u64
+from pyalloc.layout cimport ALLOCATED, SIZE_MASK, i64, i64_pair, u64
+from pyalloc._accessors cimport decode, mangle, stored_size
 from pyalloc.control cimport W_BRK
 
 cdef i64 NEXT, PREV

@@ -47,7 +47,15 @@ from typing import TYPE_CHECKING, ClassVar, Final
 
 from ..control import W_BRK
 from ..errors import HeapCorruptionError
-from ..layout import ALLOCATED, SIZE_MASK, decode, mangle, stored_size
+from ..layout import ALLOCATED, SIZE_MASK
+
+try:
+    import cython
+except ImportError:  # interpreted, without Cython installed
+    from .. import _cython as cython
+
+if not cython.compiled:  # compiled, inline C functions: _accessors.pxd (_inline.py)
+    from ..layout import decode, mangle, stored_size
 
 if TYPE_CHECKING:
     from ..heap import Heap

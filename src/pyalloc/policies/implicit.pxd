@@ -1,6 +1,7 @@
 # C types of implicit.py for the compiled engine.
 cimport cython
-from pyalloc.layout cimport ALLOCATED, MIN_BLOCK, SIZE_MASK, decode, i64, i64_pair, u64
+from pyalloc.layout cimport ALLOCATED, MIN_BLOCK, SIZE_MASK, i64, i64_pair, u64
+from pyalloc._accessors cimport decode
 from pyalloc.control cimport W_BRK
 from pyalloc.policies.base cimport FreeIndex
 

@@ -30,8 +30,16 @@ from __future__ import annotations
 
 from ..control import W_BRK
 from ..errors import HeapCorruptionError
-from ..layout import ALLOCATED, MIN_BLOCK, SIZE_MASK, decode
+from ..layout import ALLOCATED, MIN_BLOCK, SIZE_MASK
 from .base import FreeIndex
+
+try:
+    import cython
+except ImportError:  # interpreted, without Cython installed
+    from .. import _cython as cython
+
+if not cython.compiled:  # compiled, inline C functions: _accessors.pxd (_inline.py)
+    from ..layout import decode
 
 
 class Implicit(FreeIndex):

@@ -1,6 +1,7 @@
 # C types of segregated.py for the compiled engine.
 cimport cython
-from pyalloc.layout cimport WORD_MASK, bit, bit_length, i64, i64_pair, lowest_bit, u64
+from pyalloc.layout cimport WORD_MASK, i64, i64_pair, u64
+from pyalloc._accessors cimport bit, bit_length, lowest_bit
 from pyalloc.policies.base cimport LinkedLists
 
 cdef i64 EXACT_SHIFT, EXACT_LIMIT, EXACT_CLASSES, SUB_SHIFT, SUB_MASK, BEST_FIT_SCAN, TABLE_LIMIT

@@ -1,6 +1,7 @@
 # C types of tlsf.py for the compiled engine.
 cimport cython
-from pyalloc.layout cimport ALIGN_SHIFT, MAX_BLOCK, MIN_BLOCK, WORD_MASK, bit, bit_length, i64, i64_pair, lowest_bit, u64
+from pyalloc.layout cimport ALIGN_SHIFT, MAX_BLOCK, MIN_BLOCK, WORD_MASK, i64, i64_pair, u64
+from pyalloc._accessors cimport bit, bit_length, lowest_bit
 from pyalloc.control cimport W_BRK
 from pyalloc.policies.base cimport LinkedLists
 

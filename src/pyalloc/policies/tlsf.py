@@ -50,8 +50,16 @@ from typing import TYPE_CHECKING, Final
 
 from ..control import W_BRK
 from ..errors import HeapCorruptionError
-from ..layout import ALIGN_SHIFT, MAX_BLOCK, MIN_BLOCK, WORD_MASK, bit, bit_length, lowest_bit
+from ..layout import ALIGN_SHIFT, MAX_BLOCK, MIN_BLOCK, WORD_MASK
 from .base import LinkedLists
+
+try:
+    import cython
+except ImportError:  # interpreted, without Cython installed
+    from .. import _cython as cython
+
+if not cython.compiled:  # compiled, inline C functions: _accessors.pxd (_inline.py)
+    from ..layout import bit, bit_length, lowest_bit
 
 if TYPE_CHECKING:
     from ..heap import Heap
