@@ -20,13 +20,16 @@ utilization, peak live payload / peak footprint:
   which the header then says);
 - **mimalloc**: footprint in resident pages, the only measure the lab has
   that means the same for every allocator. Its utilization is judged only
-  where its peak footprint is at least THRESHOLD (see below).
+  where its peak footprint is at least THRESHOLD (see below);
+- **no slabs**: the same heap with slabs off (the lab's ``segregated``
+  column): the heap as it was before slabs, for the set's average.
 
 Targets (the small-objects issue), a verdict per row and PASS/MISS per set:
 
     pyalloc util >= glibc util                      on every trace
     pyalloc util >= mimalloc util                   where mimalloc's util beats glibc's
                                                     and its peak footprint >= THRESHOLD
+    pyalloc average > no slabs average              on the generated workloads
 
 THRESHOLD: a resident-page footprint is off by up to a page: the rounding
 to pages, and the interpreter's own noise, which measured smaller (on every
@@ -72,6 +75,7 @@ from pyalloc.trace.generate import GENERATORS, generate  # noqa: E402
 from pyalloc.workloads import bundled_traces  # noqa: E402
 
 GLIBC, MIMALLOC = "glibc", "mimalloc"
+NO_SLABS = "segregated"  # the lab's column of the default policy with slabs off
 THRESHOLD = 100 * mmap.PAGESIZE  # one page of error is 1% of it
 
 
@@ -104,7 +108,16 @@ def judged(mimalloc: dict[str, Any] | None) -> bool:
 
 def print_set(label: str, comparison: Comparison) -> list[tuple[str, str, bool]]:
     """The set's table; its verdicts as (what, measured, passed)."""
-    header = ("trace", "peak payload", "pyalloc", "glibc", "mimalloc", ">= glibc", ">= mimalloc")
+    header = (
+        "trace",
+        "peak payload",
+        "pyalloc",
+        "no slabs",
+        "glibc",
+        "mimalloc",
+        ">= glibc",
+        ">= mimalloc",
+    )
     rows = [header]
     glibc_misses: list[str] = []
     mimalloc_misses: list[str] = []
@@ -134,6 +147,7 @@ def print_set(label: str, comparison: Comparison) -> list[tuple[str, str, bool]]
                 source.label,
                 f"{payload:,}",
                 percent(ours),
+                percent(comparison.cells.get((i, NO_SLABS))),
                 percent(glibc),
                 mimalloc_cell,
                 versus_glibc,
@@ -146,6 +160,9 @@ def print_set(label: str, comparison: Comparison) -> list[tuple[str, str, bool]]
         cells = [row[0].ljust(widths[0])]
         cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
         print("  ".join(cells).rstrip())
+    averages = [comparison.average_util(column) for column in (DEFAULT_HEAP, NO_SLABS)]
+    if None not in averages:
+        print(f"average: pyalloc {averages[0]:.2%}, no slabs {averages[1]:.2%}")
     print()
     total = len(comparison.sources)
     verdicts = [
@@ -163,6 +180,14 @@ def print_set(label: str, comparison: Comparison) -> list[tuple[str, str, bool]]
                 f"{mimalloc_judged - len(mimalloc_misses)} of {mimalloc_judged}"
                 + miss_list(mimalloc_misses),
                 not mimalloc_misses,
+            )
+        )
+    if label.startswith("generated") and None not in averages:
+        verdicts.append(
+            (
+                f"{label}: pyalloc average util > without slabs",
+                f"{averages[0]:.2%} against {averages[1]:.2%}",
+                averages[0] > averages[1],  # type: ignore[operator]
             )
         )
     return verdicts
@@ -185,10 +210,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     verdicts: list[tuple[str, str, bool]] = []
     for label, sources in sets:
-        work = sum(source.ops for source in sources) * 3
+        work = sum(source.ops for source in sources) * 4
         with _Progress(work) as progress:
             comparison = run_comparison(
-                sources, [DEFAULT_HEAP], [GLIBC, MIMALLOC], timed_repeats=0, progress=progress
+                sources,
+                [DEFAULT_HEAP, NO_SLABS],
+                [GLIBC, MIMALLOC],
+                timed_repeats=0,
+                progress=progress,
             )
         for note in comparison.notes:
             if note.startswith(f"{MIMALLOC}: skipped"):
