@@ -12,8 +12,12 @@ from pyalloc import _inline
 PACKAGE = Path(_inline.__file__).resolve().parent
 
 
-def sources() -> tuple[str, str]:
-    return (PACKAGE / "layout.py").read_text(), (PACKAGE / "layout.pxd").read_text()
+def sources() -> dict[str, tuple[str, str]]:
+    return _inline.read_sources(str(PACKAGE))
+
+
+def names() -> list[str]:
+    return [name for _, functions in _inline.ACCESSORS for name in functions]
 
 
 def functions(text: str) -> dict[str, ast.FunctionDef]:
@@ -47,34 +51,44 @@ def body_dump(node: ast.FunctionDef) -> list[str]:
     return [ast.dump(statement) for statement in statements]
 
 
-def test_every_accessor_is_rendered_with_layouts_body() -> None:
-    layout_py, layout_pxd = sources()
-    rendered = functions(_inline.render(layout_py, layout_pxd))
-    originals = {
-        node.name: node for node in ast.parse(layout_py).body if isinstance(node, ast.FunctionDef)
-    }
-    assert set(rendered) == set(_inline.ACCESSORS)
-    for name in _inline.ACCESSORS:
-        assert body_dump(rendered[name]) == body_dump(originals[name]), name
+def test_every_accessor_is_rendered_with_its_modules_body() -> None:
+    texts = sources()
+    rendered = functions(_inline.render(texts))
+    assert sorted(rendered) == sorted(names())
+    for module, functions_of_module in _inline.ACCESSORS:
+        originals = {
+            node.name: node
+            for node in ast.parse(texts[module][0]).body
+            if isinstance(node, ast.FunctionDef)
+        }
+        for name in functions_of_module:
+            assert body_dump(rendered[name]) == body_dump(originals[name]), name
 
 
 def test_signatures_and_typed_locals_come_from_layout_pxd() -> None:
-    text = _inline.render(*sources())
+    text = _inline.render(sources())
     assert "cdef inline i64 decode(u64 word, u64 offset, u64 secret, u64 key) noexcept:" in text
     decode = text.split("cdef inline i64 decode(")[1].split("\n\n")[0]
     assert "    cdef u64 plain" in decode and "    cdef u64 body" in decode
 
 
 def test_an_accessor_missing_from_either_source_is_refused() -> None:
-    layout_py, layout_pxd = sources()
-    without = layout_pxd.replace("cpdef u64 mangle(", "cpdef u64 unmangled(")
+    texts = sources()
+    layout_py, layout_pxd = texts["layout"]
+    texts["layout"] = (layout_py, layout_pxd.replace("cpdef u64 mangle(", "cpdef u64 unmangled("))
     with pytest.raises(ValueError, match="mangle"):
-        _inline.render(layout_py, without)
+        _inline.render(texts)
+    texts = sources()
+    slab_py, slab_pxd = texts["slab"]
+    texts["slab"] = (slab_py.replace("def slots_of(", "def slot_count("), slab_pxd)
+    with pytest.raises(ValueError, match="slots_of"):
+        _inline.render(texts)
 
 
 def test_write_rewrites_only_when_the_text_changes(tmp_path: Path) -> None:
-    for name in ("layout.py", "layout.pxd"):
-        (tmp_path / name).write_text((PACKAGE / name).read_text())
+    for module, _ in _inline.ACCESSORS:
+        for suffix in (".py", ".pxd"):
+            (tmp_path / (module + suffix)).write_text((PACKAGE / (module + suffix)).read_text())
     assert _inline.write(str(tmp_path))
     first = (tmp_path / _inline.TARGET).read_text()
     assert not _inline.write(str(tmp_path))
@@ -89,4 +103,4 @@ def test_the_built_file_matches_the_sources() -> None:
     built = PACKAGE / _inline.TARGET
     if not built.exists():
         pytest.skip("no compiled build here: setup.py writes the file when it compiles the engine")
-    assert built.read_text() == _inline.render(*sources())
+    assert built.read_text() == _inline.render(sources())

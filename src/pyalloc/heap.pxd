@@ -9,14 +9,14 @@ from pyalloc.layout cimport (
 )
 from pyalloc._accessors cimport (
     allocated_body, bit, block_size, block_size_for, decode, encode, free_word, is_allocated,
-    lowest_bit, prev_is_allocated, slack_of,
+    lowest_bit, prev_is_allocated, slack_of, class_size, size_class, slots_of,
 )
 from pyalloc.policies.base cimport FreeIndex
 from pyalloc.slab cimport (
     BITMAP_WORDS, D_BITMAP, D_NEXT, D_PREV, D_SLAB, D_STATE, DESC_WORDS, HEADS_BYTES, NCLASSES,
     SLAB_BYTES, SLAB_MASK, SLABS_ON, SLOTS_AT, SMALL_BLOCK_LIMIT, SLAB_DEMAND, H_LIST, H_SLABS,
     SMALL_MAX, STATE_CLASS_MASK, STATE_USED_SHIFT,
-    aligned_block, class_size, size_class, slots_of, unused_bits,
+    aligned_block, unused_bits,
 )
 
 cdef i64 DEFAULT_CAPACITY, CACHE_LIMIT, CACHE_MAX_BLOCK, CACHE_BINS, FLUSH_BEFORE_SPLIT, SMALL_BLOCK_MAX

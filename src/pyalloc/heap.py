@@ -83,9 +83,6 @@ from .slab import (
     STATE_CLASS_MASK,
     STATE_USED_SHIFT,
     aligned_block,
-    class_size,
-    size_class,
-    slots_of,
     unused_bits,
 )
 
@@ -108,6 +105,7 @@ if not cython.compiled:  # compiled, inline C functions: _accessors.pxd (_inline
         prev_is_allocated,
         slack_of,
     )
+    from .slab import class_size, size_class, slots_of
 
 DEFAULT_CAPACITY: Final = 256 << 20
 CACHE_LIMIT: Final = 16  # freed blocks kept per size in the cache ...

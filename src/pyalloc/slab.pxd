@@ -1,7 +1,6 @@
 # C types of slab.py for the compiled engine: slab geometry and size classes.
 cimport cython
-from pyalloc.layout cimport HEADER, MIN_BLOCK, WORD_MASK, i64, u64
-from pyalloc._accessors cimport bit
+from pyalloc.layout cimport HEADER, MIN_BLOCK, WORD_MASK, bit, i64, u64
 
 cdef i64 SLAB_SHIFT, SLAB_BYTES, SLAB_MASK, SLOTS_AT, GUARD, SLOT_SPAN, SMALL_MAX, NCLASSES
 cdef i64 BITMAP_WORDS, SLABS_ON, D_SLAB, D_STATE, D_NEXT, D_PREV, D_BITMAP, DESC_WORDS

@@ -58,15 +58,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from .layout import HEADER, MIN_BLOCK, WORD_MASK
-
-try:
-    import cython
-except ImportError:  # interpreted, without Cython installed
-    from . import _cython as cython
-
-if not cython.compiled:  # compiled, inline C functions: _accessors.pxd (_inline.py)
-    from .layout import bit
+from .layout import HEADER, MIN_BLOCK, WORD_MASK, bit
 
 SLAB_SHIFT: Final = 12
 SLAB_BYTES: Final = 1 << SLAB_SHIFT  # a slab block's size and its payload's alignment
