@@ -53,7 +53,7 @@ TARGET: Final = "_accessors.pxd"
 
 _LOCALS = re.compile(r"@cython\.locals\((?P<names>.*)\)\s*$")
 _CPDEF = re.compile(r"cpdef (?P<result>\w+) (?P<name>\w+)\((?P<args>.*)\) noexcept\s*$")
-_CONSTANTS = re.compile(r"cdef (?:i64|u64) (?P<names>[\w, ]+)$")
+_CONSTANTS = re.compile(r"cdef (?:i64|u64|bytes) (?P<names>[\w, ]+)$")
 
 
 def _bodies(source: str, names: tuple[str, ...]) -> dict[str, str]:
