@@ -827,25 +827,23 @@ class Heap(Allocator):
         H = self._heads_in_range()
         d = self.words[H + H_LIST + c] if H else 0
         if not d:
-            return self._slab_malloc_slow(size, c)
+            return self._slab_malloc_slow(size, c, H)
         return self._slab_take(d, c)
 
-    def _slab_malloc_slow(self, size: int, c: int) -> int:
-        """No slab of class ``c`` has room: a new slab, or, while the class has
-        none and fewer than SLAB_DEMAND blocks of this class live, a block."""
+    def _slab_malloc_slow(self, size: int, c: int, H: int) -> int:
+        """No slab of class ``c`` has room (``H``: the heads block's word index,
+        or 0): a new slab, or, while the class has none and fewer than
+        SLAB_DEMAND blocks of this class live, a block.
+
+        Whether the class has slabs is read without checking the heads block:
+        a wrong answer only makes a block where a slab would serve, or sends
+        the request to _new_slab, which checks everything it uses."""
         live = self._small_live[c]
-        if live < self._slab_demand and not self._class_has_slabs(c):
+        if live < self._slab_demand and not (H and self.words[H + H_SLABS + c]):
             p = self._block_malloc(size)
             self._small_live[c] = live + 1
             return p
         return self._slab_take(self._new_slab(c), c)
-
-    def _class_has_slabs(self, c: int) -> bool:
-        """Whether class ``c`` has a slab, read without checking the heads block:
-        a wrong answer only makes a block where a slab would serve, or sends
-        the request to _new_slab, which checks everything it uses."""
-        H = self._heads_in_range()
-        return H != 0 and self.words[H + H_SLABS + c] != 0
 
     def _free_small_block(self, p: int, body: int) -> None:
         """Free a block that may serve a small request (one served before its
@@ -930,6 +928,12 @@ class Heap(Allocator):
         header before the aligned address must pass its tag and say INTERNAL."""
         s = p & ~SLAB_MASK
         if s <= self.heap_start or s + SLAB_BYTES - HEADER > self.brk:
+            return 0
+        # The two flags read unchecked first (the key is an XOR): most words
+        # before an aligned address are a payload's bytes, and lack one.
+        if (self.words[(s - HEADER) >> 3] ^ self.header_key) & (ALLOCATED | INTERNAL) != (
+            ALLOCATED | INTERNAL
+        ):
             return 0
         body = self._header(s - HEADER)
         if body < 0 or body & (ALLOCATED | CACHED | INTERNAL) != ALLOCATED | INTERNAL:
