@@ -120,6 +120,16 @@ def test_a_class_gets_its_first_slab_once_enough_of_its_blocks_are_live() -> Non
         h.check()
 
 
+def test_a_class_with_more_slots_than_the_demand_waits_for_a_slabs_worth() -> None:
+    c = size_class(16)
+    assert slots_of(c) > SLAB_DEMAND  # the smallest class: a slab holds more
+    with Heap(4 << 20) as h:
+        blocks = [h.malloc(16) for _ in range(slots_of(c))]
+        assert not any(h.in_slab(p) for p in blocks)  # SLAB_DEMAND passed, not a slab's worth
+        assert h.in_slab(h.malloc(16))
+        h.check()
+
+
 def test_a_few_small_objects_never_cost_a_slab() -> None:
     with Heap(4 << 20) as h:
         for _ in range(10 * SLAB_DEMAND):

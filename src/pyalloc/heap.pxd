@@ -87,7 +87,7 @@ cdef class Heap(Allocator):
 
     @cython.locals(c=i64, d=i64, H=i64)
     cdef inline i64 _slab_malloc(self, i64 size) except -1
-    @cython.locals(live=i64)
+    @cython.locals(live=i64, demand=i64)
     cdef inline i64 _slab_malloc_slow(self, i64 size, i64 c, i64 H) except -1
     @cython.locals(h=i64)
     cdef inline i64 _heads_in_range(self) noexcept

@@ -832,14 +832,15 @@ class Heap(Allocator):
 
     def _slab_malloc_slow(self, size: int, c: int, H: int) -> int:
         """No slab of class ``c`` has room (``H``: the heads block's word index,
-        or 0): a new slab, or, while the class has none and fewer than
-        SLAB_DEMAND blocks of this class live, a block.
+        or 0): a new slab, or, while the class has none and fewer blocks of
+        this class live than a slab has slots and than SLAB_DEMAND, a block.
 
         Whether the class has slabs is read without checking the heads block:
         a wrong answer only makes a block where a slab would serve, or sends
         the request to _new_slab, which checks everything it uses."""
         live = self._small_live[c]
-        if live < self._slab_demand and not (H and self.words[H + H_SLABS + c]):
+        demand = self._slab_demand
+        if demand and live < max(demand, slots_of(c)) and not (H and self.words[H + H_SLABS + c]):
             p = self._block_malloc(size)
             self._small_live[c] = live + 1
             return p

@@ -31,11 +31,13 @@ is found by arithmetic (``p & -SLAB_BYTES``) and trusted only when the header
 before it passes its tag and says INTERNAL; the index word must then decode
 and name a descriptor that points back.
 
-In a private ``Heap``, a class gets its first slab only once SLAB_DEMAND
-blocks of its size are live at once (as this process counts them: the
-count is a heuristic, kept out of the region): until then its requests are
-blocks with headers, which the heap's cache of freed blocks recycles, so a
-heap with a few small objects does not pay 4 KiB for each size it uses. A
+In a private ``Heap``, a class gets its first slab only once as many
+blocks of its size are live at once as one of its slabs has slots, and at
+least SLAB_DEMAND (as this process counts them: the count is a heuristic,
+kept out of the region): until then its requests are blocks with headers,
+which the heap's cache of freed blocks recycles, so a heap with a few small
+objects does not pay 4 KiB for each size it uses, nor a class whose demand
+would leave most of a slab empty. A
 shared or mapped heap, which has no such cache, gives a class its slab with
 its first object: there the slab is what recycles small objects, for every
 process.
@@ -80,7 +82,7 @@ DESC_WORDS: Final = D_BITMAP + BITMAP_WORDS
 STATE_USED_SHIFT: Final = 8
 STATE_CLASS_MASK: Final = (1 << STATE_USED_SHIFT) - 1
 SMALL_BLOCK_LIMIT: Final = (SMALL_MAX + HEADER + 15) & ~15  # a block serving a small request
-SLAB_DEMAND: Final = 128  # live blocks of a small size before its class's first slab
+SLAB_DEMAND: Final = 128  # live blocks of a small size before its class's first slab, at least
 H_LIST: Final = 0  # heads block: the head of each class's list of slabs with room,
 H_SLABS: Final = NCLASSES  # each class's number of slabs,
 HEADS_BYTES: Final = 8 * 2 * NCLASSES
