@@ -43,7 +43,11 @@ def extensions() -> list:
         return []
     from setuptools import Extension
 
-    _inline.write(os.path.join("src", "pyalloc"))  # layout's accessors, inline (_inline.py)
+    try:  # the accessors of layout.py and slab.py as inline C functions (_inline.py)
+        _inline.write(os.path.join("src", "pyalloc"))
+    except (OSError, ValueError) as e:
+        print(f"pyalloc: the engine will run interpreted: {e}", file=sys.stderr)
+        return []
     modules = [
         Extension(
             name,
