@@ -669,7 +669,7 @@ class Heap(Allocator):
         new_brk = start + TOP_PAD
         self._set_header(new_brk, ALLOCATED)  # epilogue, predecessor free
         self._set_free(start, TOP_PAD)
-        self.policy.insert_validated(start, TOP_PAD)
+        self.policy.insert_validated(start, TOP_PAD)  # _release validated it
         self.brk = new_brk
         self.meta.store(W_BRK, new_brk)
         if self._reserving:  # the pages given back were the file's blocks
