@@ -4,12 +4,12 @@ from pyalloc.allocator cimport Allocator
 from pyalloc.control cimport W_BRK, W_COMMITTED, W_PEAK, W_SLABS
 from pyalloc.journal cimport MetadataStore
 from pyalloc.layout cimport (
-    ALLOCATED, CACHED, HEADER, INTERNAL, MAX_BLOCK, MIN_BLOCK, PREV_ALLOCATED, SIZE_MASK, SLACK_MAX,
-    TAGGED_MASK, WORD_MASK, i64, i64_pair, u64,
+    ALLOCATED, CACHED, FLAGS_MASK, HEADER, INTERNAL, MAX_BLOCK, MIN_BLOCK, PREV_ALLOCATED,
+    SIZE_MASK, SLACK_MAX, TAGGED_MASK, WORD_MASK, i64, i64_pair, u64,
 )
 from pyalloc._accessors cimport (
     allocated_body, bit, block_size, block_size_for, decode, encode, free_word, is_allocated,
-    lowest_bit, prev_is_allocated, slack_of, class_size, size_class, slots_of,
+    lowest_bit, prev_is_allocated, slack_of, stored_size, class_size, size_class, slots_of,
 )
 from pyalloc.policies.base cimport FreeIndex
 from pyalloc.slab cimport (
@@ -37,7 +37,7 @@ cdef class Heap(Allocator):
     cdef inline int _set_header(self, i64 b, u64 body) except -1
     @cython.locals(word=u64)
     cdef inline int _set_free(self, i64 b, i64 size) except -1
-    cdef inline i64 _prev_allocated_bit(self, i64 n) noexcept
+    cdef inline i64 _stored_flags(self, i64 b) noexcept
     cdef inline int _set_prev_allocated(self, i64 n, bint on) except -1
     @cython.locals(b=i64, body=i64)
     cpdef i64 _live_header(self, i64 p) except -1

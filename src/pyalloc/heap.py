@@ -48,6 +48,7 @@ from .journal import MetadataStore
 from .layout import (
     ALLOCATED,
     CACHED,
+    FLAGS_MASK,
     HEADER,
     INTERNAL,
     MAX_BLOCK,
@@ -104,6 +105,7 @@ if not cython.compiled:  # compiled, inline C functions: _accessors.pxd (_inline
         lowest_bit,
         prev_is_allocated,
         slack_of,
+        stored_size,
     )
     from .slab import class_size, size_class, slots_of
 
@@ -309,15 +311,16 @@ class Heap(Allocator):
         self.meta.store(b >> 3, word)
         self.meta.store((b + size - 8) >> 3, word)
 
-    def _prev_allocated_bit(self, n: int) -> int:
-        """The prev-allocated bit of the header at ``n``, read without a tag check:
-        the bit is outside the tag, and the key is an XOR."""
-        return (self.words[n >> 3] ^ self.header_key) & PREV_ALLOCATED
+    def _stored_flags(self, b: int) -> int:
+        """The flag bits of the header at ``b``, read without a tag check (the
+        key is an XOR): the prev-allocated bit, which the tag does not cover,
+        or a quick test that a full decode then confirms."""
+        return (self.words[b >> 3] ^ self.header_key) & FLAGS_MASK
 
     def _set_prev_allocated(self, n: int, on: int) -> None:
         """Set (``on``) or clear the prev-allocated bit of the header at ``n``,
         by flipping the stored bit: no decode, no encode."""
-        if self._prev_allocated_bit(n) != (PREV_ALLOCATED if on else 0):
+        if (self._stored_flags(n) & PREV_ALLOCATED) != (PREV_ALLOCATED if on else 0):
             self.meta.store(n >> 3, self.words[n >> 3] ^ PREV_ALLOCATED)
 
     def _live_header(self, p: int) -> int:
@@ -401,7 +404,7 @@ class Heap(Allocator):
     def _free_predecessor(self, b: int) -> int:
         """Offset of the free block before ``b``, found through its footer."""
         footer = self.words[(b - 8) >> 3]
-        size = (footer ^ self.header_key) & SIZE_MASK
+        size = stored_size(footer, self.header_key)
         pb = b - size
         if size < MIN_BLOCK or pb < self.heap_start:
             raise HeapCorruptionError(f"footer before block {b + 8} is corrupted")
@@ -468,7 +471,7 @@ class Heap(Allocator):
     def _take_cached(self, need: int, size: int) -> int:
         """Hand a cached block of ``need`` bytes out again."""
         b = self._uncache(need >> 4)
-        self._set_header(b, allocated_body(need, size, self._prev_allocated_bit(b)))
+        self._set_header(b, allocated_body(need, size, self._stored_flags(b) & PREV_ALLOCATED))
         return b + HEADER
 
     def _uncache(self, i: int) -> int:
@@ -930,11 +933,9 @@ class Heap(Allocator):
         s = p & ~SLAB_MASK
         if s <= self.heap_start or s + SLAB_BYTES - HEADER > self.brk:
             return 0
-        # The two flags read unchecked first (the key is an XOR): most words
-        # before an aligned address are a payload's bytes, and lack one.
-        if (self.words[(s - HEADER) >> 3] ^ self.header_key) & (ALLOCATED | INTERNAL) != (
-            ALLOCATED | INTERNAL
-        ):
+        # The two flags first, unchecked: most words before an aligned address
+        # are a payload's bytes, and lack one of them.
+        if self._stored_flags(s - HEADER) & (ALLOCATED | INTERNAL) != ALLOCATED | INTERNAL:
             return 0
         body = self._header(s - HEADER)
         if body < 0 or body & (ALLOCATED | CACHED | INTERNAL) != ALLOCATED | INTERNAL:
@@ -1123,7 +1124,7 @@ class Heap(Allocator):
     def _slab_block_at_top(self) -> int:
         """Grow the heap so that an aligned slab block ends at the new break."""
         brk = self.brk
-        top = 0 if self._prev_allocated_bit(brk) else self._free_predecessor(brk)
+        top = 0 if self._stored_flags(brk) & PREV_ALLOCATED else self._free_predecessor(brk)
         b = top or brk
         a = aligned_block(b)
         total = a + SLAB_BYTES - b

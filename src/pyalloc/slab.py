@@ -37,10 +37,9 @@ least SLAB_DEMAND (as this process counts them: the count is a heuristic,
 kept out of the region): until then its requests are blocks with headers,
 which the heap's cache of freed blocks recycles, so a heap with a few small
 objects does not pay 4 KiB for each size it uses, nor a class whose demand
-would leave most of a slab empty. A
-shared or mapped heap, which has no such cache, gives a class its slab with
-its first object: there the slab is what recycles small objects, for every
-process.
+would leave most of a slab empty. A shared or mapped heap, which has no such
+cache, gives a class its slab with its first object: there the slab is what
+recycles small objects, for every process.
 
 The **heads block** (HEADS_BYTES, INTERNAL too), made with the first small
 request, holds the head of each class's list of slabs with a free slot and
