@@ -24,7 +24,8 @@ times ``malloc(100)`` + ``free`` pairs, and a third pairs of small objects
 only (16 to 128 bytes: slab objects), of blocks only (200 to 4000 bytes) and
 of both mixed, with slabs and without, each allocator holding RESIDENT
 objects of every size of the row live meanwhile (a program's heap is not
-empty, and a class gets slabs only once SLAB_DEMAND of its objects live).
+empty, and a class gets slabs only once SLAB_DEMAND of its objects live,
+and at least as many as a slab has slots).
 Utilization (default ``Heap``) is peak live payload /
 ``stats()['peak_heap_bytes']``.
 
@@ -62,7 +63,7 @@ except ImportError:  # running from a checkout without an install
 from replay_loop import Workload, time_warm  # noqa: E402
 
 from pyalloc import Heap  # noqa: E402
-from pyalloc.slab import SLAB_DEMAND  # noqa: E402
+from pyalloc.slab import SLAB_DEMAND, SLOTS  # noqa: E402
 from pyalloc.trace.reference import GlibcMalloc, MultiprocessingHeap  # noqa: E402
 from pyalloc.trace.rep import Trace, read_trace  # noqa: E402
 from pyalloc.workloads import bundled_traces  # noqa: E402
@@ -73,7 +74,9 @@ PAIR_SIZE = 100
 PYALLOC, INTERPRETED, GLIBC, MP = "pyalloc", "interpreted", "glibc", "mp.heap"
 PEERS = (PYALLOC, INTERPRETED, GLIBC, MP)
 NO_SLABS = "no slabs"
-RESIDENT = 2 * SLAB_DEMAND  # objects of each size of a pair row kept live while it runs
+# Objects of each size of a pair row kept live while it runs: enough for
+# every class to have its slabs.
+RESIDENT = max(2 * SLAB_DEMAND, max(SLOTS))
 PAIR_MIXES = {  # sizes a pair row cycles through
     "small only": (16, 32, 48, 64, 100, 128),
     "blocks only": (200, 500, 1000, 4000),
