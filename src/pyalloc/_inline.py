@@ -117,6 +117,7 @@ def render(sources: dict[str, tuple[str, str]]) -> str:
             raise ValueError(
                 f"{module}.py and {module}.pxd do not both define {', '.join(missing)}"
             )
+        # layout.pxd also declares the C types and the count-zeros builtins the bodies use
         extra = ["__builtin_clzll", "__builtin_ctzll", "i64", "u64"] if module == "layout" else []
         out += _cimport(module, constants + extra)
         for name in names:
