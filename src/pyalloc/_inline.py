@@ -32,7 +32,6 @@ ACCESSORS: Final = (
             "bit_length",
             "lowest_bit",
             "block_size_for",
-            "tag_of",
             "encode",
             "decode",
             "free_word",

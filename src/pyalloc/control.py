@@ -33,7 +33,7 @@ MAGIC: Final = int.from_bytes(b"pyalloc\x01", "little")
 FORMAT_VERSION: Final = 3
 """Format 3 keeps small objects in slabs (word 23, INTERNAL blocks), which a
 reader of format 2 would take for ordinary blocks. Format 2 tags headers
-with layout.tag_of (integer arithmetic); format 1 hashed them with Python's
+with layout.encode (integer arithmetic); format 1 hashed them with Python's
 hash(), which a compiled engine cannot reproduce."""
 
 W_MAGIC: Final = 0

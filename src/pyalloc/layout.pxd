@@ -27,10 +27,9 @@ cpdef i64 bit_length(u64 x) noexcept
 cpdef i64 lowest_bit(u64 x) noexcept
 
 cpdef i64 block_size_for(i64 size) noexcept
-@cython.locals(mixed=u64)
-cpdef u64 tag_of(u64 body, u64 offset, u64 secret) noexcept
+@cython.locals(mixed=u64, tag=u64)
 cpdef u64 encode(u64 body, u64 offset, u64 secret, u64 key) noexcept
-@cython.locals(plain=u64, body=u64)
+@cython.locals(body=u64)
 cpdef i64 decode(u64 word, u64 offset, u64 secret, u64 key) noexcept
 cpdef u64 free_word(i64 size, u64 offset, u64 secret, u64 key) noexcept
 cpdef u64 allocated_body(i64 size, i64 asked, i64 prev_bit) noexcept

@@ -49,7 +49,7 @@ Header word (64 bits), before encoding::
 Stored word = header ^ header_key. The key and the tag's secret are random
 per heap; a header copied to another offset, or any changed bit it covers,
 fails the tag check with probability about 1 - 2**-20. The tag is integer
-arithmetic modulo 2**64 (``tag_of``), so a compiled and an interpreted
+arithmetic modulo 2**64 (``encode``), so a compiled and an interpreted
 engine compute the same tags and can share a heap.
 
 Why the prev-allocated bit is outside the tag: every malloc and free flips
@@ -165,29 +165,28 @@ def block_size_for(size: int) -> int:
     return need if need > MIN_BLOCK else MIN_BLOCK
 
 
-def tag_of(body: int, offset: int, secret: int) -> int:
-    """Keyed integrity tag of a header body stored at ``offset``.
+def encode(body: int, offset: int, secret: int, key: int) -> int:
+    """The stored form of header ``body`` (flags | size | slack) at ``offset``.
 
-    One multiply by the (odd) secret of the body, the offset and the secret
-    mixed; the top TAG_BITS bits of the 64-bit product are the tag. Every bit
+    The tag is one multiply by the (odd) secret of the body, the offset and
+    the secret mixed; the top TAG_BITS bits of the 64-bit product. Every bit
     of the input reaches the top bits, the arithmetic is modulo 2**64 in C
     and in Python alike, and the offset (below 2**38) shifted by 24 overlaps
     only the slack and high size bits of the body.
     """
     mixed = (body & TAGGED_MASK) ^ (offset << OFFSET_SHIFT) ^ secret
-    return ((mixed * (secret | 1)) & WORD_MASK) >> TAG_SHIFT
-
-
-def encode(body: int, offset: int, secret: int, key: int) -> int:
-    """The stored form of header ``body`` (flags | size | slack) at ``offset``."""
-    return (body | tag_of(body, offset, secret) << TAG_SHIFT) ^ key
+    tag = ((mixed * (secret | 1)) & WORD_MASK) >> TAG_SHIFT
+    return (body | tag << TAG_SHIFT) ^ key
 
 
 def decode(word: int, offset: int, secret: int, key: int) -> int:
-    """The body of a stored header word, or -1 when its tag does not match."""
-    plain = word ^ key
-    body = plain & BODY_MASK
-    if plain >> TAG_SHIFT != tag_of(body, offset, secret):
+    """The body of a stored header word, or -1 when its tag does not match.
+
+    The check encodes the body again and compares whole words: the tag
+    (and so the rule) is written once, in ``encode``.
+    """
+    body = (word ^ key) & BODY_MASK
+    if encode(body, offset, secret, key) != word:
         return -1
     return body
 
