@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from pyalloc import DoubleFreeError, Heap, HeapCorruptionError
-from pyalloc.heap import CACHE_LIMIT, CACHE_MAX_BLOCK, FLUSH_BEFORE_SPLIT, SMALL_BLOCK_MAX
+from pyalloc.heap import (
+    CACHE_LIMIT,
+    CACHE_MAX_BLOCK,
+    FLUSH_BEFORE_SPLIT,
+    SMALL_BLOCK_MAX,
+    TOP_PAD,
+    TRIM_THRESHOLD,
+)
 
 # Sizes above SMALL_BLOCK_MAX are cut from the low end of free space, so the
 # blocks of these tests lie in address order.
@@ -113,6 +120,22 @@ def test_cached_blocks_are_coalesced_before_a_large_block_is_split(heap: Heap) -
     assert heap.malloc(2 * FLUSH_BEFORE_SPLIT) == large
     assert heap.stats()["heap_bytes"] == before
     heap.check()
+
+
+def test_a_flush_that_trims_the_block_it_was_for_grows_the_heap() -> None:
+    # The large free block merges with a cached block into the top of the
+    # heap, which the flush then trims: the request is served by growth.
+    with Heap(1 << 23, small=False) as heap:
+        large = heap.malloc(TRIM_THRESHOLD * 2)
+        last = heap.malloc(MEDIUM)  # the last block, next to the large one
+        heap.free(large)
+        heap.free(last)
+        assert heap.stats()["cached_blocks"] == 1
+        need = TOP_PAD + FLUSH_BEFORE_SPLIT  # more than the trim leaves
+        p = heap.malloc(need)
+        assert heap.stats()["cached_blocks"] == 0
+        assert heap.usable_size(p) >= need
+        heap.check()
 
 
 def test_a_small_split_keeps_the_cache(heap: Heap) -> None:

@@ -62,7 +62,7 @@ cdef class Heap(Allocator):
     @cython.locals(b=i64, have=i64)
     cdef inline i64 _malloc_slow(self, i64 need, i64 size) except -1
     @cython.locals(found=i64, size=i64)
-    cdef inline i64_pair _retake_after_flush(self, i64 b, i64 have, i64 need)
+    cdef i64 _malloc_after_flush(self, i64 b, i64 have, i64 need, i64 size) except -1
     @cython.locals(rest=i64, a=i64)
     cdef inline i64 _split(self, i64 b, i64 have, i64 need, i64 size) except -1
     @cython.locals(brk=i64, body=i64, top=i64, b=i64, new_brk=i64, prev_bit=i64, rest=i64)

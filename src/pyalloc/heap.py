@@ -465,7 +465,7 @@ class Heap(Allocator):
         if not b:
             return self._malloc_slow(need, size)
         if have - need >= FLUSH_BEFORE_SPLIT and self._cached:
-            b, have = self._retake_after_flush(b, have, need)
+            return self._malloc_after_flush(b, have, need, size)
         return self._split(b, have, need, size)
 
     def _take_cached(self, need: int, size: int) -> int:
@@ -487,7 +487,9 @@ class Heap(Allocator):
         return b
 
     def _malloc_slow(self, need: int, size: int) -> int:
-        """No listed free block fits: coalesce the cache and look again, else grow."""
+        """Coalesce the cache and look again, else grow: when no listed free
+        block fits, or when the one that fits should not be split before the
+        cache is coalesced (``_malloc_after_flush``)."""
         if self._cached:
             self._flush_cache()
             b, have = self.policy.take(need)
@@ -495,19 +497,17 @@ class Heap(Allocator):
                 return self._split(b, have, need, size)
         return self._extend(need, size) + HEADER
 
-    def _retake_after_flush(self, b: int, have: int, need: int) -> tuple[int, int]:
-        """Put the large block ``b`` back, coalesce the cache, and take again.
+    def _malloc_after_flush(self, b: int, have: int, need: int, size: int) -> int:
+        """Put the large block ``b`` back, coalesce the cache, and look again.
 
         Cutting a small request out of a large block while cached blocks sit
         uncoalesced breaks up the space a later large request needs;
-        coalesced, the cached blocks may serve this one instead.
+        coalesced, the cached blocks may serve this one instead. The flush
+        may also merge ``b`` into the top of the heap and trim it, so the
+        request goes the way of one that nothing listed fits.
         """
         self.policy.insert(b, have)
-        self._flush_cache()
-        found, size = self.policy.take(need)
-        if not found:
-            raise HeapCorruptionError(f"free block {b + 8} vanished from the free lists")
-        return found, size
+        return self._malloc_slow(need, size)
 
     def _split(self, b: int, have: int, need: int, size: int) -> int:
         """Allocate ``need`` bytes of the free block ``b`` (unlinked) of ``have`` bytes.
