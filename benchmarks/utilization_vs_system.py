@@ -22,7 +22,14 @@ utilization, peak live payload / peak footprint:
   that means the same for every allocator. Its utilization is judged only
   where its peak footprint is at least THRESHOLD (see below);
 - **no slabs**: the same heap with slabs off (the lab's ``segregated``
-  column): the heap as it was before slabs, for the set's average.
+  column): the heap as it was before slabs, for the set's average;
+- **slab room**: the most that headerless slots could save on the trace,
+  with no slab's cost counted: the largest sum, at any moment, of what the
+  header and the rounding of each live small object (at most SMALL_MAX
+  bytes) take beyond its class's slot, as a share of the peak payload.
+  Where the room of every class is below one slab (SLAB_BYTES), no slab
+  can pay for itself, and the slab rule makes none: the generated verdict
+  prints the largest room of one class.
 
 Targets (the small-objects issue), a verdict per row and PASS/MISS per set:
 
@@ -61,6 +68,8 @@ except ImportError:  # running from a checkout without an install
     sys.path.insert(0, str(ROOT / "src"))
 
 from pyalloc.cli import _Progress  # noqa: E402
+from pyalloc.layout import block_size_for  # noqa: E402
+from pyalloc.slab import NCLASSES, SLAB_BYTES, SMALL_MAX, class_size, size_class  # noqa: E402
 from pyalloc.trace.bench import (  # noqa: E402
     DEFAULT_HEAP,
     FOOTPRINT_MALLINFO2,
@@ -72,6 +81,7 @@ from pyalloc.trace.bench import (  # noqa: E402
     run_comparison,
 )
 from pyalloc.trace.generate import GENERATORS, generate  # noqa: E402
+from pyalloc.trace.rep import Trace  # noqa: E402
 from pyalloc.workloads import bundled_traces  # noqa: E402
 
 GLIBC, MIMALLOC = "glibc", "mimalloc"
@@ -95,6 +105,29 @@ def trace_sets() -> list[tuple[str, list[Source]]]:
     return sets
 
 
+def slab_room(trace: Trace) -> tuple[int, int]:
+    """The most bytes, at any moment of ``trace``, that the headers and the
+    rounding of its live small objects take beyond their classes' slots:
+    of all classes together, and of the one class where that is most."""
+    live: dict[int, tuple[int, int]] = {}  # id: (class, room)
+    rooms = [0] * NCLASSES
+    room = most = most_of_one = 0
+    for op in trace.ops:
+        if op.kind in "fr" and op.id in live:
+            c, r = live.pop(op.id)
+            rooms[c] -= r
+            room -= r
+        if op.kind in "ar" and op.size is not None and 0 < op.size <= SMALL_MAX:
+            c = size_class(op.size)
+            r = block_size_for(op.size) - class_size(c)
+            live[op.id] = (c, r)
+            rooms[c] += r
+            room += r
+            most_of_one = max(most_of_one, rooms[c])
+        most = max(most, room)
+    return most, most_of_one
+
+
 def percent(row: dict[str, Any] | None) -> str:
     if row is None:
         return "-"
@@ -113,6 +146,7 @@ def print_set(label: str, comparison: Comparison) -> list[tuple[str, str, bool]]
         "peak payload",
         "pyalloc",
         "no slabs",
+        "slab room",
         "glibc",
         "mimalloc",
         ">= glibc",
@@ -122,6 +156,7 @@ def print_set(label: str, comparison: Comparison) -> list[tuple[str, str, bool]]
     glibc_misses: list[str] = []
     mimalloc_misses: list[str] = []
     mimalloc_judged = 0
+    most_room = 0
     for i, source in enumerate(comparison.sources):
         ours = comparison.cells.get((i, DEFAULT_HEAP))
         glibc = comparison.cells.get((i, GLIBC))
@@ -142,12 +177,15 @@ def print_set(label: str, comparison: Comparison) -> list[tuple[str, str, bool]]
         if mimalloc is not None and mimalloc["valid"] and not judged(mimalloc):
             mimalloc_cell += "~"
         payload = ours["peak_payload"] if ours is not None else 0
+        room, of_one_class = slab_room(source.trace) if source.trace is not None else (0, 0)
+        most_room = max(most_room, of_one_class)
         rows.append(
             (
                 source.label,
                 f"{payload:,}",
                 percent(ours),
                 percent(comparison.cells.get((i, NO_SLABS))),
+                f"{room / payload:.2%}" if payload else "-",
                 percent(glibc),
                 mimalloc_cell,
                 versus_glibc,
@@ -186,7 +224,8 @@ def print_set(label: str, comparison: Comparison) -> list[tuple[str, str, bool]]
         verdicts.append(
             (
                 f"{label}: pyalloc average util > without slabs",
-                f"{averages[0]:.2%} against {averages[1]:.2%}",
+                f"{averages[0]:.2%} against {averages[1]:.2%} (slab room of one"
+                f" class at most {most_room:,} bytes, a slab {SLAB_BYTES:,})",
                 averages[0] > averages[1],  # type: ignore[operator]
             )
         )

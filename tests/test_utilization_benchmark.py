@@ -82,3 +82,32 @@ def test_without_mimalloc_only_glibc_is_judged(benchmark: ModuleType) -> None:
     )
     verdicts = benchmark.print_set("made up", comparison)
     assert verdicts == [("made up: pyalloc util >= glibc's on every trace", "2 of 2", True)]
+
+
+def test_slab_room_counts_what_headers_and_rounding_take_beyond_a_slot(
+    benchmark: ModuleType,
+) -> None:
+    from pyalloc.layout import block_size_for
+    from pyalloc.slab import SMALL_MAX, class_size, size_class
+
+    def room(size: int) -> int:
+        return int(block_size_for(size) - class_size(size_class(size)))
+
+    trace = Trace(
+        ops=[
+            Op("a", 0, 16),
+            Op("a", 1, 16),
+            Op("a", 2, 48),
+            Op("f", 0, 0),
+            Op("r", 1, 100),  # now of another class
+            Op("a", 3, SMALL_MAX + 1),  # not a small object
+            Op("a", 4, 0),  # malloc(0) takes no slot
+        ],
+        num_ids=5,
+        name="t",
+    )
+    assert room(16) > 0 and room(48) > 0
+    most, of_one_class = benchmark.slab_room(trace)
+    assert most == 2 * room(16) + room(48)
+    assert of_one_class == 2 * room(16)
+    assert benchmark.slab_room(Trace(ops=[Op("a", 0, 4096)], num_ids=1, name="u")) == (0, 0)
