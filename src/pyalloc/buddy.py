@@ -173,7 +173,7 @@ class BuddyHeap(Allocator):
         words[C.W_BRK] = BASE
         words[C.W_PEAK] = BASE + HEADER
         words[C.W_HEADER_KEY] = secrets.randbits(64)
-        words[C.W_TAG_SECRET] = secret = secrets.randbits(62)
+        words[C.W_TAG_SECRET] = secret = secrets.randbits(62) | 1  # odd: see layout.encode
         words[C.W_LINK_KEY] = secrets.randbits(64) & ~15
         words[C.W_MAGIC] = BUDDY_MAGIC
         self.region = region

@@ -9,7 +9,7 @@ Word layout (8-byte words from offset 0)::
     4   brk                   offset of the epilogue header
     5   peak_footprint        highest brk + 8 ever reached
     6   header_key            XOR key of stored headers
-    7   tag_secret            secret of the header tags
+    7   tag_secret            secret of the header tags (odd: a multiplier)
     8   link_key              XOR key of free-list links
     9   (unused since format 2; format 1 kept a probe of Python's hash here)
     10  lock                  shared heaps: byte offset of the lock area
@@ -30,11 +30,15 @@ from __future__ import annotations
 from typing import Final
 
 MAGIC: Final = int.from_bytes(b"pyalloc\x01", "little")
-FORMAT_VERSION: Final = 3
-"""Format 3 keeps small objects in slabs (word 23, INTERNAL blocks), which a
-reader of format 2 would take for ordinary blocks. Format 2 tags headers
-with layout.encode (integer arithmetic); format 1 hashed them with Python's
-hash(), which a compiled engine cannot reproduce."""
+FORMAT_VERSION: Final = 4
+"""Format 4 computes a header's tag with one multiply by the (odd) tag
+secret and a mask (layout.encode), where format 3 also mixed the secret
+into the body and took the product's top bits with a shift: the same tag
+bits, fewer operations, different values. Format 3 keeps small objects in
+slabs (word 23, INTERNAL blocks), which a reader of format 2 would take for
+ordinary blocks. Format 2 tags headers with integer arithmetic; format 1
+hashed them with Python's hash(), which a compiled engine cannot
+reproduce."""
 
 W_MAGIC: Final = 0
 W_FORMAT: Final = 1

@@ -216,7 +216,7 @@ class Heap(Allocator):
         if small:
             words[W_SLABS] = SLABS_ON
         key = secrets.randbits(64)
-        secret = secrets.randbits(62)
+        secret = secrets.randbits(62) | 1  # odd: the tag multiplies by it (layout.encode)
         words[C.W_HEADER_KEY] = key
         words[C.W_TAG_SECRET] = secret
         words[C.W_LINK_KEY] = secrets.randbits(64) & ~15  # keep the low bits of links readable

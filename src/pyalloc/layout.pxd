@@ -16,7 +16,7 @@ ctypedef (i64, i64) i64_pair  # two results of a C function, with no tuple built
 cdef i64 WORD, ALIGN_SHIFT, ALIGNMENT, HEADER, MIN_BLOCK, ALLOCATED, PREV_ALLOCATED, CACHED, INTERNAL
 cdef i64 FLAGS_MASK, SIZE_BITS, SIZE_MASK, SLACK_SHIFT, SLACK_BITS, SLACK_MAX, TAG_SHIFT
 cdef i64 TAG_BITS, TAG_MASK, BODY_MASK, TAGGED_MASK, MAX_BLOCK, LINK_SHIFT, OFFSET_SHIFT
-cdef u64 WORD_MASK, ONE
+cdef u64 WORD_MASK, ONE, TAG_FIELD
 
 cdef extern from *:
     int __builtin_clzll(unsigned long long x) nogil
@@ -27,7 +27,7 @@ cpdef i64 bit_length(u64 x) noexcept
 cpdef i64 lowest_bit(u64 x) noexcept
 
 cpdef i64 block_size_for(i64 size) noexcept
-@cython.locals(mixed=u64, tag=u64)
+@cython.locals(mixed=u64)
 cpdef u64 encode(u64 body, u64 offset, u64 secret, u64 key) noexcept
 @cython.locals(body=u64)
 cpdef i64 decode(u64 word, u64 offset, u64 secret, u64 key) noexcept

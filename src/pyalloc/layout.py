@@ -139,6 +139,7 @@ MAX_BLOCK: Final = SIZE_MASK
 LINK_SHIFT: Final = 20
 OFFSET_SHIFT: Final = 24  # where the offset enters the tag's input
 WORD_MASK: Final = (1 << 64) - 1
+TAG_FIELD: Final = WORD_MASK ^ BODY_MASK  # the tag's bits, in place
 
 assert MIN_BLOCK % ALIGNMENT == 0 and MIN_BLOCK >= 4 * WORD
 assert TAG_BITS == 20
@@ -155,7 +156,7 @@ globals().update(
     FLAGS_MASK=FLAGS_MASK, SIZE_BITS=SIZE_BITS, SIZE_MASK=SIZE_MASK, SLACK_SHIFT=SLACK_SHIFT,
     SLACK_BITS=SLACK_BITS, SLACK_MAX=SLACK_MAX, TAG_SHIFT=TAG_SHIFT, TAG_BITS=TAG_BITS,
     TAG_MASK=TAG_MASK, BODY_MASK=BODY_MASK, TAGGED_MASK=TAGGED_MASK, MAX_BLOCK=MAX_BLOCK,
-    LINK_SHIFT=LINK_SHIFT, OFFSET_SHIFT=OFFSET_SHIFT, WORD_MASK=WORD_MASK,
+    LINK_SHIFT=LINK_SHIFT, OFFSET_SHIFT=OFFSET_SHIFT, WORD_MASK=WORD_MASK, TAG_FIELD=TAG_FIELD,
 )  # fmt: skip
 
 
@@ -168,15 +169,15 @@ def block_size_for(size: int) -> int:
 def encode(body: int, offset: int, secret: int, key: int) -> int:
     """The stored form of header ``body`` (flags | size | slack) at ``offset``.
 
-    The tag is one multiply by the (odd) secret of the body, the offset and
-    the secret mixed; the top TAG_BITS bits of the 64-bit product. Every bit
-    of the input reaches the top bits, the arithmetic is modulo 2**64 in C
-    and in Python alike, and the offset (below 2**38) shifted by 24 overlaps
-    only the slack and high size bits of the body.
+    The tag is the top TAG_BITS bits of a product modulo 2**64: the body
+    (but the prev-allocated bit) mixed with the offset, times the heap's
+    secret, which is odd. Every bit of the input reaches the top bits; the
+    mask keeps them in place, and keeps the same bits of Python's unbounded
+    product as C's wrapped one. The offset (below 2**38) shifted by 24
+    overlaps only the slack and high size bits of the body.
     """
-    mixed = (body & TAGGED_MASK) ^ (offset << OFFSET_SHIFT) ^ secret
-    tag = ((mixed * (secret | 1)) & WORD_MASK) >> TAG_SHIFT
-    return (body | tag << TAG_SHIFT) ^ key
+    mixed = (body & TAGGED_MASK) ^ (offset << OFFSET_SHIFT)
+    return (body | (mixed * secret) & TAG_FIELD) ^ key
 
 
 def decode(word: int, offset: int, secret: int, key: int) -> int:
