@@ -17,6 +17,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from pyalloc.heap import TRIM_THRESHOLD
+
 CAPACITY = 4 << 20
 
 # Mostly small requests, as programs make them, with some large ones.
@@ -56,6 +58,15 @@ class HeapMachine(RuleBasedStateMachine):
     @rule(size=sizes, seed=seeds)
     def malloc(self, size: int, seed: int) -> None:
         self._adopt(self.heap.malloc(size), size, seed)
+
+    @rule(size=st.integers(TRIM_THRESHOLD // 4, 2 * TRIM_THRESHOLD), seed=seeds)
+    def malloc_large(self, size: int, seed: int) -> None:
+        # Large blocks move the top of the heap, which trims when they are freed.
+        try:
+            p = self.heap.malloc(size)
+        except MemoryError:
+            return  # the invariants check that nothing changed
+        self._adopt(p, size, seed)
 
     @rule(count=st.integers(0, 40), size=st.integers(0, 128), seed=seeds)
     def calloc(self, count: int, size: int, seed: int) -> None:
