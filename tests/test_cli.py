@@ -371,6 +371,40 @@ def test_bench_reports_a_bad_trace_and_exits_non_zero(
     assert "broken.rep" in out and "broken.rep:6: expected an op" in out
 
 
+def test_bench_of_only_unreadable_traces_says_why_once_each_and_prints_no_table(
+    traces: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = traces / "broken.rep"
+    bad.write_text("0\n1\n2\n1\na 0 1\nq 0\n")
+    status, out, err = run(capsys, "bench", str(bad), "--allocators", "none", "--repeat", "0")
+    assert status == 1
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"pyalloc: invalid trace: {bad}:6: expected an op")
+
+
+def test_bench_reports_a_trace_that_fails_every_column_once(
+    traces: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (traces / "broken.rep").write_text("0\n1\n2\n1\na 0 1\nq 0\n")
+    status, out, _ = run(
+        capsys,
+        "bench",
+        str(traces),
+        "--policies",
+        "segregated,tlsf",
+        "--allocators",
+        "none",
+        "--repeat",
+        "0",
+    )
+    assert status == 1
+    failed = [line for line in out.splitlines() if line.startswith("failed:")]
+    assert len(failed) == 1
+    assert "broken.rep on every column:" in failed[0]
+
+
 # -- record ---------------------------------------------------------------------------
 
 

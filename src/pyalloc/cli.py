@@ -889,6 +889,11 @@ def bench_command(args: argparse.Namespace) -> int:
             sources = [load_source(p) for p in expand_paths(args.traces)]
         except FileNotFoundError as e:
             return _fail(str(e))
+        if all(source.trace is None for source in sources):  # nothing to compare
+            for source in sources:  # a parse error names its file and line already
+                error = source.error or "no trace"
+                _fail(error if source.path in error else f"{source.path}: {error}")
+            return 1
         _report_warnings(sources)
     else:
         sources, note = default_sources()
@@ -912,13 +917,13 @@ def bench_command(args: argparse.Namespace) -> int:
         _print_comparison(comparison)
         for note in notes:
             print(f"note: {note}")
-        for row in comparison.failures():
-            print(f"failed: {row['trace']} on {row['policy'] or row['allocator']}: {row['error']}")
+        for trace, where, error in _grouped_failures(comparison):
+            print(f"failed: {trace} on {where}: {error}")
     else:
         for note in notes:
             print(f"pyalloc: note: {note}", file=sys.stderr)
-        for row in comparison.failures():
-            print(f"pyalloc: {row['trace']}: {row['error']}", file=sys.stderr)
+        for trace, _, error in _grouped_failures(comparison):
+            print(f"pyalloc: {trace}: {error}", file=sys.stderr)
     if args.plot:
         if not any(comparison.valid_rows(column.name) for column in comparison.columns):
             return _fail(f"--plot: nothing to plot: no trace ran validly, {args.plot} not written")
@@ -930,6 +935,20 @@ def bench_command(args: argparse.Namespace) -> int:
             return _fail(f"cannot write {args.plot}: {e.strerror or e}")
         print(f"pyalloc: plot written to {args.plot}", file=sys.stderr)
     return 1 if comparison.failures() else 0
+
+
+def _grouped_failures(comparison: Comparison) -> list[tuple[str, str, str]]:
+    """(trace, the columns it failed on, error) once per trace and error: a
+    trace that cannot be read fails every column alike, and says so once."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for row in comparison.failures():
+        column = row["policy"] or row["allocator"]
+        groups.setdefault((row["trace"], row["error"]), []).append(column)
+    every = len(comparison.columns)
+    return [
+        (trace, "every column" if len(names) == every > 1 else ", ".join(names), error)
+        for (trace, error), names in groups.items()
+    ]
 
 
 def _print_comparison(comparison: Comparison) -> None:
