@@ -384,6 +384,21 @@ def test_bench_of_only_unreadable_traces_says_why_once_each_and_prints_no_table(
     assert lines[0].startswith(f"pyalloc: invalid trace: {bad}:6: expected an op")
 
 
+def test_replay_of_only_unreadable_traces_says_why_once_each_and_prints_no_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "broken.rep"
+    bad.write_text("0\n1\n2\n1\na 0 1\nq 0\n")
+    missing = tmp_path / "missing.rep"
+    status, out, err = run(capsys, "replay", str(bad), str(missing))
+    assert status == 1
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"pyalloc: invalid trace: {bad}:6: expected an op")
+    assert lines[1] == f"pyalloc: {missing}: cannot read: No such file or directory"
+
+
 def test_bench_reports_a_trace_that_fails_every_column_once(
     traces: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -558,6 +558,17 @@ def _sources_of(paths: Sequence[str]) -> list[Source]:
     return sources
 
 
+def _none_readable(sources: Sequence[Source]) -> bool:
+    """Whether not one of ``sources`` could be read; then each says why on
+    stderr, and the command prints no table of failures."""
+    if not sources or any(source.trace is not None for source in sources):
+        return False
+    for source in sources:  # a parse error names its file and line already
+        error = source.error or "no trace"
+        _fail(error if source.path in error else f"{source.path}: {error}")
+    return True
+
+
 def _report_warnings(sources: Sequence[Source]) -> None:
     """What the parser accepted but the reader should know, one line each on stderr."""
     for source in sources:
@@ -619,6 +630,8 @@ def replay_command(args: argparse.Namespace) -> int:
         elif args.policy not in policies:
             return _unknown("policy", [args.policy], policies)
     sources = _sources_of(args.traces)
+    if _none_readable(sources):
+        return 1
     rows: list[dict[str, Any]] = []
     work_per_op = 1 + args.repeat
     with _Progress(sum(s.ops for s in sources) * work_per_op) as progress:
@@ -889,10 +902,7 @@ def bench_command(args: argparse.Namespace) -> int:
             sources = [load_source(p) for p in expand_paths(args.traces)]
         except FileNotFoundError as e:
             return _fail(str(e))
-        if all(source.trace is None for source in sources):  # nothing to compare
-            for source in sources:  # a parse error names its file and line already
-                error = source.error or "no trace"
-                _fail(error if source.path in error else f"{source.path}: {error}")
+        if _none_readable(sources):
             return 1
         _report_warnings(sources)
     else:
