@@ -56,7 +56,7 @@ def extensions() -> list:
         )
         for name in ENGINE_MODULES
     ]
-    return cythonize(modules, compiler_directives=DIRECTIVES, quiet=True)
+    return cythonize(modules, compiler_directives=DIRECTIVES, quiet=True, nthreads=os.cpu_count() or 1)
 
 
 class OptionalBuildExt(build_ext):
@@ -66,6 +66,11 @@ class OptionalBuildExt(build_ext):
     module's source at the time of the build, which the import compares so
     that an extension older than its ``.py`` is never used.
     """
+
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if not self.parallel:  # one compiler per CPU: the modules do not depend on each other
+            self.parallel = os.cpu_count() or 1
 
     def run(self) -> None:
         try:
