@@ -16,7 +16,7 @@ from heap_model import read
 
 from pyalloc import DoubleFreeError, Heap, HeapCorruptionError, InvalidPointerError
 from pyalloc import control as C
-from pyalloc.layout import HEADER, INTERNAL, decode
+from pyalloc.layout import ALLOCATED, HEADER, INTERNAL, PREV_ALLOCATED, decode, encode
 from pyalloc.slab import (
     D_BITMAP,
     D_NEXT,
@@ -403,6 +403,31 @@ def test_a_corrupted_index_word_is_reported(heap: Any) -> None:
         heap.free(p)
     with pytest.raises(HeapCorruptionError):
         heap.check()
+
+
+def test_a_payload_that_mimics_a_slab_header_does_not_make_its_neighbour_a_slab_object() -> None:
+    # The word before a block's aligned address is often another block's
+    # payload; random bytes there pass for a slab's header about once in
+    # 2**22. Written on purpose here: the block after it must stay a block.
+    with Heap(1 << 22) as h:
+        h._slab_demand = 0
+        h.malloc(32)  # a slab, so that free and usable_size look for slabs
+        a = h.malloc(8000)
+        b = h.malloc(5000)  # after a, its aligned address inside a's payload
+        s = slab_of(b)
+        assert a <= s - HEADER and s <= a + h.usable_size(a) and s != b
+        mimic = encode(
+            SLAB_BYTES | ALLOCATED | INTERNAL | PREV_ALLOCATED,
+            s - HEADER,
+            h.tag_secret,
+            h.header_key,
+        )
+        h.region.buf[s - HEADER : s] = mimic.to_bytes(8, "little")
+        assert not h.in_slab(b)
+        assert h.usable_size(b) >= 5000
+        assert h.realloc(b, 4500) == b
+        h.free(b)
+        h.check()
 
 
 # -- model run ---------------------------------------------------------------------------

@@ -99,8 +99,10 @@ cdef class Heap(Allocator):
     cdef inline i64 _make_heads(self) except -1
     @cython.locals(D=i64, state=u64, used=i64, n=i64, s=i64, j=i64, w=u64, k=i64, slot=i64)
     cdef inline i64 _slab_take(self, i64 d, i64 c) except -1
-    @cython.locals(s=i64, body=i64)
+    @cython.locals(s=i64, body=i64, D=i64)
     cdef inline i64 _slab_of(self, i64 p) except -1
+    @cython.locals(d=i64, D=i64)
+    cdef inline i64 _slab_index(self, i64 s) noexcept
     cdef inline i64 _descriptor_words(self, i64 d) except -1
     @cython.locals(D=i64, s=i64)
     cdef inline i64 _listed_slab(self, i64 d) except -1
@@ -109,10 +111,9 @@ cdef class Heap(Allocator):
     @cython.cdivision(True)  # off >= 0 and size > 0 where it divides
     @cython.locals(c=i64, size=i64, off=i64, k=i64)
     cdef inline i64 _slot_of(self, i64 p, i64 s, i64 D) except -1
-    @cython.locals(D=i64)
-    cdef inline i64 _slot_class(self, i64 p, i64 s) except -1
-    @cython.locals(D=i64, k=i64, state=u64, c=i64, used=i64, n=i64, w=u64)
-    cdef inline int _slab_free(self, i64 p, i64 s) except -1
+    cdef inline i64 _slot_class(self, i64 p, i64 D) except -1
+    @cython.locals(s=i64, k=i64, state=u64, c=i64, used=i64, n=i64, w=u64)
+    cdef inline int _slab_free(self, i64 p, i64 D) except -1
     @cython.locals(D=i64, e=i64)
     cdef inline int _slab_emptied(self, i64 d, i64 c, i64 s) except -1
     @cython.locals(heads=i64, head=i64, H=i64, D=i64)
@@ -128,4 +129,4 @@ cdef class Heap(Allocator):
     @cython.locals(size=i64, gap=i64, rest=i64, prev_bit=i64)
     cdef inline int _carve(self, i64 b, i64 have, i64 a) except -1
     @cython.locals(have=i64, q=i64)
-    cdef inline i64 _slab_resize(self, i64 p, i64 s, i64 size) except -1
+    cdef inline i64 _slab_resize(self, i64 p, i64 D, i64 size) except -1

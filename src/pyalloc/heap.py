@@ -342,9 +342,9 @@ class Heap(Allocator):
         (checked; the body of a block of its usable size is returned, for
         callers that only validate), or an error."""
         if self._slabs:
-            s = self._slab_of(p)
-            if s:
-                usable = class_size(self._slot_class(p, s))
+            D = self._slab_of(p)
+            if D:
+                usable = class_size(self._slot_class(p, D))
                 return allocated_body(usable + HEADER, usable, PREV_ALLOCATED)
         if body < 0:
             self._explain_bad_header(p)
@@ -586,9 +586,9 @@ class Heap(Allocator):
         if not p:
             return
         if self.words[W_SLABS] > SLABS_ON:  # slabs were made: is p in one?
-            s = self._slab_of(p)
-            if s:
-                self._slab_free(p, s)
+            D = self._slab_of(p)
+            if D:
+                self._slab_free(p, D)
                 return
         body = self._live_header(p)
         size = body & SIZE_MASK
@@ -685,16 +685,16 @@ class Heap(Allocator):
 
     def _usable(self, p: int) -> int:
         if self._slabs:
-            s = self._slab_of(p)
-            if s:
-                return class_size(self._slot_class(p, s))
+            D = self._slab_of(p)
+            if D:
+                return class_size(self._slot_class(p, D))
         return (self._live_header(p) & SIZE_MASK) - HEADER
 
     def _resize(self, p: int, size: int) -> int:
         if self._slabs:
-            s = self._slab_of(p)
-            if s:
-                return self._slab_resize(p, s, size)
+            D = self._slab_of(p)
+            if D:
+                return self._slab_resize(p, D, size)
         body = self._live_header(p)
         if not size:
             self._release(p - HEADER, body)
@@ -928,8 +928,10 @@ class Heap(Allocator):
         return s + SLOTS_AT + slot * class_size(c)
 
     def _slab_of(self, p: int) -> int:
-        """The slab holding pointer ``p``, or 0 when ``p`` is not in a slab: the
-        header before the aligned address must pass its tag and say INTERNAL."""
+        """Word index of the descriptor of the slab holding pointer ``p``, or 0
+        when ``p`` is not in a slab: the header before the aligned address must
+        pass its tag and say INTERNAL, and the slab's index word must name a
+        descriptor that names the slab back."""
         s = p & ~SLAB_MASK
         if s <= self.heap_start or s + SLAB_BYTES - HEADER > self.brk:
             return 0
@@ -942,7 +944,16 @@ class Heap(Allocator):
             return 0
         if body & SIZE_MASK < SLAB_BYTES:
             return 0
-        return s
+        D = self._slab_index(s)
+        if D:
+            return D
+        # A slab's header, but no descriptor claims the slab: the bytes before
+        # ``s`` are a payload that mimics a slab's header (once in about 2**22
+        # words of random data), and ``p`` has a block header of its own; or
+        # the slab's index word is corrupted, which _slab_descriptor reports.
+        if decode(self.words[(p - HEADER) >> 3], p - HEADER, self.tag_secret, self.header_key) >= 0:
+            return 0
+        return self._slab_descriptor(s)
 
     def _descriptor_words(self, d: int) -> int:
         """Word index of the slab descriptor at ``d``, range-checked."""
@@ -964,16 +975,25 @@ class Heap(Allocator):
             raise HeapCorruptionError(f"slab descriptor {d} names a slab that is not its own")
         return s
 
+    def _slab_index(self, s: int) -> int:
+        """Word index of the descriptor that the index word of slab ``s`` names
+        (its tag checked) and that names ``s`` back, or 0."""
+        d = decode(self.words[s >> 3], s, self.tag_secret, self.header_key)
+        if d <= 0 or d & 15 or not (self.heap_start < d and d + DESC_WORDS * 8 <= self.brk):
+            return 0
+        D = d >> 3
+        return D if self.words[D + D_SLAB] == s else 0
+
     def _slab_descriptor(self, s: int) -> int:
-        """Word index of the descriptor of slab ``s``, found through the slab's
-        index word (its tag checked) and pointing back at ``s``."""
+        """``_slab_index``, or HeapCorruptionError saying what is wrong."""
+        D = self._slab_index(s)
+        if D:
+            return D
         d = decode(self.words[s >> 3], s, self.tag_secret, self.header_key)
         if d < 0:
             raise HeapCorruptionError(f"index word of slab {s} is corrupted")
-        D = self._descriptor_words(d)
-        if self.words[D + D_SLAB] != s:
-            raise HeapCorruptionError(f"descriptor of slab {s} names another slab")
-        return D
+        self._descriptor_words(d)
+        raise HeapCorruptionError(f"descriptor of slab {s} names another slab")
 
     def _slot_of(self, p: int, s: int, D: int) -> int:
         """The slot number of ``p`` in slab ``s`` (descriptor words ``D``);
@@ -991,15 +1011,16 @@ class Heap(Allocator):
             raise DoubleFreeError(f"block {p} is already free")
         return k
 
-    def _slot_class(self, p: int, s: int) -> int:
-        """The size class of the live object ``p`` of slab ``s``, checked."""
-        D = self._slab_descriptor(s)
-        self._slot_of(p, s, D)
+    def _slot_class(self, p: int, D: int) -> int:
+        """The size class of the live object ``p`` of the slab of descriptor
+        words ``D`` (from _slab_of), checked."""
+        self._slot_of(p, p & ~SLAB_MASK, D)
         return self.words[D + D_STATE] & STATE_CLASS_MASK
 
-    def _slab_free(self, p: int, s: int) -> None:
+    def _slab_free(self, p: int, D: int) -> None:
+        """Free the object ``p`` of the slab of descriptor words ``D`` (from _slab_of)."""
         words = self.words
-        D = self._slab_descriptor(s)
+        s = p & ~SLAB_MASK
         k = self._slot_of(p, s, D)
         state = words[D + D_STATE]
         c = state & STATE_CLASS_MASK
@@ -1158,18 +1179,19 @@ class Heap(Allocator):
         prev_bit = 0 if gap else PREV_ALLOCATED
         self._set_header(a, allocated_body(size, size - HEADER, prev_bit) | INTERNAL)
 
-    def _slab_resize(self, p: int, s: int, size: int) -> int:
-        """realloc of an object in slab ``s``: in place while it fits its slot."""
-        have = class_size(self._slot_class(p, s))
+    def _slab_resize(self, p: int, D: int, size: int) -> int:
+        """realloc of an object in the slab of descriptor words ``D``: in place
+        while it fits its slot."""
+        have = class_size(self._slot_class(p, D))
         if not size:
-            self._slab_free(p, s)
+            self._slab_free(p, D)
             return 0
         if size <= have:
             return p
         q = self._malloc(size)
         view = self.bytes
         view[q : q + have] = view[p : p + have]
-        self._slab_free(p, s)
+        self._slab_free(p, D)
         return q
 
     def in_slab(self, p: int) -> bool:
