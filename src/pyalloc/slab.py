@@ -28,8 +28,11 @@ The **descriptor** of a slab is a block of its own elsewhere in the heap
 Nothing about a slot lies beside it: an overflow out of a slot reaches the
 next slot or the guard, never a header, a bitmap or a link. A pointer's slab
 is found by arithmetic (``p & -SLAB_BYTES``) and trusted only when the header
-before it passes its tag and says INTERNAL; the index word must then decode
-and name a descriptor that points back.
+before it passes its tag and says INTERNAL and the index word names a
+descriptor that points back. The word before the aligned address is often
+another block's payload, which passes for a slab's header about once in
+2**22 random words: when no descriptor claims the slab and the pointer has a
+block header of its own, it is a block.
 
 In a private ``Heap``, a class gets its first slab only once as many
 blocks of its size are live at once as one of its slabs has slots, and at
