@@ -18,6 +18,8 @@ from pyalloc.trace.bench import JSON_KEYS, ROW_KEYS
 from pyalloc.trace.generate import generate
 from pyalloc.trace.rep import Trace, read_trace, write_trace
 
+BROKEN_TRACE = "0\n1\n2\n1\na 0 1\nq 0\n"  # line 6 is not an op
+
 
 def write(path: Path, trace: Trace) -> Path:
     write_trace(trace, path)
@@ -354,55 +356,7 @@ def test_bench_without_traces_and_without_bundled_ones_uses_generated_workloads(
 def test_bench_reports_a_bad_trace_and_exits_non_zero(
     traces: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (traces / "broken.rep").write_text("0\n1\n2\n1\na 0 1\nq 0\n")
-    status, out, _ = run(
-        capsys,
-        "bench",
-        str(traces),
-        "--policies",
-        "segregated",
-        "--allocators",
-        "none",
-        "--repeat",
-        "0",
-    )
-    assert status == 1
-    assert "FAIL" in out
-    assert "broken.rep" in out and "broken.rep:6: expected an op" in out
-
-
-def test_bench_of_only_unreadable_traces_says_why_once_each_and_prints_no_table(
-    traces: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    bad = traces / "broken.rep"
-    bad.write_text("0\n1\n2\n1\na 0 1\nq 0\n")
-    status, out, err = run(capsys, "bench", str(bad), "--allocators", "none", "--repeat", "0")
-    assert status == 1
-    assert out == ""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1
-    assert lines[0].startswith(f"pyalloc: invalid trace: {bad}:6: expected an op")
-
-
-def test_replay_of_only_unreadable_traces_says_why_once_each_and_prints_no_table(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    bad = tmp_path / "broken.rep"
-    bad.write_text("0\n1\n2\n1\na 0 1\nq 0\n")
-    missing = tmp_path / "missing.rep"
-    status, out, err = run(capsys, "replay", str(bad), str(missing))
-    assert status == 1
-    assert out == ""
-    lines = err.strip().splitlines()
-    assert len(lines) == 2
-    assert lines[0].startswith(f"pyalloc: invalid trace: {bad}:6: expected an op")
-    assert lines[1] == f"pyalloc: {missing}: cannot read: No such file or directory"
-
-
-def test_bench_reports_a_trace_that_fails_every_column_once(
-    traces: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    (traces / "broken.rep").write_text("0\n1\n2\n1\na 0 1\nq 0\n")
+    (traces / "broken.rep").write_text(BROKEN_TRACE)
     status, out, _ = run(
         capsys,
         "bench",
@@ -415,9 +369,39 @@ def test_bench_reports_a_trace_that_fails_every_column_once(
         "0",
     )
     assert status == 1
+    assert "FAIL" in out
     failed = [line for line in out.splitlines() if line.startswith("failed:")]
-    assert len(failed) == 1
+    assert len(failed) == 1  # once, not once per column
     assert "broken.rep on every column:" in failed[0]
+    assert "broken.rep:6: expected an op" in failed[0]
+
+
+def test_bench_of_only_unreadable_traces_says_why_once_each_and_prints_no_table(
+    traces: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = traces / "broken.rep"
+    bad.write_text(BROKEN_TRACE)
+    status, out, err = run(capsys, "bench", str(bad), "--allocators", "none", "--repeat", "0")
+    assert status == 1
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"pyalloc: invalid trace: {bad}:6: expected an op")
+
+
+def test_replay_of_only_unreadable_traces_says_why_once_each_and_prints_no_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "broken.rep"
+    bad.write_text(BROKEN_TRACE)
+    missing = tmp_path / "missing.rep"
+    status, out, err = run(capsys, "replay", str(bad), str(missing))
+    assert status == 1
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"pyalloc: invalid trace: {bad}:6: expected an op")
+    assert lines[1] == f"pyalloc: {missing}: cannot read: No such file or directory"
 
 
 # -- record ---------------------------------------------------------------------------
