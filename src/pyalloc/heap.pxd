@@ -103,6 +103,7 @@ cdef class Heap(Allocator):
     cdef inline i64 _slab_of(self, i64 p) except -1
     @cython.locals(d=i64, D=i64)
     cdef inline i64 _slab_index(self, i64 s) noexcept
+    cdef inline bint _descriptor_in_heap(self, i64 d) noexcept
     cdef inline i64 _descriptor_words(self, i64 d) except -1
     @cython.locals(D=i64, s=i64)
     cdef inline i64 _listed_slab(self, i64 d) except -1

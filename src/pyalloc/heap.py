@@ -951,13 +951,17 @@ class Heap(Allocator):
         # ``s`` are a payload that mimics a slab's header (once in about 2**22
         # words of random data), and ``p`` has a block header of its own; or
         # the slab's index word is corrupted, which _slab_descriptor reports.
-        if decode(self.words[(p - HEADER) >> 3], p - HEADER, self.tag_secret, self.header_key) >= 0:
+        if self._header(p - HEADER) >= 0:
             return 0
         return self._slab_descriptor(s)
 
+    def _descriptor_in_heap(self, d: int) -> bool:
+        """Whether a slab descriptor may lie at ``d``: aligned, in the heap."""
+        return not d & 15 and self.heap_start < d and d + DESC_WORDS * 8 <= self.brk
+
     def _descriptor_words(self, d: int) -> int:
         """Word index of the slab descriptor at ``d``, range-checked."""
-        if d & 15 or not (self.heap_start < d and d + DESC_WORDS * 8 <= self.brk):
+        if not self._descriptor_in_heap(d):
             raise HeapCorruptionError(f"slab descriptor link {d:#x} is outside the heap")
         return d >> 3
 
@@ -979,7 +983,7 @@ class Heap(Allocator):
         """Word index of the descriptor that the index word of slab ``s`` names
         (its tag checked) and that names ``s`` back, or 0."""
         d = decode(self.words[s >> 3], s, self.tag_secret, self.header_key)
-        if d <= 0 or d & 15 or not (self.heap_start < d and d + DESC_WORDS * 8 <= self.brk):
+        if not self._descriptor_in_heap(d):  # d < 0: a failed tag
             return 0
         D = d >> 3
         return D if self.words[D + D_SLAB] == s else 0
