@@ -31,9 +31,10 @@ taken off at both sizes: the growth of the allocator's own work.
 An allocator whose free reads the block it is handed (glibc and pyalloc
 read its header) cannot cost less than the loop plus that one read: the row
 ``touch`` is that floor, the loop with ``free`` reading one word of a
-block-sized stretch of a real, resident region. Its growth is what a random read of a large heap costs
-on this machine; the closing lines say how many ns per operation each target
-would allow at the largest size, against that floor.
+block-sized stretch of a real, resident region. Its growth is what a random
+read of a large heap costs on this machine; the closing lines say how many
+ns per operation each target would allow at the largest size, against that
+floor.
 ``implicit`` is the slowest and grows with N (a malloc walks the blocks in
 front of the first fit).
 
