@@ -95,7 +95,19 @@ def test_the_command_grades_every_trace_and_shows_compiler_errors(
     assert main(["replay", "--mm", str(wrong), str(ok)]) == 1
     err = capsys.readouterr().err
     assert "'oops' undeclared" in err or "oops" in err
-    assert "did not compile" in err
+    assert err.startswith(f"pyalloc: --mm {wrong}: the package did not compile:\n")
+
+
+def test_a_missing_package_is_said_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ok = tmp_path / "ok.rep"
+    ok.write_text(trace_with(64))
+    missing = tmp_path / "no_mm.c"
+    assert main(["replay", "--mm", str(missing), str(ok)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == f"pyalloc: --mm: {missing}: no such file\n"
+    assert captured.out == ""
 
 
 _DIR: list[Path] = []

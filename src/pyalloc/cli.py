@@ -598,8 +598,7 @@ def _build_mm(source: str) -> Any:
     try:
         return mm.build(source)
     except mm.BuildError as e:
-        print(str(e), file=sys.stderr)  # as the compiler printed it
-        return _fail(f"--mm {source}: the package did not compile")
+        return _fail(e.report(source))
 
 
 def replay_command(args: argparse.Namespace) -> int:

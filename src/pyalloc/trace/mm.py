@@ -31,7 +31,22 @@ CFLAGS = ("-O2", "-g", "-fPIC", "-shared", "-std=gnu11")
 
 
 class BuildError(Exception):
-    """The package did not compile; the message is what the compiler printed."""
+    """The package could not be built.
+
+    ``compiler_output`` is what the compiler printed when it ran and failed,
+    and empty when it never ran (no such source, no compiler): then the
+    message alone says why.
+    """
+
+    def __init__(self, message: str, compiler_output: str = "") -> None:
+        super().__init__(message)
+        self.compiler_output = compiler_output
+
+    def report(self, source: object) -> str:
+        """What a command says: one line naming ``source``, then what the compiler printed."""
+        if self.compiler_output:
+            return f"--mm {source}: the package did not compile:\n{self.compiler_output}"
+        return f"--mm: {self}"
 
 
 def compiler() -> list[str] | None:
@@ -83,7 +98,10 @@ def build(source: str | os.PathLike[str], directory: str | None = None) -> Packa
         command = [*cc, *flags, str(path), str(MMLAB / "memlib.c"), "-o", str(built)]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
-            raise BuildError(done.stderr.strip() or f"{cc[0]} exited with status {done.returncode}")
+            raise BuildError(
+                f"{cc[0]} exited with status {done.returncode}",
+                done.stderr.strip() or f"{cc[0]} exited with status {done.returncode}",
+            )
 
     return Package(path, str(build_cached(library, compile_into)))
 

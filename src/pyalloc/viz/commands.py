@@ -110,7 +110,7 @@ def _viz(args: argparse.Namespace) -> int:
         try:
             package = mm.build(args.mm)
         except mm.BuildError as e:
-            raise VizError(f"--mm {args.mm}: the package did not compile:\n{e}") from None
+            raise VizError(e.report(args.mm)) from None
         packages[package.name] = package
         names = [package.name]
     known = (*policy_names(), *SYSTEM_ALLOCATORS, *packages)
