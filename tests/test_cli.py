@@ -10,6 +10,7 @@ import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -179,6 +180,27 @@ def test_replay_on_a_system_allocator_without_the_system_module(
 
 
 # -- gen ------------------------------------------------------------------------------
+
+
+def test_ctrl_c_says_interrupted_and_leaves_the_old_output(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gzip
+
+    out_path = tmp_path / "t.rep.gz"
+    out_path.write_bytes(b"the old file")
+    real_write = gzip.GzipFile.write
+
+    def interrupted(self: gzip.GzipFile, data: Any) -> int:
+        real_write(self, bytes(data)[: len(data) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gzip.GzipFile, "write", interrupted)
+    status, out, err = run(capsys, "gen", "uniform", "--ops", "200", "-o", str(out_path))
+    assert status == 130
+    assert err == "\npyalloc: interrupted\n" and out == ""
+    assert out_path.read_bytes() == b"the old file"
+    assert [p.name for p in tmp_path.iterdir()] == ["t.rep.gz"]  # no temporary left
 
 
 @pytest.mark.parametrize("suffix", [".rep", ".rep.gz"])

@@ -1401,6 +1401,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError:
             pass
         return _fail(f"cannot write the output: {e.strerror}")
+    except KeyboardInterrupt:
+        # Ctrl-C: output files are written whole or not at all (a temporary
+        # file renamed at the end), so there is nothing to clean up.
+        print("\npyalloc: interrupted", file=sys.stderr)
+        return 130
     return status
 
 
