@@ -97,6 +97,30 @@ def test_malloc_accepts_int_subclasses_that_are_not_bool(heap: Any) -> None:
     heap.free(p)
 
 
+class Index:
+    """An integer that is not an int, as numpy's are: it has ``__index__``."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
+
+
+def test_sizes_and_pointers_may_be_integers_that_are_not_ints(heap: Any) -> None:
+    p = heap.malloc(Index(40))
+    assert heap.usable_size(Index(p)) >= 40
+    heap.bytes[p : p + 40] = b"x" * 40
+    q = heap.realloc(Index(p), Index(200))
+    assert bytes(heap.bytes[q : q + 40]) == b"x" * 40
+    r = heap.calloc(Index(3), Index(10))
+    assert bytes(heap.bytes[r : r + 30]) == bytes(30)
+    heap.free(Index(q))
+    heap.free(Index(r))
+    assert heap.stats()["live_blocks"] == 0
+    heap.check()
+
+
 # --- free -----------------------------------------------------------------
 
 
@@ -324,6 +348,12 @@ def test_realloc_rejects_negative_size_and_keeps_the_block(heap: Any) -> None:
 
 
 # --- capacity -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("capacity", [1 << 40, 1 << 63, 1 << 70])
+def test_a_capacity_beyond_the_largest_heap_is_a_value_error(make_heap: Any, capacity: int) -> None:
+    with pytest.raises(ValueError, match="exceeds the largest (buddy )?heap"):
+        make_heap(capacity)
 
 
 def test_exhausting_the_capacity_raises_memory_error_and_heap_stays_usable(

@@ -212,6 +212,25 @@ def test_invalid_pointer_raises_and_changes_nothing(which: int) -> None:
         assert (report.free, report.allocated) == (6, 2)
 
 
+class Index:
+    """An integer that is not an int, as numpy's are: it has ``__index__``."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
+
+
+def test_sizes_and_pointers_may_be_integers_that_are_not_ints() -> None:
+    with Pool(Index(64), Index(8)) as pool:  # type: ignore[arg-type]
+        assert pool.block_size == 64 and pool.count == 8
+        p = pool.alloc()
+        pool.free(Index(p))  # type: ignore[arg-type]
+        assert pool.available() == 8
+        pool.check()
+
+
 @pytest.mark.parametrize("bad", NOT_INTS)
 def test_non_int_pointer_raises_type_error(bad: object) -> None:
     with Pool(64, 8) as pool:

@@ -23,14 +23,13 @@ from typing import Any, Final, Self
 from .errors import InvalidPointerError
 from .lock import CLOSED, HeapLock
 from .regions import Region
+from .units import as_int
 
 
 def check_size(size: object, what: str = "size") -> int:
     """``size`` as an int >= 0; TypeError or ValueError otherwise."""
     if size.__class__ is not int:
-        if isinstance(size, bool) or not isinstance(size, int):
-            raise TypeError(f"{what} must be an int, not {type(size).__name__}")
-        size = int(size)
+        size = as_int(size, what)
     if size < 0:
         raise ValueError(f"{what} must be >= 0, got {size}")
     return size
@@ -39,9 +38,7 @@ def check_size(size: object, what: str = "size") -> int:
 def check_pointer(p: object) -> int:
     """``p`` as an int; TypeError for anything else (bool included)."""
     if p.__class__ is not int:
-        if isinstance(p, bool) or not isinstance(p, int):
-            raise TypeError(f"pointer must be an int, not {type(p).__name__}")
-        p = int(p)
+        p = as_int(p, "pointer")
     return p
 
 

@@ -189,13 +189,13 @@ class Heap(Allocator):
     @classmethod
     def layout_size(cls, capacity: int, policy_cls: type[FreeIndex]) -> int:
         """Check ``capacity``; return the region bytes a heap of it needs."""
+        if capacity > MAX_BLOCK:  # first: the policy's sizing takes a C integer
+            raise ValueError(f"capacity {capacity} exceeds the largest heap ({MAX_BLOCK} bytes)")
         heap_start = cls.control_bytes(capacity, policy_cls)
         if capacity < heap_start + HEADER + MIN_BLOCK:
             raise ValueError(
                 f"capacity {capacity} is too small for a heap (minimum {heap_start + 40})"
             )
-        if capacity > MAX_BLOCK:
-            raise ValueError(f"capacity {capacity} exceeds the largest heap ({MAX_BLOCK} bytes)")
         return capacity
 
     @classmethod

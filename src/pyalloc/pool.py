@@ -136,6 +136,7 @@ if not cython.compiled:
 from .attach import AttachTable, AttachTableFullError, table_words
 from .errors import DoubleFreeError, HeapCorruptionError, HeapError, InvalidPointerError
 from .regions import AnonymousRegion, Region, SharedRegion, unlink_shared
+from .units import as_int
 
 # --- Tunables and the constants derived from them --------------------------
 
@@ -212,10 +213,8 @@ class _Layout:
 
     @classmethod
     def for_blocks(cls, block_size: object, count: object) -> _Layout:
-        for what, value in (("block_size", block_size), ("count", count)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-        assert isinstance(block_size, int) and isinstance(count, int)
+        block_size = as_int(block_size, "block_size")
+        count = as_int(count, "count")
         if block_size < 1:
             raise ValueError(f"block_size must be at least 1, got {block_size}")
         if not 1 <= count <= MAX_COUNT:
@@ -1160,9 +1159,7 @@ def _closed(*args: object) -> Any:
 
 
 def _as_int(ptr: object) -> int:
-    if isinstance(ptr, bool) or not isinstance(ptr, int):
-        raise TypeError(f"a pointer is an int offset, not {type(ptr).__name__}")
-    return int(ptr)
+    return as_int(ptr, "a pointer")
 
 
 __all__ = ["EMPTY", "Pool", "PoolCheck"]

@@ -26,6 +26,8 @@ import secrets
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
+from .units import as_int
+
 PAGE_SIZE = mmap.PAGESIZE
 
 _SHM_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
@@ -189,8 +191,7 @@ def page_round_up(n: int) -> int:
 
 
 def _check_size(size: object) -> int:
-    if isinstance(size, bool) or not isinstance(size, int):
-        raise TypeError(f"region size must be an int, not {type(size).__name__}")
+    size = as_int(size, "region size")
     if size <= 0:
         raise ValueError(f"region size must be positive, got {size}")
     return page_round_up(size)
