@@ -50,13 +50,23 @@ def time_warm(allocator: Any, workload: Workload, repeat: int) -> int:
     the timed runs measure the allocator, not the kernel's page faults (a
     program's heap lives long; glibc's, in this process, is warm anyway).
     """
+    return time_in_turns({"": allocator}, workload, repeat)[""]
+
+
+def time_in_turns(allocators: dict[str, Any], workload: Workload, repeat: int) -> dict[str, int]:
+    """``time_warm`` of every allocator, the allocators taking turns run by run.
+
+    A passing disturbance of the machine then falls on one run of each
+    rather than on every run of whichever was being timed, and the best of
+    each keeps out of it.
+    """
     _, ops, num_ids = workload
-    best = None
+    best: dict[str, int] = {}
     for index in range(repeat + 1):
-        elapsed, left = replay(allocator, ops, num_ids)
-        for pointer in left:
-            allocator.free(pointer)
-        if index and (best is None or elapsed < best):
-            best = elapsed
-    assert best is not None
+        for name, allocator in allocators.items():
+            elapsed, left = replay(allocator, ops, num_ids)
+            for pointer in left:
+                allocator.free(pointer)
+            if index:
+                best[name] = min(best.get(name, elapsed), elapsed)
     return best

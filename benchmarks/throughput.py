@@ -18,7 +18,9 @@ Peers, all measured in the same run:
 
 Each (trace, peer) is replayed once untimed (its pages touched), then timed
 ``--repeat`` times on the same allocator, what a replay leaves live freed
-between runs, and the best kept: every peer is measured warm. Per-op
+between runs, and the best kept: every peer is measured warm. The compiled
+peers take turns, run by run, so that a passing disturbance of the machine
+falls on one run of each, not on every run of one. Per-op
 averages are total time over total ops of a trace set. A second section
 times ``malloc(100)`` + ``free`` pairs, and a third pairs of small objects
 only (16 to 128 bytes: slab objects), of blocks only (200 to 4000 bytes) and
@@ -60,7 +62,7 @@ except ImportError:  # running from a checkout without an install
     sys.path.insert(0, str(ROOT / "src"))
     import pyalloc
 
-from replay_loop import Workload, time_warm  # noqa: E402
+from replay_loop import Workload, time_in_turns, time_warm  # noqa: E402
 
 from pyalloc import Heap  # noqa: E402
 from pyalloc.slab import SLAB_DEMAND, SLOTS  # noqa: E402
@@ -88,24 +90,17 @@ def workloads_of(traces: Sequence[Trace]) -> list[Workload]:
     return [(t.name, [(op.kind, op.id, op.size) for op in t.ops], t.num_ids) for t in traces]
 
 
-def time_pyalloc(workload: Workload, repeat: int, policy: str, small: bool = True) -> int:
-    heap = Heap(policy=policy, small=small)
+def time_peers(libc: GlibcMalloc, workload: Workload, repeat: int, policy: str) -> dict[str, int]:
+    """ns of a replay of ``workload`` on each compiled peer, measured in turns."""
+    heap = Heap(policy=policy)
+    no_slabs = Heap(policy=policy, small=False)
+    mp = MultiprocessingHeap()
     try:
-        return time_warm(heap, workload, repeat)
+        peers = {PYALLOC: heap, GLIBC: libc, MP: mp, NO_SLABS: no_slabs}
+        return time_in_turns(peers, workload, repeat)
     finally:
-        heap.close()
-
-
-def time_glibc(libc: GlibcMalloc, workload: Workload, repeat: int) -> int:
-    return time_warm(libc, workload, repeat)
-
-
-def time_mp(workload: Workload, repeat: int) -> int:
-    allocator = MultiprocessingHeap()
-    try:
-        return time_warm(allocator, workload, repeat)
-    finally:
-        allocator.close()
+        for each in (heap, no_slabs, mp):
+            each.close()
 
 
 def time_pairs(allocator: Any, pairs: int, repeat: int) -> float:
@@ -177,7 +172,9 @@ def child_main(args: argparse.Namespace) -> int:
     out: dict[str, Any] = {"compiled": pyalloc.COMPILED, "traces": {}}
     for _, workloads in sets:
         for workload in workloads:
-            out["traces"][workload[0]] = time_pyalloc(workload, args.repeat, args.policy)
+            heap = Heap(policy=args.policy)
+            out["traces"][workload[0]] = time_warm(heap, workload, args.repeat)
+            heap.close()
     out["pair"] = time_pairs(Heap(policy=args.policy), args.pairs // 10, args.repeat)
     print(json.dumps(out))
     return 0
@@ -264,13 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for workload in workloads:
             name, ops, _ = workload
             print(f"  {name} ...", file=sys.stderr)
-            times = {
-                PYALLOC: time_pyalloc(workload, args.repeat, args.policy),
-                INTERPRETED: interpreted["traces"][name],
-                GLIBC: time_glibc(libc, workload, args.repeat),
-                MP: time_mp(workload, args.repeat),
-                NO_SLABS: time_pyalloc(workload, args.repeat, args.policy, small=False),
-            }
+            times = time_peers(libc, workload, args.repeat, args.policy)
+            times[INTERPRETED] = interpreted["traces"][name]
             for peer in totals:
                 totals[peer] += times[peer]
             ops_total += len(ops)
