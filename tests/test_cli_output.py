@@ -28,6 +28,44 @@ def test_a_failed_write_leaves_the_old_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.rep"]  # no temporary left
 
 
+def test_a_symbolic_link_is_followed_and_kept(tmp_path: Path) -> None:
+    real = tmp_path / "real.rep"
+    real.write_bytes(b"old")
+    link = tmp_path / "link.rep"
+    link.symlink_to(real.name)
+    with replacing(link) as temporary:
+        Path(temporary).write_bytes(b"new")
+    assert link.is_symlink() and os.readlink(link) == real.name
+    assert real.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.rep", "real.rep"]
+
+
+def test_a_named_pipe_is_written_into_not_replaced(tmp_path: Path) -> None:
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    with replacing(fifo) as temporary:
+        assert temporary == str(fifo)
+        Path(temporary).write_bytes(b"through the pipe")
+    out, _ = reader.communicate(timeout=60)
+    assert out == b"through the pipe"
+    assert fifo.is_fifo()
+
+
+def test_gen_into_a_full_device_says_so_and_leaves_the_device(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*PYALLOC, "gen", "uniform", "--ops", "500", "-o", "/dev/full"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "pyalloc: cannot write /dev/full: No space left on device"
+    ]
+    assert not os.path.isfile("/dev/full")  # still the device
+
+
 def test_gen_replaces_its_output_whole(tmp_path: Path) -> None:
     target = tmp_path / "t.rep.gz"
     for seed in (1, 2):

@@ -32,8 +32,18 @@ def check_output_path(path: str | os.PathLike[str]) -> None:
 
 @contextmanager
 def replacing(path: str | os.PathLike[str]) -> Iterator[str]:
-    """A temporary path beside ``path``, renamed onto it if the block ends normally."""
+    """A temporary path beside ``path``, renamed onto it if the block ends normally.
+
+    A symbolic link is followed: its target is the file replaced. Something
+    that is not a regular file (``/dev/stdout``, a named pipe) cannot be
+    replaced by a rename: it is written directly, as it stands.
+    """
     target = os.fspath(path)
+    if os.path.exists(target) and not os.path.isfile(target) and not os.path.isdir(target):
+        yield target
+        return
+    if os.path.islink(target):
+        target = os.path.realpath(target)
     check_output_path(target)
     directory, base = os.path.split(os.path.abspath(target))
     # The target's suffix last: writers that choose a format by it (images) see it.
