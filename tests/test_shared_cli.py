@@ -29,11 +29,12 @@ def heap() -> Iterator[SharedHeap]:
         pass
 
 
-@pytest.fixture
-def foreign() -> Iterator[str]:
+# Segments of other programs: words, and sizes no pyalloc region has.
+@pytest.fixture(params=[1000, 5, 1003], ids=lambda size: f"{size}B")
+def foreign(request: pytest.FixtureRequest) -> Iterator[str]:
     name = f"pyalloc-test-{uuid.uuid4().hex}"
     with open(f"/dev/shm/{name}", "wb") as f:
-        f.write(b"not a heap" * 100)
+        f.write((b"not a heap" * 101)[: request.param])
     yield name
     try:
         os.unlink(f"/dev/shm/{name}")
@@ -84,6 +85,10 @@ def test_check_passes_then_finds_corruption(
     heap.buf[p - 8 : p] = bytes(8)  # wipe the block's header
     status, _, err = run(capsys, "shm", "check", heap.name)
     assert status == 1 and "corrupted" in err
+    status, out, err = run(capsys, "shm", "list", "--check")
+    line = next(line for line in out.splitlines() if line.startswith(heap.name))
+    assert "corrupted" in line
+    assert status == 1 and err == f"pyalloc: corrupted: {heap.name}\n"
     status, out, err = run(capsys, "shm", "info", heap.name)
     assert status == 1 and "corrupted" in err
     assert "policy: segregated" in out and "capacity: 4194304" in out  # the control record

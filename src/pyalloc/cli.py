@@ -175,6 +175,9 @@ def shm_list(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    corrupted = [row[0] for row in rows[1:] if row[-1].startswith("corrupted")]
+    if corrupted:  # as 'shm check' does, a corrupted heap fails the command
+        return _fail(f"corrupted: {', '.join(corrupted)}")
     return 0
 
 

@@ -357,6 +357,11 @@ class SharedRegion(FileRegion):
             size = os.fstat(fd).st_size
             if size == 0:
                 raise ValueError(f"shared-memory segment {name!r} is empty")
+            if size % 8:  # every region is words; this one is not ours
+                raise ValueError(
+                    f"shared-memory segment {name!r} is not a pyalloc segment "
+                    f"({size} bytes, not a multiple of 8)"
+                )
             buf = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
         finally:
             os.close(fd)
