@@ -179,6 +179,28 @@ def test_replay_on_a_system_allocator_without_the_system_module(
     assert "--allocator glibc" in err and "not available" in err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["top", "--interval", "nan", "x"],
+        ["top", "--interval", "-1", "x"],
+        ["top", "--interval", "inf", "x"],
+        ["gen", "uniform", "--ops", "1e9", "-o", "x.rep"],
+        ["viz", "t.rep", "--scale", str(10**23)],
+        ["replay", "t.rep", "--repeat", "-1"],
+    ],
+    ids=" ".join,
+)
+def test_an_option_value_that_cannot_be_used_is_refused_up_front(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert re.search(r"error: argument --\w+: expected (an integer|seconds)", last), last
+
+
 # -- gen ------------------------------------------------------------------------------
 
 

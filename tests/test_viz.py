@@ -603,3 +603,21 @@ def test_glibcs_timeline_says_its_footprint_is_mallinfo2_bytes() -> None:
     timeline = _system_timeline(churn_trace(), "glibc")
     assert timeline.measured_as == "mallinfo2 bytes"
     assert timeline.peak_footprint >= timeline.peak_payload
+
+
+def test_a_picture_that_cannot_be_written_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "t.rep"
+    write_trace(generate("uniform", ops=200, seed=5), trace)
+    directory = tmp_path / "d.png"
+    directory.mkdir()
+    cases = [(str(directory), "is a directory")]
+    if os.path.isdir("/proc/sys"):  # a directory where no file can be created, even by root
+        cases.append(("/proc/v.png", "/proc"))  # as root, the write is what fails
+    for out, reason in cases:
+        status = main(["viz", str(trace), "-o", out])
+        err = capsys.readouterr().err
+        assert status == 1 and len(err.splitlines()) == 1 and err.startswith("pyalloc: ")
+        assert reason in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.png", "t.rep"]

@@ -832,17 +832,38 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+LARGEST_ARGUMENT: Final = 1 << 40  # beyond any count or size a command can use
+
+
+def _integer_from(text: str, low: int) -> int:
+    """An option's integer, ``low`` to LARGEST_ARGUMENT; ArgumentTypeError otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not low <= value <= LARGEST_ARGUMENT:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer from {low} to {LARGEST_ARGUMENT:,}, got {text}"
+        )
     return value
 
 
+def _non_negative(text: str) -> int:
+    return _integer_from(text, 0)
+
+
 def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected an integer > 0, got {text}")
+    return _integer_from(text, 1)
+
+
+def _seconds(text: str) -> float:
+    """A finite, non-negative number of seconds, at most a day."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 <= value <= 86_400:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected seconds from 0 to 86400, got {text}")
     return value
 
 
@@ -1335,7 +1356,7 @@ def add_top(subcommands: Subcommands) -> None:
     p.add_argument("name", help="a segment's name, or a heap file's path (with a '/')")
     p.add_argument(
         "--interval",
-        type=float,
+        type=_seconds,
         default=1.0,
         metavar="SECONDS",
         help="time between refreshes (default 1)",

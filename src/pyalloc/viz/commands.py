@@ -60,6 +60,8 @@ def viz_command(args: argparse.Namespace) -> int:
         return _fail(str(e), 2)
     except VizError as e:
         return _fail(str(e))
+    except OSError as e:  # the picture's file: its message, or the system's reason
+        return _fail(f"cannot write {args.output}: {e.strerror}" if e.strerror else str(e))
 
 
 def _options(args: argparse.Namespace) -> PictureOptions:
