@@ -583,6 +583,17 @@ def test_record_prints_leaks_drops_truncation_and_the_python_hint(
     assert "cut at --max-ops 5" in err and "PYTHONMALLOC=malloc" in err
 
 
+def test_record_refuses_an_output_it_cannot_write_before_running_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker = tmp_path / "ran"
+    program = [sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"]
+    status = main(["record", "-o", str(tmp_path / "no" / "t.rep"), "--", *program])
+    err = capsys.readouterr().err
+    assert status == 1 and err == f"pyalloc: record: {tmp_path / 'no'}: no such directory\n"
+    assert not marker.exists()
+
+
 def test_progress_reaches_the_whole_work() -> None:
     from pyalloc.cli import _Progress
 

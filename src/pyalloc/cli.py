@@ -1148,6 +1148,10 @@ def record_command(args: argparse.Namespace) -> int:
         record_module = importlib.import_module("pyalloc.trace.record")
     except ImportError as e:
         return _fail(f"recording is not available in this installation ({e})")
+    try:
+        check_output_path(args.output)  # before the command runs: it may have effects
+    except OSError as e:
+        return _fail(f"record: {e}")
     options: dict[str, Any] = {}
     if args.follow_exec:
         options.update(follow_exec=True, process="largest")
