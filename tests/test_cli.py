@@ -594,6 +594,16 @@ def test_record_refuses_an_output_it_cannot_write_before_running_the_command(
     assert not marker.exists()
 
 
+def test_the_performance_index_needs_timing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "t.rep"
+    write_trace(generate("uniform", ops=100, seed=1), trace)
+    status, out, err = run(capsys, "replay", str(trace), "--index", "--repeat", "0")
+    assert status == 2 and out == ""
+    assert err == "pyalloc: --index weighs throughput, which --repeat 0 does not measure\n"
+
+
 def test_progress_reaches_the_whole_work() -> None:
     from pyalloc.cli import _Progress
 

@@ -90,9 +90,9 @@ Subcommands = Any  # argparse's private _SubParsersAction
 PROGRESS_MIN_OPS: Final = 200_000  # runs shorter than this show no progress bar
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, status: int = 1) -> int:
     print(f"pyalloc: {message}", file=sys.stderr)
-    return 1
+    return status
 
 
 # -- pyalloc shm ------------------------------------------------------------------------
@@ -605,6 +605,8 @@ def _build_mm(source: str) -> Any:
 
 
 def replay_command(args: argparse.Namespace) -> int:
+    if args.index and args.repeat == 0:
+        return _fail("--index weighs throughput, which --repeat 0 does not measure", 2)
     package = None
     if args.mm is not None:
         package = _build_mm(args.mm)
