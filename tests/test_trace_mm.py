@@ -49,7 +49,8 @@ def test_the_example_replays_validly() -> None:
     "size, fault",
     [
         (777, "op 2 (a 1 777): malloc(777) returned"),  # misaligned
-        (555, "first bytes changed"),  # two live blocks at one address
+        (555, "op 5 (f 1): block 1 at 0x"),  # two live blocks at one address
+        (555, "first bytes changed before free"),
         (4242, "killed by signal 11 at op 2 (a 1 4242)"),  # a segfault
     ],
 )

@@ -500,7 +500,9 @@ def replay(ops_path: str, library: str, repeats: int, mode: str) -> dict[str, ob
                 if peak_payload > physical_bytes:
                     raise ValidationError("the live payload exceeds physical memory")
     except ValidationError as exc:
-        error = f"op {index + 1} ({'afr'[kinds[index]]} {ids[index]} {sizes[index]}): {exc}"
+        kind = kinds[index]
+        op = f"f {ids[index]}" if kind == KIND_FREE else f"{'afr'[kind]} {ids[index]} {sizes[index]}"
+        error = f"op {index + 1} ({op}): {exc}"
 
     peak = max(peak, footprint_now())
     result: dict[str, object] = {
