@@ -500,8 +500,8 @@ def replay(ops_path: str, library: str, repeats: int, mode: str) -> dict[str, ob
                 if peak_payload > physical_bytes:
                     raise ValidationError("the live payload exceeds physical memory")
     except ValidationError as exc:
-        kind = kinds[index]
-        op = f"f {ids[index]}" if kind == KIND_FREE else f"{'afr'[kind]} {ids[index]} {sizes[index]}"
+        kind, block = kinds[index], ids[index]
+        op = f"f {block}" if kind == KIND_FREE else f"{'afr'[kind]} {block} {sizes[index]}"
         error = f"op {index + 1} ({op}): {exc}"
 
     peak = max(peak, footprint_now())
