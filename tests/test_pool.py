@@ -222,6 +222,16 @@ class Index:
         return self.value
 
 
+@pytest.mark.parametrize("block_size", [(1 << 40) + 1, 1 << 62, 1 << 70])
+def test_a_block_size_past_any_region_is_a_value_error(block_size: int) -> None:
+    with pytest.raises(ValueError, match="block_size must be between"):
+        Pool(block_size, 10)
+    name = shm_name()
+    with pytest.raises(ValueError, match="block_size must be between"):
+        Pool.create(name, block_size, 10)
+    assert not SharedRegion.exists(name)
+
+
 def test_sizes_and_pointers_may_be_integers_that_are_not_ints() -> None:
     with Pool(Index(64), Index(8)) as pool:  # type: ignore[arg-type]
         assert pool.block_size == 64 and pool.count == 8

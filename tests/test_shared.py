@@ -233,6 +233,9 @@ def test_bad_names_and_arguments(names: Callable[[], str]) -> None:
         SharedHeap.create("no/slash", CAPACITY)
     with pytest.raises(ValueError):
         SharedHeap.create(names(), 100)  # too small for a heap
+    for slots in (63, 1 << 48, 1 << 63):
+        with pytest.raises(ValueError, match="journal_slots must be between"):
+            SharedHeap.create(names(), CAPACITY, journal_slots=slots)
     with pytest.raises(ValueError):
         SharedHeap.create(names(), CAPACITY, policy="no-such-policy")
     with pytest.raises(TypeError):
@@ -375,6 +378,9 @@ def test_names_refuse_bad_keys_and_pointers(heap: SharedHeap) -> None:
         heap.names["x"] = "p"  # type: ignore[assignment]
     with pytest.raises(InvalidPointerError):
         heap.names["x"] = p + 16
+    for far in (-1, 1 << 63, 1 << 70):  # past any offset: refused alike in both modes
+        with pytest.raises(InvalidPointerError):
+            heap.names["x"] = far
     heap.free(p)
     with pytest.raises(DoubleFreeError):
         heap.names["x"] = p

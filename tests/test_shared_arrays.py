@@ -177,3 +177,13 @@ def test_shapes_come_back_as_numpy_makes_them(heap: SharedHeap) -> None:
     assert made.shape == expected.shape == (2, 3) and made.dtype == expected.dtype
     assert heap.arrays["sub"].shape == (2, 3)
     assert heap.arrays.get_or_create("sub", (2,), ("f8", (3,))).shape == (2, 3)
+
+
+@pytest.mark.parametrize("shape", [(1 << 31, 1 << 31), (1 << 40, 1 << 40)])
+def test_an_array_larger_than_any_heap_is_a_memory_error(
+    heap: SharedHeap, shape: tuple[int, int]
+) -> None:
+    with pytest.raises(MemoryError):
+        heap.arrays.create("huge", shape, "uint8")
+    assert "huge" not in heap.arrays
+    heap.check()

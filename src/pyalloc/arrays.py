@@ -191,7 +191,7 @@ class SharedArrays(MutableMapping[str, Any]):
             table = heap._read_names(W_ARRAYS)
             if not replace and key in table:
                 raise KeyError(key)
-            q = heap._malloc(len(header) + nbytes)
+            q = heap._malloc(heap._request(len(header) + nbytes))  # MemoryError if too large
             heap.meta.store(W_ARRAYS_NEXT, q)
             heap._checkpoint()  # q is allocated and recorded: recovery frees it
             view = memoryview(heap.buf)

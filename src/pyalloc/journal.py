@@ -70,6 +70,7 @@ from .regions import Words
 
 ENTRY_BYTES: Final = 16
 DEFAULT_SLOTS: Final = 1024  # entries; an operation writes a few dozen words at most
+MAX_SLOTS: Final = 1 << 24  # far past any operation: bounds the journal's bytes
 
 __all__ = ["DEFAULT_SLOTS", "ENTRY_BYTES", "Journal", "JournalFullError", "MetadataStore"]
 

@@ -146,6 +146,7 @@ TAG_ONE = 1 << INDEX_BITS  # adding it to a head word bumps the tag
 TAG_MASK = INDEX_MASK << INDEX_BITS
 EMPTY = INDEX_MASK  # the index of no block: the bottom of the stack
 MAX_COUNT = EMPTY - 1  # every index and every depth fits in 32 bits
+MAX_BLOCK_SIZE = 1 << 40  # beyond any region this machine's address space could map
 
 BLOCK_ALIGN = 16
 LINE = 64  # a cache line; the blocks start on one
@@ -215,8 +216,8 @@ class _Layout:
     def for_blocks(cls, block_size: object, count: object) -> _Layout:
         block_size = as_int(block_size, "block_size")
         count = as_int(count, "count")
-        if block_size < 1:
-            raise ValueError(f"block_size must be at least 1, got {block_size}")
+        if not 1 <= block_size <= MAX_BLOCK_SIZE:
+            raise ValueError(f"block_size must be between 1 and {MAX_BLOCK_SIZE}, got {block_size}")
         if not 1 <= count <= MAX_COUNT:
             raise ValueError(f"count must be between 1 and {MAX_COUNT}, got {count}")
         stride = _round_up(block_size, BLOCK_ALIGN)

@@ -21,14 +21,22 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import platform
 import re
 import secrets
+import sys
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 from .units import as_int
 
 PAGE_SIZE = mmap.PAGESIZE
+# Reserve without swap accounting. Python's mmap names the flag from 3.12 on;
+# before that, its value in Linux's generic headers (x86, Arm, RISC-V).
+_GENERIC_LINUX = sys.platform == "linux" and platform.machine() in (
+    "x86_64", "i686", "aarch64", "armv7l", "riscv64",
+)  # fmt: skip
+MAP_NORESERVE: int = getattr(mmap, "MAP_NORESERVE", 0x4000 if _GENERIC_LINUX else 0)
 
 _SHM_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
 SHM_DIR = "/dev/shm"
@@ -246,8 +254,14 @@ class AnonymousRegion(Region):
 
     def __init__(self, size: int) -> None:
         size = _check_size(size)
-        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
-        super().__init__(mmap.mmap(-1, size, flags=flags))
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE
+        try:
+            buf = mmap.mmap(-1, size, flags=flags)
+        except OSError as e:
+            if e.errno != errno.ENOMEM:
+                raise
+            raise MemoryError(f"cannot reserve {size} bytes of address space") from None
+        super().__init__(buf)
 
 
 def _shm_path(name: str) -> str:

@@ -29,7 +29,7 @@ from ..allocator import check_size
 from ..attach import AttachTable
 from ..errors import HeapCorruptionError, HeapError, InvalidPointerError
 from ..heap import DEFAULT_CAPACITY, Heap
-from ..journal import DEFAULT_SLOTS, ENTRY_BYTES, Journal
+from ..journal import DEFAULT_SLOTS, ENTRY_BYTES, MAX_SLOTS, Journal
 from ..layout import HEADER
 from ..lock import SharedLock, init_shared_mutex
 from ..policies import is_builtin, policy_class
@@ -144,8 +144,10 @@ class SharedHeap(Heap):
         """Make the heap file ``path``, reported as ``name``; refuse an existing one."""
         capacity = check_size(capacity, "capacity")
         journal_slots = check_size(journal_slots, "journal_slots")
-        if journal_slots < 64:
-            raise ValueError(f"journal_slots must be at least 64, got {journal_slots}")
+        if not 64 <= journal_slots <= MAX_SLOTS:
+            raise ValueError(
+                f"journal_slots must be between 64 and {MAX_SLOTS}, got {journal_slots}"
+            )
         policy_cls = policy_class(policy)
         if not is_builtin(policy_cls):
             raise ValueError(

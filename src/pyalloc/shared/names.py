@@ -34,11 +34,8 @@ class SharedNames(MutableMapping[str, int]):
 
     def __setitem__(self, key: str, pointer: int) -> None:
         _check_name(key)
-        if pointer.__class__ is not int:
-            if isinstance(pointer, bool) or not isinstance(pointer, int):
-                raise TypeError(f"a name maps to a pointer (int), not {type(pointer).__name__}")
-            pointer = int(pointer)
         heap = self._heap
+        pointer = heap._pointer(pointer)  # TypeError, or InvalidPointerError out of range
         with heap._lock:
             heap._usable(pointer)  # a live block or slab object, else HeapError
             table = heap._read_names()
