@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from benchmark_module import load_benchmark
 
 from pyalloc.trace.bench import DEFAULT_HEAP, Column, Comparison, Source
 from pyalloc.trace.rep import Op, Trace
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "utilization_vs_system.py"
-
 
 @pytest.fixture(scope="module")
 def benchmark() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("utilization_vs_system", BENCHMARK)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("utilization_vs_system")
 
 
 def _row(util: float, peak_heap: int, valid: bool = True) -> dict[str, Any]:
