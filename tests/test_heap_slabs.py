@@ -465,3 +465,18 @@ def test_random_mixed_workload_keeps_every_payload(heap: Any, seed: int) -> None
     for p, data in live.items():
         assert read(heap, p, len(data)) == data
     heap.check()
+
+
+@pytest.mark.parametrize("size", [16, 100])
+def test_a_full_heap_names_the_small_request_that_failed(size: int) -> None:
+    heap = Heap(capacity=1 << 16, cache=False)
+    live = []
+    with pytest.raises(MemoryError, match=rf"^cannot allocate {size} bytes: a new slab"):
+        while True:
+            live.append(heap.malloc(size))
+    assert len(live) > 100  # slabs served most of them
+    heap.check()
+    for p in live:
+        heap.free(p)
+    assert heap.stats()["live_blocks"] == 0
+    heap.close()

@@ -847,7 +847,14 @@ class Heap(Allocator):
             p = self._block_malloc(size)
             self._small_live[c] = live + 1
             return p
-        return self._slab_take(self._new_slab(c), c)
+        try:
+            d = self._new_slab(c)
+        except MemoryError:  # say what was asked, not the slab's own request
+            raise MemoryError(
+                f"cannot allocate {size} bytes: a new slab for them would exceed the heap's"
+                f" capacity of {self.capacity}"
+            ) from None
+        return self._slab_take(d, c)
 
     def _free_small_block(self, p: int, body: int) -> None:
         """Free a block that may serve a small request (one served before its
