@@ -621,3 +621,18 @@ def test_a_picture_that_cannot_be_written_is_one_line(
         assert status == 1 and len(err.splitlines()) == 1 and err.startswith("pyalloc: ")
         assert reason in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.png", "t.rep"]
+
+
+@pytest.mark.parametrize(
+    "sizes", [["--width", "1000000000"], ["--cell", "1000", "--width", "20000", "--rows", "100000"]]
+)
+def test_a_picture_too_large_to_draw_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sizes: list[str]
+) -> None:
+    trace = tmp_path / "t.rep"
+    write_trace(generate("uniform", ops=200, seed=5), trace)
+    out = tmp_path / "big.png"
+    assert main(["viz", str(trace), "-o", str(out), *sizes]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pyalloc: a picture ") and "too large" in err
+    assert len(err.splitlines()) == 1 and not out.exists()

@@ -63,6 +63,7 @@ TIMELINE_TOP: Final = 26  # between the last map and the timeline's axes
 TIMELINE_BOTTOM: Final = 52  # tick labels and the axis label under the timeline
 ADDRESS_LABEL_SPACING: Final = 16  # pixels between address labels, at least
 MIN_COLUMNS: Final = 16
+MAX_SIDE: Final = 1 << 15  # pixels; matplotlib refuses 2**16, and memory gives out first
 MAX_FRAMES: Final = 400
 
 # Lines of the timeline: payload in the maps' payload colour, each allocator's
@@ -89,6 +90,13 @@ class PictureOptions:
     ratio_line: bool = True  # live payload / footprint over time, when one allocator is drawn
 
     def columns(self) -> int:
+        """Cells in a map's row; VizError for sizes no picture can have."""
+        if self.width > MAX_SIDE or self.max_rows * self.cell > MAX_SIDE:
+            raise VizError(
+                f"a picture {self.width} pixels wide with maps {self.max_rows} rows of "
+                f"{self.cell} pixels is too large: at most {MAX_SIDE} pixels a side"
+                " (lower --width, --rows or --cell)"
+            )
         columns = (self.width - MARGIN_LEFT - MARGIN_RIGHT) // max(self.cell, 1)
         if self.cell < 1 or columns < MIN_COLUMNS:
             raise VizError(
