@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import sys
 import types
@@ -202,6 +203,31 @@ def test_an_option_value_that_cannot_be_used_is_refused_up_front(
 
 
 # -- gen ------------------------------------------------------------------------------
+
+
+def test_sigterm_says_terminated_and_leaves_the_old_output(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gzip
+    import signal
+
+    out_path = tmp_path / "t.rep.gz"
+    out_path.write_bytes(b"the old file")
+    real_write = gzip.GzipFile.write
+
+    def terminated(self: gzip.GzipFile, data: Any) -> int:
+        real_write(self, bytes(data)[: len(data) // 2])
+        os.kill(os.getpid(), signal.SIGTERM)
+        return len(data)
+
+    monkeypatch.setattr(gzip.GzipFile, "write", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    status, out, err = run(capsys, "gen", "uniform", "--ops", "200", "-o", str(out_path))
+    assert status == 143
+    assert err == "pyalloc: terminated\n" and out == ""
+    assert out_path.read_bytes() == b"the old file"
+    assert [p.name for p in tmp_path.iterdir()] == ["t.rep.gz"]  # no temporary left
+    assert signal.getsignal(signal.SIGTERM) == before  # main gives the handler back
 
 
 def test_ctrl_c_says_interrupted_and_leaves_the_old_output(

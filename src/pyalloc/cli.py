@@ -46,7 +46,9 @@ import importlib
 import json
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, TextIO
@@ -1414,8 +1416,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound as Ctrl-C is: every ``finally`` runs, temporaries go."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    try:
+        return _run(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         status: int = args.run(args)
         sys.stdout.flush()  # a full device or a closed pipe is found here, not at exit
@@ -1431,9 +1451,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError:
             pass
         return _fail(f"cannot write the output: {e.strerror}")
-    except KeyboardInterrupt:
-        # Ctrl-C: output files are written whole or not at all (a temporary
-        # file renamed at the end), so there is nothing to clean up.
+    except KeyboardInterrupt as e:
+        # Ctrl-C or SIGTERM: output files are written whole or not at all (a
+        # temporary renamed at the end, removed on the way out).
+        if isinstance(e, _Terminated):
+            print("pyalloc: terminated", file=sys.stderr)
+            return 128 + signal.SIGTERM
         print("\npyalloc: interrupted", file=sys.stderr)
         return 130
     return status
