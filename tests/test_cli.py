@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import os
 import re
+import signal
 import sys
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,50 +208,43 @@ def test_an_option_value_that_cannot_be_used_is_refused_up_front(
 # -- gen ------------------------------------------------------------------------------
 
 
-def test_sigterm_says_terminated_and_leaves_the_old_output(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import gzip
-    import signal
+def _interrupt() -> None:
+    raise KeyboardInterrupt
 
+
+def _terminate() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)  # main's handler raises at the next bytecode
+
+
+@pytest.mark.parametrize(
+    "stop, status, said",
+    [(_interrupt, 130, "\npyalloc: interrupted\n"), (_terminate, 143, "pyalloc: terminated\n")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_a_stopped_command_says_so_and_leaves_the_old_output(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    stop: Callable[[], None],
+    status: int,
+    said: str,
+) -> None:
     out_path = tmp_path / "t.rep.gz"
     out_path.write_bytes(b"the old file")
     real_write = gzip.GzipFile.write
 
-    def terminated(self: gzip.GzipFile, data: Any) -> int:
+    def stopped(self: gzip.GzipFile, data: Any) -> int:
         real_write(self, bytes(data)[: len(data) // 2])
-        os.kill(os.getpid(), signal.SIGTERM)
+        stop()
         return len(data)
 
-    monkeypatch.setattr(gzip.GzipFile, "write", terminated)
+    monkeypatch.setattr(gzip.GzipFile, "write", stopped)
     before = signal.getsignal(signal.SIGTERM)
-    status, out, err = run(capsys, "gen", "uniform", "--ops", "200", "-o", str(out_path))
-    assert status == 143
-    assert err == "pyalloc: terminated\n" and out == ""
+    got, out, err = run(capsys, "gen", "uniform", "--ops", "200", "-o", str(out_path))
+    assert got == status and err == said and out == ""
     assert out_path.read_bytes() == b"the old file"
     assert [p.name for p in tmp_path.iterdir()] == ["t.rep.gz"]  # no temporary left
     assert signal.getsignal(signal.SIGTERM) == before  # main gives the handler back
-
-
-def test_ctrl_c_says_interrupted_and_leaves_the_old_output(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import gzip
-
-    out_path = tmp_path / "t.rep.gz"
-    out_path.write_bytes(b"the old file")
-    real_write = gzip.GzipFile.write
-
-    def interrupted(self: gzip.GzipFile, data: Any) -> int:
-        real_write(self, bytes(data)[: len(data) // 2])
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(gzip.GzipFile, "write", interrupted)
-    status, out, err = run(capsys, "gen", "uniform", "--ops", "200", "-o", str(out_path))
-    assert status == 130
-    assert err == "\npyalloc: interrupted\n" and out == ""
-    assert out_path.read_bytes() == b"the old file"
-    assert [p.name for p in tmp_path.iterdir()] == ["t.rep.gz"]  # no temporary left
 
 
 @pytest.mark.parametrize("suffix", [".rep", ".rep.gz"])
