@@ -222,6 +222,11 @@ class Index:
         return self.value
 
 
+def test_blocks_that_together_pass_any_region_are_a_value_error() -> None:
+    with pytest.raises(ValueError, match="past the largest region"):
+        Pool(1 << 40, 1 << 30)
+
+
 @pytest.mark.parametrize("block_size", [(1 << 40) + 1, 1 << 62, 1 << 70])
 def test_a_block_size_past_any_region_is_a_value_error(block_size: int) -> None:
     with pytest.raises(ValueError, match="block_size must be between"):

@@ -187,3 +187,12 @@ def test_an_array_larger_than_any_heap_is_a_memory_error(
         heap.arrays.create("huge", shape, "uint8")
     assert "huge" not in heap.arrays
     heap.check()
+
+
+def test_a_shape_may_be_any_integer_and_else_is_a_type_error(heap: SharedHeap) -> None:
+    assert heap.ndarray(np.int64(32), "float64").shape == (32,)
+    assert heap.ndarray([2, np.int32(3)], "uint8").shape == (2, 3)
+    for bad in (1.0, None, "x", (2, 1.5), True):
+        with pytest.raises(TypeError):
+            heap.ndarray(bad)
+    heap.check()

@@ -147,6 +147,7 @@ TAG_MASK = INDEX_MASK << INDEX_BITS
 EMPTY = INDEX_MASK  # the index of no block: the bottom of the stack
 MAX_COUNT = EMPTY - 1  # every index and every depth fits in 32 bits
 MAX_BLOCK_SIZE = 1 << 40  # beyond any region this machine's address space could map
+MAX_REGION = 1 << 47  # a user address space's bytes on x86-64 and Arm64
 
 BLOCK_ALIGN = 16
 LINE = 64  # a cache line; the blocks start on one
@@ -226,6 +227,11 @@ class _Layout:
         state_row = _round_up((count + STRIPES - 1) >> STRIPE_SHIFT, LINE)
         blocks = _round_up(states + STRIPES * state_row, LINE)
         end = blocks + stride * count
+        if end > MAX_REGION:
+            raise ValueError(
+                f"{count} blocks of {block_size} bytes need {end} bytes, past the largest"
+                f" region ({MAX_REGION})"
+            )
         return cls(
             block_size,
             stride,

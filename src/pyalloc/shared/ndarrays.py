@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..units import as_int
+
 
 def _numpy() -> Any:
     try:
@@ -22,10 +24,13 @@ def _array_spec(
     dt = np.dtype(dtype)
     if dt.hasobject:
         raise TypeError("arrays of Python objects cannot live in shared memory")
-    dims = (shape,) if isinstance(shape, int) else tuple(shape)
+    given: object = shape
+    if hasattr(given, "__index__"):  # one dimension: an int, numpy's included
+        given = (given,)
+    if not isinstance(given, (tuple, list)):
+        raise TypeError(f"a shape is an int or a tuple of ints, got {given!r}")
+    dims = tuple(as_int(d, "an array dimension") for d in given)
     for d in dims:
-        if isinstance(d, bool) or not isinstance(d, int):
-            raise TypeError(f"array dimensions must be ints, got {d!r}")
         if d < 0:
             raise ValueError(f"array dimensions must be >= 0, got {d}")
     if dt.subdtype is not None:
