@@ -42,6 +42,7 @@ Targets (issue: the compiled engine), printed with pass/fail at the end:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -92,15 +93,14 @@ def workloads_of(traces: Sequence[Trace]) -> list[Workload]:
 
 def time_peers(libc: GlibcMalloc, workload: Workload, repeat: int, policy: str) -> dict[str, int]:
     """ns of a replay of ``workload`` on each compiled peer, measured in turns."""
-    heap = Heap(policy=policy)
-    no_slabs = Heap(policy=policy, small=False)
-    mp = MultiprocessingHeap()
-    try:
-        peers = {PYALLOC: heap, GLIBC: libc, MP: mp, NO_SLABS: no_slabs}
+    with contextlib.ExitStack() as made:  # whatever was made is closed, even on a failure
+        peers = {PYALLOC: Heap(policy=policy), GLIBC: libc}
+        made.callback(peers[PYALLOC].close)
+        peers[MP] = MultiprocessingHeap()
+        made.callback(peers[MP].close)
+        peers[NO_SLABS] = Heap(policy=policy, small=False)
+        made.callback(peers[NO_SLABS].close)
         return time_in_turns(peers, workload, repeat)
-    finally:
-        for each in (heap, no_slabs, mp):
-            each.close()
 
 
 def time_pairs(allocator: Any, pairs: int, repeat: int) -> float:
@@ -172,9 +172,8 @@ def child_main(args: argparse.Namespace) -> int:
     out: dict[str, Any] = {"compiled": pyalloc.COMPILED, "traces": {}}
     for _, workloads in sets:
         for workload in workloads:
-            heap = Heap(policy=args.policy)
-            out["traces"][workload[0]] = time_warm(heap, workload, args.repeat)
-            heap.close()
+            with Heap(policy=args.policy) as heap:
+                out["traces"][workload[0]] = time_warm(heap, workload, args.repeat)
     out["pair"] = time_pairs(Heap(policy=args.policy), args.pairs // 10, args.repeat)
     print(json.dumps(out))
     return 0

@@ -1166,7 +1166,7 @@ def _closed(*args: object) -> Any:
 
 
 def _as_int(ptr: object) -> int:
-    return as_int(ptr, "a pointer")
+    return as_int(ptr, "pointer")  # as a heap's check_pointer says it
 
 
 __all__ = ["EMPTY", "Pool", "PoolCheck"]

@@ -98,10 +98,8 @@ def build(source: str | os.PathLike[str], directory: str | None = None) -> Packa
         command = [*cc, *flags, str(path), str(MMLAB / "memlib.c"), "-o", str(built)]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
-            raise BuildError(
-                f"{cc[0]} exited with status {done.returncode}",
-                done.stderr.strip() or f"{cc[0]} exited with status {done.returncode}",
-            )
+            status = f"{cc[0]} exited with status {done.returncode}"
+            raise BuildError(status, done.stderr.strip() or status)
 
     return Package(path, str(build_cached(library, compile_into)))
 
