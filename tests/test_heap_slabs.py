@@ -31,6 +31,7 @@ from pyalloc.slab import (
     SMALL_MAX,
     STATE_USED_SHIFT,
     class_size,
+    has_slab_room,
     size_class,
     slots_of,
 )
@@ -249,6 +250,42 @@ def test_a_kept_empty_slab_serves_again_without_growing(heap: Any) -> None:
     assert all(heap.in_slab(p) for p in again)
     assert sorted(again) == sorted(ps)
     assert heap.stats()["heap_bytes"] == footprint
+
+
+def test_a_new_slab_fills_the_smallest_hole_with_room_for_it() -> None:
+    with Heap(4 << 20, cache=False) as h:
+        h._slab_demand = 0
+        h.malloc(16)  # the slab lists' heads and a first slab, made before the holes
+        holes = []
+        for size in (40_000, 4_500, 7_000, 12_000):
+            holes.append(h.malloc(size))
+            h.malloc(3_000)  # a separator: the holes cannot merge
+        for p in holes:
+            h.free(p)
+        free = sorted((size, p - HEADER) for p, size, allocated in h.blocks() if not allocated)
+        fits = [(size, b) for size, b in free if size >= SLAB_BYTES]
+        roomy = [(size, b) for size, b in fits if has_slab_room(b, size)]
+        # The smallest hole of a slab's size lies wrong for one; a larger one
+        # has room, and two larger still.
+        assert fits[0] not in roomy and len(roomy) == 3
+        size, b = roomy[0]
+        brk = h.brk
+        s = slab_of(h.malloc(100))  # a class without a slab: a new one
+        assert b < s < b + size
+        assert h.brk == brk  # the heap did not grow for it
+        h.check()
+
+
+def test_every_policy_puts_a_new_slab_in_a_hole_before_growing(heap: Any) -> None:
+    heap.malloc(16)
+    big = heap.malloc(3 * SLAB_BYTES)
+    heap.malloc(200)  # the hole stays a hole
+    heap.free(big)
+    brk = heap.brk
+    s = slab_of(heap.malloc(100))
+    assert big <= s < big + 3 * SLAB_BYTES
+    assert heap.brk == brk
+    heap.check()
 
 
 # -- double free and interior pointers: every trial --------------------------------------

@@ -1134,19 +1134,13 @@ class Heap(Allocator):
 
     def _slab_block(self) -> int:
         """Allocate an INTERNAL block of SLAB_BYTES whose payload is slab-aligned;
-        return the payload. A free block that holds an aligned place is cut
-        into up to three (free gap, slab, free rest); else the heap grows."""
-        b, have = self.policy.take(SLAB_BYTES)
-        if b:
-            a = aligned_block(b)
-            if a + SLAB_BYTES <= b + have:
-                self._carve(b, have, a)
-                return a + HEADER
-            self.policy.insert(b, have)
-        b, have = self.policy.take(2 * SLAB_BYTES + MIN_BLOCK)
+        return the payload. A free block with room for it, as the policy
+        chooses one, is cut into up to three (free gap, slab, free rest);
+        else the heap grows."""
+        b, have = self.policy.take_slab_room()
         if not b and self._cached:
             self._flush_cache()
-            b, have = self.policy.take(2 * SLAB_BYTES + MIN_BLOCK)
+            b, have = self.policy.take_slab_room()
         if not b:
             return self._slab_block_at_top()
         a = aligned_block(b)

@@ -5,7 +5,7 @@ from pyalloc.layout cimport HEADER, MIN_BLOCK, WORD_MASK, bit, i64, u64
 cdef i64 SLAB_SHIFT, SLAB_BYTES, SLAB_MASK, SLOTS_AT, GUARD, SLOT_SPAN, SMALL_MAX, NCLASSES
 cdef i64 BITMAP_WORDS, SLABS_ON, D_SLAB, D_STATE, D_NEXT, D_PREV, D_BITMAP, DESC_WORDS
 cdef i64 STATE_USED_SHIFT, STATE_CLASS_MASK, HEADS_BYTES
-cdef i64 SMALL_BLOCK_LIMIT, SLAB_DEMAND, H_LIST, H_SLABS
+cdef i64 SMALL_BLOCK_LIMIT, SLAB_DEMAND, H_LIST, H_SLABS, ROOM_SURE
 cdef bytes SLOTS
 
 cpdef i64 size_class(i64 size) noexcept
@@ -17,3 +17,4 @@ cpdef i64 slots_of(i64 c) noexcept
 cpdef u64 unused_bits(i64 slots, i64 j) noexcept
 @cython.locals(a=i64)
 cpdef i64 aligned_block(i64 b) noexcept
+cpdef bint has_slab_room(i64 b, i64 size) noexcept

@@ -88,6 +88,7 @@ SLAB_DEMAND: Final = 128  # live blocks of a small size before its class's first
 H_LIST: Final = 0  # heads block: the head of each class's list of slabs with room,
 H_SLABS: Final = NCLASSES  # each class's number of slabs,
 HEADS_BYTES: Final = 8 * 2 * NCLASSES
+ROOM_SURE: Final = 2 * SLAB_BYTES + MIN_BLOCK  # a free block this large always has slab room
 
 assert SLOT_SPAN // 16 <= 64 * BITMAP_WORDS
 assert SLAB_BYTES & SLAB_MASK == 0
@@ -141,6 +142,12 @@ def aligned_block(b: int) -> int:
     return a
 
 
+def has_slab_room(b: int, size: int) -> bool:
+    """The block of ``size`` bytes at ``b`` can be carved into a slab block
+    (at ``aligned_block(b)``) and free blocks around it."""
+    return aligned_block(b) + SLAB_BYTES <= b + size
+
+
 assert class_size(NCLASSES - 1) == SMALL_MAX and size_class(SMALL_MAX) == NCLASSES - 1
 
 # Compiled, the constants above are C variables (slab.pxd); this gives Python
@@ -152,4 +159,5 @@ globals().update(
     D_NEXT=D_NEXT, D_PREV=D_PREV, D_BITMAP=D_BITMAP, DESC_WORDS=DESC_WORDS,
     STATE_USED_SHIFT=STATE_USED_SHIFT, STATE_CLASS_MASK=STATE_CLASS_MASK, HEADS_BYTES=HEADS_BYTES,
     SMALL_BLOCK_LIMIT=SMALL_BLOCK_LIMIT, SLAB_DEMAND=SLAB_DEMAND, H_LIST=H_LIST, H_SLABS=H_SLABS,
+    ROOM_SURE=ROOM_SURE,
 )  # fmt: skip

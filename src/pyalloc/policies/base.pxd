@@ -4,6 +4,7 @@ from pyalloc.journal cimport MetadataStore
 from pyalloc.layout cimport ALLOCATED, SIZE_MASK, i64, i64_pair, u64
 from pyalloc._accessors cimport decode, mangle, stored_size
 from pyalloc.control cimport W_BRK
+from pyalloc.slab cimport ROOM_SURE, SLAB_BYTES, has_slab_room
 
 cdef i64 NEXT, PREV
 
@@ -21,6 +22,7 @@ cdef class FreeIndex:
     cpdef remove(self, i64 b, i64 size)
     cpdef i64_pair take(self, i64 need)
     cpdef i64 find(self, i64 need) except -1
+    cpdef i64_pair take_slab_room(self)
     cdef inline bint _in_heap(self, u64 b) noexcept
     cpdef i64 free_size(self, i64 b) except -1
     @cython.locals(body=i64)

@@ -30,6 +30,9 @@ on metadata it cannot trust, before it writes)::
                          least need bytes, or (0, 0) (a pair of C integers
                          when compiled: no tuple is built)
     find(need)           such a block without removing it, or 0
+    take_slab_room()     remove and return (b, size) of a free block that
+                         can be carved into a slab and free blocks around it
+                         (``slab.has_slab_room``), or (0, 0)
     check(free_blocks)   the index holds exactly free_blocks (offset -> size)
     blocks()             every block the index holds
     words_needed(cap)    (class method) control words the index needs
@@ -48,6 +51,7 @@ from typing import TYPE_CHECKING, ClassVar, Final
 from ..control import W_BRK
 from ..errors import HeapCorruptionError
 from ..layout import ALLOCATED, SIZE_MASK
+from ..slab import ROOM_SURE, SLAB_BYTES, has_slab_room
 
 try:
     import cython
@@ -128,6 +132,20 @@ class FreeIndex:
     def find(self, need: int) -> int:
         """A free block of at least ``need`` bytes, or 0; the engine removes it."""
         raise NotImplementedError
+
+    def take_slab_room(self) -> tuple[int, int]:
+        """Remove and return (b, size) of a free block with room for a slab, or (0, 0).
+
+        This one looks at two blocks: the one ``take`` gives for a slab's
+        size, and if that one has no aligned room, the one it gives for
+        ROOM_SURE. Policies with size classes can look further.
+        """
+        b, size = self.take(SLAB_BYTES)
+        if b:
+            if has_slab_room(b, size):
+                return b, size
+            self.insert(b, size)
+        return self.take(ROOM_SURE)
 
     def check(self, free_blocks: dict[int, int]) -> None:
         """Verify the index holds exactly ``free_blocks`` (offset -> size)."""

@@ -2,9 +2,11 @@
 cimport cython
 from pyalloc.layout cimport WORD_MASK, i64, i64_pair, u64
 from pyalloc._accessors cimport bit, bit_length, lowest_bit
-from pyalloc.policies.base cimport LinkedLists
+from pyalloc.slab cimport ROOM_SURE, SLAB_BYTES, has_slab_room
+from pyalloc.policies.base cimport NEXT, LinkedLists
 
 cdef i64 EXACT_SHIFT, EXACT_LIMIT, EXACT_CLASSES, SUB_SHIFT, SUB_MASK, BEST_FIT_SCAN, TABLE_LIMIT
+cdef i64 SLAB_ROOM_SCAN
 cdef bytes CLASS_OF
 
 @cython.locals(f=i64)
@@ -31,3 +33,5 @@ cdef class Segregated(LinkedLists):
     cdef inline object _mark_empty(self, i64 c)
     cpdef i64 find(self, i64 need) except -1
     cdef inline i64 best_in_class(self, i64 need, i64 c) except -1
+    @cython.locals(c=i64, last=i64, b=i64, best=i64, best_size=i64, size=i64)
+    cpdef i64_pair take_slab_room(self)

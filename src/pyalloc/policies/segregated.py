@@ -19,6 +19,14 @@ take(need):
     2. else the head of the first non-empty list above, whose every block fits.
 Step 1 scans at most one list's first blocks; step 2 is O(1).
 
+take_slab_room():
+    the smallest block with room for a slab among the first SLAB_ROOM_SCAN
+    blocks of each class from SLAB_BYTES's up to ROOM_SURE's (where a block
+    has room or not by where it lies), else the head of the first non-empty
+    class above, whose every block has room. A slab thus fills a hole of its
+    own size where one lies, and the heap is cut or grown for it only when
+    none does.
+
 Control words: ``classes`` list heads, then the bitmap words.
 """
 
@@ -28,7 +36,8 @@ from typing import TYPE_CHECKING, Final
 
 from ..errors import HeapCorruptionError
 from ..layout import WORD_MASK
-from .base import LinkedLists
+from ..slab import ROOM_SURE, SLAB_BYTES, has_slab_room
+from .base import NEXT, LinkedLists
 
 try:
     import cython
@@ -47,6 +56,7 @@ EXACT_CLASSES: Final = EXACT_LIMIT >> 4  # 32 classes of 16 bytes
 SUB_SHIFT: Final = 2  # 4 classes per power of two above
 SUB_MASK: Final = bit(SUB_SHIFT) - 1
 BEST_FIT_SCAN: Final = 32  # blocks examined in the request's own class
+SLAB_ROOM_SCAN: Final = 4  # blocks examined in each class that may hold a slab
 
 assert EXACT_CLASSES << 4 == EXACT_LIMIT
 
@@ -173,6 +183,28 @@ class Segregated(LinkedLists):
     def find(self, need: int) -> int:
         return self.best_in_class(need, self.class_of(need))
 
+    def take_slab_room(self) -> tuple[int, int]:
+        words = self.words
+        last = self.class_of(ROOM_SURE)
+        best = best_size = 0
+        for c in range(self.class_of(SLAB_BYTES), last + 1):
+            b = words[self.base + c]
+            for _ in range(SLAB_ROOM_SCAN):
+                if not b:
+                    break
+                size = self.free_size(b)
+                if (not best or size < best_size) and has_slab_room(b, size):
+                    best = b
+                    best_size = size
+                b = self._read_link(b, NEXT)
+            if best:  # classes ascend: no later one has a smaller block
+                self.remove(best, best_size)
+                return best, best_size
+        c = self._first_class_from(last + 1)
+        if c < 0:
+            return 0, 0
+        return self._pop(c, ROOM_SURE)
+
     def best_in_class(self, need: int, c: int) -> int:
         """Best fit among the first BEST_FIT_SCAN blocks of class ``c``."""
         return self.scan_best(self.words[self.base + c], need, BEST_FIT_SCAN, False)
@@ -201,5 +233,6 @@ class Segregated(LinkedLists):
 globals().update(
     EXACT_SHIFT=EXACT_SHIFT, EXACT_LIMIT=EXACT_LIMIT, EXACT_CLASSES=EXACT_CLASSES,
     SUB_SHIFT=SUB_SHIFT, SUB_MASK=SUB_MASK, BEST_FIT_SCAN=BEST_FIT_SCAN, TABLE_LIMIT=TABLE_LIMIT,
+    SLAB_ROOM_SCAN=SLAB_ROOM_SCAN,
     CLASS_OF=CLASS_OF,
 )  # fmt: skip
