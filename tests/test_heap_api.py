@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 import pytest
@@ -354,6 +355,24 @@ def test_realloc_rejects_negative_size_and_keeps_the_block(heap: Any) -> None:
 def test_a_capacity_beyond_the_largest_heap_is_a_value_error(make_heap: Any, capacity: int) -> None:
     with pytest.raises(ValueError, match="exceeds the largest (buddy )?heap"):
         make_heap(capacity)
+
+
+def test_a_capacity_too_small_names_the_least_that_works(make_heap: Any) -> None:
+    # The control record grows with the capacity (more size classes), so the
+    # figure is found from the capacity asked for, not from a fixed minimum.
+    refused = 0
+    for capacity in range(0, 1024, 8):
+        try:
+            make_heap(capacity)
+        except ValueError as e:
+            refused += 1
+            least = int(re.fullmatch(r".* \(at least (\d+)\)", str(e)).group(1))  # type: ignore[union-attr]
+            assert least > capacity
+            make_heap(least)
+            for between in range(capacity, least, 8):
+                with pytest.raises(ValueError, match="too small"):
+                    make_heap(between)
+    assert refused
 
 
 def test_exhausting_the_capacity_raises_memory_error_and_heap_stays_usable(

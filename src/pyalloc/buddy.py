@@ -160,7 +160,7 @@ class BuddyHeap(Allocator):
     def __init__(self, capacity: int = DEFAULT_CAPACITY, *, lock: bool = True) -> None:
         capacity = check_size(capacity, "capacity")
         if capacity < BASE + bit(MIN_ORDER) + HEADER:
-            raise ValueError(f"capacity {capacity} is too small for a heap (minimum {BASE + 40})")
+            raise ValueError(f"capacity {capacity} is too small for a heap (at least {BASE + 40})")
         if capacity > MAX_CAPACITY:
             raise ValueError(f"capacity {capacity} exceeds the largest buddy heap ({MAX_CAPACITY})")
         region = AnonymousRegion(capacity)

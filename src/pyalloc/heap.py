@@ -191,11 +191,11 @@ class Heap(Allocator):
         """Check ``capacity``; return the region bytes a heap of it needs."""
         if capacity > MAX_BLOCK:  # first: the policy's sizing takes a C integer
             raise ValueError(f"capacity {capacity} exceeds the largest heap ({MAX_BLOCK} bytes)")
-        heap_start = cls.control_bytes(capacity, policy_cls)
-        if capacity < heap_start + HEADER + MIN_BLOCK:
-            raise ValueError(
-                f"capacity {capacity} is too small for a heap (minimum {heap_start + 40})"
-            )
+        least = capacity
+        while least < cls.control_bytes(least, policy_cls) + HEADER + MIN_BLOCK:
+            least = cls.control_bytes(least, policy_cls) + HEADER + MIN_BLOCK
+        if least > capacity:  # the control record grows with the capacity: say what works
+            raise ValueError(f"capacity {capacity} is too small for a heap (at least {least})")
         return capacity
 
     @classmethod
