@@ -67,8 +67,8 @@ try:
 except ImportError:  # running from a checkout without an install
     sys.path.insert(0, str(ROOT / "src"))
 
-from pyalloc.cli import _Progress  # noqa: E402
 from pyalloc.layout import block_size_for  # noqa: E402
+from pyalloc.progress import ProgressBar  # noqa: E402
 from pyalloc.slab import NCLASSES, SLAB_BYTES, SMALL_MAX, class_size, size_class  # noqa: E402
 from pyalloc.trace.bench import (  # noqa: E402
     DEFAULT_HEAP,
@@ -250,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verdicts: list[tuple[str, str, bool]] = []
     for label, sources in sets:
         work = sum(source.ops for source in sources) * 4
-        with _Progress(work) as progress:
+        with ProgressBar(work) as progress:
             comparison = run_comparison(
                 sources,
                 [DEFAULT_HEAP, NO_SLABS],

@@ -266,6 +266,23 @@ def test_gen_is_deterministic(
         assert first[:2] == b"\x1f\x8b"
 
 
+def test_gen_out_of_memory_is_one_line_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def exhausted(*args: object) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr("pyalloc.cli.generate", exhausted)
+    out = tmp_path / "g.rep"
+    status, stdout, err = run(capsys, "gen", "uniform", "--ops", "5000000000", "-o", str(out))
+    assert status == 1 and stdout == ""
+    assert (
+        err
+        == "pyalloc: gen: not enough memory to build 5,000,000,000 ops (a trace is built whole)\n"
+    )
+    assert not out.exists()
+
+
 # -- bench ----------------------------------------------------------------------------
 
 
@@ -627,7 +644,7 @@ def test_the_performance_index_needs_timing(
 
 
 def test_progress_reaches_the_whole_work() -> None:
-    from pyalloc.cli import _Progress
+    from pyalloc.progress import ProgressBar
 
     class Bar:
         def __init__(self) -> None:
@@ -642,7 +659,7 @@ def test_progress_reaches_the_whole_work() -> None:
         def stop(self) -> None:
             pass
 
-    progress = _Progress(1000)
+    progress = ProgressBar(1000)
     bar = Bar()
     progress.bar = bar
     progress.start("pyalloc on a", 400)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pyalloc.trace.generate import GENERATORS, generate, realistic
+from pyalloc.trace.generate import GENERATORS, PROGRESS_MASK, generate, realistic
 from pyalloc.trace.rep import Trace, read_trace, write_trace
 
 OPS = 3000
@@ -49,6 +49,16 @@ def test_deterministic_by_seed(name: str) -> None:
     second = GENERATORS[name](OPS, 7)
     assert first == second
     assert first.ops != GENERATORS[name](OPS, 8).ops
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_progress_is_told_of_the_ops_made_and_changes_nothing(name: str) -> None:
+    told: list[int] = []
+    ops = 3 * (PROGRESS_MASK + 1) + 100
+    trace = generate(name, ops, 3, told.append)
+    assert told == [PROGRESS_MASK + 1] * (len(trace.ops) // (PROGRESS_MASK + 1))
+    assert len(told) >= 2  # the budget is most of the ops
+    assert trace == generate(name, ops, 3)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -380,6 +380,25 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert list(tmp_path.iterdir()) == [tmp_path / "s.rep"]
 
 
+def test_an_animation_reports_each_frame_as_it_is_drawn(tmp_path: Path) -> None:
+    from pyalloc.viz.history import Replayer, record_timeline, sample_ops
+    from pyalloc.viz.render import Frame, draw_animation
+
+    trace = churn_trace()
+    timeline = record_timeline(trace, "segregated")
+    with Replayer(trace, "segregated") as replayer:
+        frames = []
+        for op in sample_ops(len(trace.ops), 4):
+            replayer.advance_to(op)
+            frames.append(Frame(op, replayer.snapshot()))
+    drawn: list[int] = []
+    draw_animation(
+        tmp_path / "a.gif", ["t", "u"], "segregated", frames, timeline, progress=drawn.append
+    )
+    assert drawn == [1] * len(frames) and len(frames) >= 4
+    assert (tmp_path / "a.gif").stat().st_size > 0
+
+
 def test_animation_frames_are_bounded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from PIL import Image
 

@@ -51,12 +51,13 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, Final
 
 from .errors import HeapCorruptionError, HeapError
 from .files import check_output_path
 from .mapped import MappedHeap
 from .policies import load_policy
+from .progress import ProgressBar, rich_for
 from .regions import BUILDING_SUFFIX, SHM_DIR, abandoned_builds, list_shared, unlink_shared
 from .shared import SharedHeap, describe_file, describe_segment, list_heaps
 from .trace.bench import (
@@ -88,8 +89,6 @@ from .trace.system import is_library_path, system_available
 from .units import human_bytes
 
 Subcommands = Any  # argparse's private _SubParsersAction
-
-PROGRESS_MIN_OPS: Final = 200_000  # runs shorter than this show no progress bar
 
 
 def _fail(message: str, status: int = 1) -> int:
@@ -414,17 +413,6 @@ def add_shm(subcommands: Subcommands) -> None:
 # -- output helpers ---------------------------------------------------------------------
 
 
-def _rich_for(stream: TextIO) -> bool:
-    """Whether to draw with rich on ``stream``: installed, and a terminal."""
-    if not stream.isatty():
-        return False
-    try:
-        import rich  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def print_table(
     headers: Sequence[str],
     rows: Sequence[Sequence[str]],
@@ -437,7 +425,7 @@ def print_table(
 
     ``summary_last`` sets the last row (averages) apart with a rule.
     """
-    if _rich_for(sys.stdout):
+    if rich_for(sys.stdout):
         from rich.console import Console
         from rich.table import Table
 
@@ -457,70 +445,6 @@ def print_table(
             for i, (cell, width) in enumerate(zip(row, widths, strict=True))
         ]
         print("  ".join(cells).rstrip())
-
-
-class _Progress:
-    """A rich progress bar on stderr for runs of at least PROGRESS_MIN_OPS ops.
-
-    ``start(description, work)`` begins a unit of about ``work`` ops (the
-    previous unit counts as complete then) and ``advance(done)`` moves the bar
-    within it. The bar is redrawn only in those calls, never by a thread of
-    its own, which would compete with a timed replay for the interpreter.
-    Without rich, when stderr is not a terminal, or for a short run, nothing
-    is shown.
-    """
-
-    def __init__(self, total_work: int) -> None:
-        self.total = total_work
-        self.bar: Any = None
-        self.task: Any = None
-        self.expected = 0  # work of the current unit ...
-        self.done = 0  # ... and how much of it was reported
-
-    def __enter__(self) -> _Progress:
-        if self.total >= PROGRESS_MIN_OPS and _rich_for(sys.stderr):
-            from rich.console import Console
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                TextColumn("{task.percentage:>3.0f}%"),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-                transient=True,
-                auto_refresh=False,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("", total=self.total)
-        return self
-
-    def start(self, description: str, work: int) -> None:
-        self._complete_unit(description)
-        self.expected = work
-        self.done = 0
-
-    def _complete_unit(self, description: str | None = None) -> None:
-        """Count the current unit as done (a subprocess's replay reports no ops)."""
-        if self.bar is not None:
-            rest = max(0, self.expected - self.done)
-            if description is None:
-                self.bar.update(self.task, advance=rest)
-            else:
-                self.bar.update(self.task, advance=rest, description=description)
-            self.bar.refresh()
-        self.done = self.expected
-
-    def advance(self, done: int) -> None:
-        self.done += done
-        if self.bar is not None:
-            self.bar.update(self.task, advance=done)
-            self.bar.refresh()
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.bar is not None:
-            self._complete_unit()  # the bar ends at 100%
-            self.bar.stop()
 
 
 def _percent(value: float | None) -> str:
@@ -640,7 +564,7 @@ def replay_command(args: argparse.Namespace) -> int:
         return 1
     rows: list[dict[str, Any]] = []
     work_per_op = 1 + args.repeat
-    with _Progress(sum(s.ops for s in sources) * work_per_op) as progress:
+    with ProgressBar(sum(s.ops for s in sources) * work_per_op) as progress:
         for source in sources:
             progress.start(source.label, source.ops * work_per_op)
             trace = source.trace
@@ -938,7 +862,7 @@ def bench_command(args: argparse.Namespace) -> int:
             notes.append(note)
     columns = len(policies) + len(allocators) + len(packages)
     work = sum(s.ops for s in sources) * columns * (1 + args.repeat)
-    with _Progress(work) as progress:
+    with ProgressBar(work) as progress:
         comparison = run_comparison(
             sources,
             policies,
@@ -1102,7 +1026,12 @@ def add_bench(subcommands: Subcommands) -> None:
 
 
 def gen_command(args: argparse.Namespace) -> int:
-    trace = generate(args.kind, args.ops, args.seed)
+    try:
+        with ProgressBar(args.ops) as progress:
+            progress.start(f"generating {args.kind}", args.ops)
+            trace = generate(args.kind, args.ops, args.seed, progress.advance)
+    except MemoryError:
+        return _fail(f"gen: not enough memory to build {args.ops:,} ops (a trace is built whole)")
     try:
         write_trace(trace, args.output)
     except OSError as e:

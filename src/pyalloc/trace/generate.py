@@ -1,7 +1,7 @@
 """Deterministic workload generators that return :class:`~pyalloc.trace.rep.Trace`.
 
-Every generator has the signature ``fn(ops, seed) -> Trace`` and is listed in
-``GENERATORS`` under its name.  The same ``(ops, seed)`` gives the same trace
+Every generator has the signature ``fn(ops, seed, progress=None) -> Trace``
+and is listed in ``GENERATORS`` under its name.  The same ``(ops, seed)`` gives the same trace
 on every run and platform (only :class:`random.Random` seeded with an int is
 used, never the global generator or hash order).
 
@@ -48,8 +48,12 @@ import math
 import random
 from collections.abc import Callable
 from heapq import heappop, heappush
+from typing import Final
 
 from .rep import Op, Trace
+
+Progress = Callable[[int], None]  # told how many more ops were made
+PROGRESS_MASK: Final = (1 << 16) - 1  # progress is told once per 65,536 ops
 
 __all__ = [
     "GENERATORS",
@@ -65,11 +69,12 @@ __all__ = [
 class _TraceBuilder:
     """Appends ops while keeping the live set and the op budget."""
 
-    def __init__(self, ops: int, name: str) -> None:
+    def __init__(self, ops: int, name: str, progress: Progress | None = None) -> None:
         if type(ops) is not int or ops < 0:
             raise ValueError(f"ops must be an int >= 0, got {ops!r}")
         self.limit = ops
         self.name = name
+        self.progress = progress
         self.ops: list[Op] = []
         self.sizes: dict[int, int] = {}  # live id -> its current size
         self._live_ids: list[int] = []  # the same ids, for O(1) random choice
@@ -86,11 +91,16 @@ class _TraceBuilder:
     def live_count(self) -> int:
         return len(self._live_ids)
 
+    def _record(self, op: Op) -> None:
+        self.ops.append(op)
+        if self.progress is not None and not len(self.ops) & PROGRESS_MASK:
+            self.progress(PROGRESS_MASK + 1)
+
     def alloc(self, size: int) -> int:
         assert self.budget >= 2 and size >= 0
         block_id = self.next_id
         self.next_id += 1
-        self.ops.append(Op("a", block_id, size))
+        self._record(Op("a", block_id, size))
         self.sizes[block_id] = size
         self._position[block_id] = len(self._live_ids)
         self._live_ids.append(block_id)
@@ -99,12 +109,12 @@ class _TraceBuilder:
 
     def realloc(self, block_id: int, size: int) -> None:
         assert self.budget >= 1 and size > 0 and block_id in self.sizes
-        self.ops.append(Op("r", block_id, size))
+        self._record(Op("r", block_id, size))
         self._grow_live(size - self.sizes[block_id])
         self.sizes[block_id] = size
 
     def free(self, block_id: int) -> None:
-        self.ops.append(Op("f", block_id, 0))
+        self._record(Op("f", block_id, 0))
         self.live_bytes -= self.sizes.pop(block_id)
         # Swap-remove from the list of live ids.
         index = self._position.pop(block_id)
@@ -153,10 +163,10 @@ def _name(kind: str, ops: int, seed: int) -> str:
     return f"{kind}-n{ops}-s{seed}"
 
 
-def uniform(ops: int, seed: int = 0) -> Trace:
+def uniform(ops: int, seed: int = 0, progress: Progress | None = None) -> Trace:
     """Sizes uniform in [1, 4096]; frees of random live blocks at random times."""
     rng = random.Random(seed)
-    builder = _TraceBuilder(ops, _name("uniform", ops, seed))
+    builder = _TraceBuilder(ops, _name("uniform", ops, seed), progress)
     while builder.budget >= 2:
         if builder.live_count and rng.random() < 0.5:
             builder.free(builder.random_live(rng))
@@ -166,7 +176,7 @@ def uniform(ops: int, seed: int = 0) -> Trace:
     return builder.finish()
 
 
-def fragmenter(ops: int, seed: int = 0) -> Trace:
+def fragmenter(ops: int, seed: int = 0, progress: Progress | None = None) -> Trace:
     """Interleaved small and large blocks; free the large ones; ask for larger.
 
     Each round allocates ``pairs`` (small, large) blocks back to back, frees
@@ -176,7 +186,7 @@ def fragmenter(ops: int, seed: int = 0) -> Trace:
     holes has to grow; its utilization shows it.
     """
     rng = random.Random(seed)
-    builder = _TraceBuilder(ops, _name("fragmenter", ops, seed))
+    builder = _TraceBuilder(ops, _name("fragmenter", ops, seed), progress)
     while builder.budget >= 4:
         pairs = rng.randint(16, 128)
         large_base = rng.choice((128, 256, 512, 1024, 2048))
@@ -197,7 +207,7 @@ def fragmenter(ops: int, seed: int = 0) -> Trace:
     return builder.finish()
 
 
-def coalesce(ops: int, seed: int = 0) -> Trace:
+def coalesce(ops: int, seed: int = 0, progress: Progress | None = None) -> Trace:
     """Runs of adjacent blocks freed so that every merge case occurs.
 
     Each round allocates a run of blocks, frees them in one of four orders
@@ -207,7 +217,7 @@ def coalesce(ops: int, seed: int = 0) -> Trace:
     run.  That block fits in the freed space only if it was coalesced.
     """
     rng = random.Random(seed)
-    builder = _TraceBuilder(ops, _name("coalesce", ops, seed))
+    builder = _TraceBuilder(ops, _name("coalesce", ops, seed), progress)
     orders = ("alternate", "forward", "backward", "random")
     keeper: int | None = None
     while builder.budget >= 4:
@@ -244,7 +254,7 @@ def coalesce(ops: int, seed: int = 0) -> Trace:
     return builder.finish()
 
 
-def realloc_growth(ops: int, seed: int = 0) -> Trace:
+def realloc_growth(ops: int, seed: int = 0, progress: Progress | None = None) -> Trace:
     """Buffers that grow by realloc, with small allocations in between.
 
     A few buffers (1-4 at a time) start small and grow by factors of
@@ -254,7 +264,7 @@ def realloc_growth(ops: int, seed: int = 0) -> Trace:
     A buffer that passes its final size is freed and a new one started.
     """
     rng = random.Random(seed)
-    builder = _TraceBuilder(ops, _name("realloc_growth", ops, seed))
+    builder = _TraceBuilder(ops, _name("realloc_growth", ops, seed), progress)
     buffers: dict[int, int] = {}  # live buffer id -> size at which it is retired
     smalls: list[int] = []
     while builder.budget >= 1:
@@ -311,7 +321,7 @@ def _weighted_choice(rng: random.Random, weights: tuple[float, ...]) -> int:
     return len(weights) - 1
 
 
-def realistic(ops: int, seed: int = 0) -> Trace:
+def realistic(ops: int, seed: int = 0, progress: Progress | None = None) -> Trace:
     """A workload shaped after what measurements of real programs report.
 
     The shape follows observations published about allocation-intensive C
@@ -343,7 +353,7 @@ def realistic(ops: int, seed: int = 0) -> Trace:
     * about 3% of steps grow a live block with realloc, as buffers do.
     """
     rng = random.Random(seed)
-    builder = _TraceBuilder(ops, _name("realistic", ops, seed))
+    builder = _TraceBuilder(ops, _name("realistic", ops, seed), progress)
     size_weights = tuple(weight for weight, _, _ in _REALISTIC_SIZE_CLASSES)
     lifetime_weights = tuple(weight for weight, _ in _REALISTIC_LIFETIMES)
     deaths: list[tuple[int, int]] = []  # heap of (op index of death, id)
@@ -390,7 +400,7 @@ def realistic(ops: int, seed: int = 0) -> Trace:
     return builder.finish()
 
 
-GENERATORS: dict[str, Callable[[int, int], Trace]] = {
+GENERATORS: dict[str, Callable[..., Trace]] = {
     "uniform": uniform,
     "fragmenter": fragmenter,
     "coalesce": coalesce,
@@ -399,11 +409,12 @@ GENERATORS: dict[str, Callable[[int, int], Trace]] = {
 }
 
 
-def generate(kind: str, ops: int, seed: int = 0) -> Trace:
-    """The trace of generator ``kind`` (a key of ``GENERATORS``)."""
+def generate(kind: str, ops: int, seed: int = 0, progress: Progress | None = None) -> Trace:
+    """The trace of generator ``kind`` (a key of ``GENERATORS``); ``progress(n)``
+    is told of every PROGRESS_MASK + 1 ops made."""
     try:
         generator = GENERATORS[kind]
     except KeyError:
         names = ", ".join(sorted(GENERATORS))
         raise ValueError(f"unknown generator {kind!r}; choose one of: {names}") from None
-    return generator(ops, seed)
+    return generator(ops, seed, progress)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from ..progress import ProgressBar
 from ..trace.bench import SYSTEM_ALLOCATORS, load_source, system_for
 from ..trace.rep import Trace
 from ..trace.replay import policy_names
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from .render import PictureOptions
 
 DEFAULT_FRAMES: Final = 60
+FRAMES_WITH_PROGRESS: Final = 10  # an animation of fewer frames shows no progress bar
 
 
 class UsageError(Exception):
@@ -255,7 +257,11 @@ def _draw_animation(
         f"utilization {timeline.util:.1%} = peak live payload / peak footprint; "
         f"{len(frames)} frames",
     ]
-    draw_animation(args.output, title, name, frames, timeline, options)
+    with ProgressBar(len(frames), minimum=FRAMES_WITH_PROGRESS) as progress:
+        progress.start(f"drawing {len(frames)} frames", len(frames))
+        draw_animation(
+            args.output, title, name, frames, timeline, options, progress=progress.advance
+        )
     print(f"pyalloc viz: wrote {args.output} ({len(frames)} frames)")
     return 0
 

@@ -465,11 +465,13 @@ def draw_animation(
     timeline: Timeline,
     options: PictureOptions | None = None,
     fps: int = 8,
+    progress: Callable[[int], None] | None = None,
 ) -> MapPlacement:
     """Write the map over time to a .gif (or .mp4 with ffmpeg), one frame per snapshot.
 
     All frames share one scale, that of the peak footprint, so that every
-    moment fits and a cell means the same bytes in each frame.
+    moment fits and a cell means the same bytes in each frame. ``progress(1)``
+    is called as each frame is drawn.
     """
     from matplotlib import animation
 
@@ -511,6 +513,8 @@ def draw_animation(
                     picture.cursor.set_xdata([frame.op, frame.op])
                 picture.title[0].set_text(moment(frame.op))
                 writer.grab_frame(facecolor="white")
+                if progress is not None:
+                    progress(1)
 
     _write_atomically(path, write)
     return placement
