@@ -63,6 +63,40 @@ def test_list_shows_heaps_and_skips_other_segments(
     assert foreign in out and "not a pyalloc heap" in out
 
 
+def test_info_says_why_it_waits_when_another_process_holds_the_lock(
+    heap: SharedHeap, capsys: pytest.CaptureFixture[str]
+) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from pyalloc import SharedHeap\n"
+            "h = SharedHeap.attach(sys.argv[1])\n"
+            "with h._lock:\n"
+            "    print('held', flush=True)\n"
+            "    time.sleep(1.5)\n"
+            "h.close()\n",
+            heap.name,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        status, out, err = run(capsys, "shm", "info", heap.name)
+    finally:
+        holder.wait(timeout=30)
+        holder.stdout.close()  # type: ignore[union-attr]
+    assert status == 0 and f"name: {heap.name}" in out  # it waited, then read
+    assert err == (
+        f"pyalloc: {heap.name}: waiting for its lock, held by process {holder.pid}"
+        " (Ctrl-C to give up)\n"
+    )
+    status, out, err = run(capsys, "shm", "info", heap.name)
+    assert status == 0 and err == ""  # no one holds it now: not a word
+
+
 def test_info_prints_stats_and_names(heap: SharedHeap, capsys: pytest.CaptureFixture[str]) -> None:
     p = heap.malloc(1000)
     heap.names["results"] = p

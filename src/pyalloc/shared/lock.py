@@ -22,6 +22,8 @@ Invariants, whenever no process holds the lock::
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import TYPE_CHECKING, Final
 
 from .. import control as C
@@ -82,3 +84,44 @@ def lock_holder(heap: SharedHeap) -> int:
     """
     at = heap._raw[W_LOCK]
     return int.from_bytes(heap.buf[at : at + 4], "little") & _FUTEX_TID_MASK
+
+
+LOCK_NOTICE_SECONDS: Final = 0.5  # a hold this long is worth telling a waiting user of
+
+
+def long_holder(heap: SharedHeap, patience: float = LOCK_NOTICE_SECONDS) -> int:
+    """The process holding ``heap``'s lock if another thread holds it for
+    ``patience`` seconds from now (polled, without waiting for the lock); else 0.
+
+    For the command line, which then says why it waits: a hold that ends
+    within ``patience`` (an operation) is not worth a word.
+    """
+    holder = lock_holder(heap)
+    if not holder or holder == threading.get_native_id():
+        return 0
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        time.sleep(patience / 20)
+        if lock_holder(heap) != holder:
+            return 0
+    return _process_of(holder)
+
+
+def lock_notice(heap: SharedHeap, name: str) -> str | None:
+    """What the command line says before it waits for a long hold of ``heap``'s lock."""
+    holder = long_holder(heap)
+    if not holder:
+        return None
+    return f"pyalloc: {name}: waiting for its lock, held by process {holder} (Ctrl-C to give up)"
+
+
+def _process_of(thread_id: int) -> int:
+    """The process of thread ``thread_id`` (its thread group), or the id itself if unknown."""
+    try:
+        with open(f"/proc/{thread_id}/status") as status:
+            for line in status:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return thread_id
