@@ -28,6 +28,7 @@ cdef class Segregated(LinkedLists):
     cpdef remove(self, i64 b, i64 size)
     @cython.locals(c=i64, b=i64, size=i64)
     cpdef i64_pair take(self, i64 need)
+    cdef inline i64_pair _pop_above(self, i64 c, i64 need)
     cdef inline i64_pair _pop(self, i64 c, i64 need)
     @cython.locals(at=i64)
     cdef inline object _mark_empty(self, i64 c)

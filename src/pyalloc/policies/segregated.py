@@ -163,6 +163,11 @@ class Segregated(LinkedLists):
                     size = self.free_size(b)
                     self.remove(b, size)
                     return b, size
+        return self._pop_above(c, need)
+
+    def _pop_above(self, c: int, need: int) -> tuple[int, int]:
+        """Unlink the first block of the first non-empty class above ``c``
+        (each of whose blocks fits ``need``); (0, 0) if there is none."""
         c = self._first_class_from(c + 1)
         if c < 0:
             return 0, 0
@@ -200,10 +205,7 @@ class Segregated(LinkedLists):
             if best:  # classes ascend: no later one has a smaller block
                 self.remove(best, best_size)
                 return best, best_size
-        c = self._first_class_from(last + 1)
-        if c < 0:
-            return 0, 0
-        return self._pop(c, ROOM_SURE)
+        return self._pop_above(last, ROOM_SURE)
 
     def best_in_class(self, need: int, c: int) -> int:
         """Best fit among the first BEST_FIT_SCAN blocks of class ``c``."""
