@@ -166,6 +166,26 @@ def test_unknown_generator_kind_is_a_usage_error(
     assert "nonsense" in err and "realistic" in err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bench", "--plot", "", "--allocators", "none"],
+        ["gen", "uniform", "-o", ""],
+        ["viz", "t.rep", "-o", ""],
+        ["record", "-o", "", "--", "true"],
+    ],
+    ids=["bench", "gen", "viz", "record"],
+)
+def test_an_empty_output_name_is_a_usage_error(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.endswith("expected a file name, got an empty one\n")
+
+
 def test_bench_on_a_missing_path_fails_clearly(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

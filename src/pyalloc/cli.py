@@ -800,6 +800,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _file_name(text: str) -> str:
+    """An output file's name: anything but the empty string."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a file name, got an empty one")
+    return text
+
+
 # -- pyalloc bench --------------------------------------------------------------------
 
 
@@ -1009,7 +1016,12 @@ def add_bench(subcommands: Subcommands) -> None:
         " may be given more than once",
     )
     _add_output_options(p)
-    p.add_argument("--plot", metavar="FILE.png", help="also draw grouped bar charts into FILE.png")
+    p.add_argument(
+        "--plot",
+        type=_file_name,
+        metavar="FILE.png",
+        help="also draw grouped bar charts into FILE.png",
+    )
     p.add_argument(
         "--repeat",
         type=_non_negative,
@@ -1069,7 +1081,9 @@ def add_gen(subcommands: Subcommands) -> None:
         "--ops", type=_non_negative, default=10_000, metavar="N", help="ops (default 10000)"
     )
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
-    p.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write")
+    p.add_argument(
+        "-o", "--output", type=_file_name, required=True, metavar="FILE", help="where to write"
+    )
     p.set_defaults(run=gen_command)
 
 
@@ -1151,7 +1165,9 @@ def add_record(subcommands: Subcommands) -> None:
         ),
         usage="%(prog)s [-h] -o FILE.rep [--follow-exec] [--max-ops N] -- COMMAND [ARGS...]",
     )
-    p.add_argument("-o", "--output", required=True, metavar="FILE.rep", help="where to write")
+    p.add_argument(
+        "-o", "--output", type=_file_name, required=True, metavar="FILE.rep", help="where to write"
+    )
     p.add_argument(
         "--follow-exec",
         action="store_true",
@@ -1237,6 +1253,7 @@ def add_viz(subcommands: Subcommands) -> None:
     p.add_argument(
         "-o",
         "--output",
+        type=_file_name,
         required=True,
         metavar="FILE",
         help="the picture: .png, "
