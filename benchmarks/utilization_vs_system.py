@@ -8,6 +8,9 @@ For every trace of three sets:
   (``pyalloc.workloads``);
 - **generated**: the workloads ``pyalloc bench`` generates when no recording
   is installed (every generator, GENERATED_OPS ops, seed GENERATED_SEED);
+- **recorded here**, with ``--record``: common programs of this machine
+  recorded as it runs (``recorded_here.py``): real programs that no
+  placement rule was tuned on. Not a target set: its verdicts print apart;
 
 it replays the trace with the lab's machinery (``pyalloc.trace.bench``,
 what ``pyalloc bench`` runs) on three columns and prints each one's
@@ -47,7 +50,7 @@ footprint at which one page is 1% of it: 100 pages (400 KiB with 4 KiB
 pages).  Below it the cell is still printed, marked ``~``.
 
 Run: ``python benchmarks/utilization_vs_system.py`` (a few seconds: no
-timed passes, utilization only).
+timed passes, utilization only; ``--record`` adds about a minute).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from __future__ import annotations
 import argparse
 import mmap
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -66,6 +70,8 @@ try:
     import pyalloc  # noqa: F401
 except ImportError:  # running from a checkout without an install
     sys.path.insert(0, str(ROOT / "src"))
+
+from recorded_here import record_programs  # noqa: E402
 
 from pyalloc.layout import block_size_for  # noqa: E402
 from pyalloc.progress import ProgressBar  # noqa: E402
@@ -86,6 +92,7 @@ from pyalloc.workloads import bundled_traces  # noqa: E402
 
 GLIBC, MIMALLOC = "glibc", "mimalloc"
 NO_SLABS = "segregated"  # the lab's column of the default policy with slabs off
+RECORDED = "recorded here (programs of this machine, not a target)"
 THRESHOLD = 100 * mmap.PAGESIZE  # one page of error is 1% of it
 
 
@@ -238,16 +245,29 @@ def miss_list(names: list[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.parse_args(argv)
+    parser.add_argument(
+        "--record", action="store_true", help="also record and compare programs of this machine"
+    )
+    args = parser.parse_args(argv)
     sets = trace_sets()
     if not CLASSIC_DIR.is_dir():
         print(f"note: {CLASSIC_DIR} not found: no classic traces")
+    with tempfile.TemporaryDirectory(prefix="pyalloc-recorded-") as directory:
+        if args.record:
+            recorded = record_programs(Path(directory), lambda why: print(f"note: {why}"))
+            sets.append((RECORDED, [load_source(path) for path in recorded]))
+        return compare(sets)
+
+
+def compare(sets: list[tuple[str, list[Source]]]) -> int:
+    """Print every set's table, then the verdicts; 0."""
     print(
         f"pyalloc: Heap() as a program gets it; glibc: mallinfo2 (arena + hblkhd);"
         f" mimalloc: resident pages, judged from a peak of {THRESHOLD >> 10} KiB"
         f" (~: below, not judged)\n"
     )
     verdicts: list[tuple[str, str, bool]] = []
+    information: list[tuple[str, str, bool]] = []
     for label, sources in sets:
         work = sum(source.ops for source in sources) * 4
         with ProgressBar(work) as progress:
@@ -266,13 +286,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         methods = {row["footprint"] for _, row in comparison.valid_rows(GLIBC)}
         if methods - {FOOTPRINT_MALLINFO2}:
             print("note: glibc has no mallinfo2 here (2.33 or later): measured by resident pages")
-        verdicts.extend(print_set(label, comparison))
+        if label == RECORDED:
+            information = print_set(label, comparison)
+        else:
+            verdicts.extend(print_set(label, comparison))
         for row in comparison.failures():
             print(f"failed: {row['trace']} on {row['policy'] or row['allocator']}: {row['error']}")
 
     print("== targets")
     for what, measured, passed in verdicts:
         print(f"  {'PASS' if passed else 'MISS'}  {what}: {measured}")
+    for what, measured, passed in information:
+        print(f"  {'yes ' if passed else 'no  '}  {what}: {measured}")
     return 0
 
 

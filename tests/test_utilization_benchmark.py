@@ -9,7 +9,8 @@ import pytest
 from benchmark_module import load_benchmark
 
 from pyalloc.trace.bench import DEFAULT_HEAP, Column, Comparison, Source
-from pyalloc.trace.rep import Op, Trace
+from pyalloc.trace.record import CompilerNotFoundError, find_compiler
+from pyalloc.trace.rep import Op, Trace, read_trace
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +103,26 @@ def test_slab_room_counts_what_headers_and_rounding_take_beyond_a_slot(
     assert most == 2 * room(16) + room(48)
     assert of_one_class == 2 * room(16)
     assert benchmark.slab_room(Trace(ops=[Op("a", 0, 4096)], num_ids=1, name="u")) == (0, 0)
+
+
+def test_recorded_here_records_what_is_installed_and_says_what_is_not(tmp_path: Any) -> None:
+    recorded_here = load_benchmark("recorded_here")
+    try:
+        find_compiler()
+    except CompilerNotFoundError:
+        pytest.skip("no C compiler to build the interposer")
+    Program = recorded_here.Program
+    said: list[str] = []
+    traces = recorded_here.record_programs(
+        tmp_path,
+        said.append,
+        [
+            Program("sort", recorded_here._numbers),
+            Program("absent", lambda _: ["pyalloc-test-no-such-program"]),
+        ],
+    )
+    assert [path.name for path in traces] == ["sort.rep.gz"]
+    assert said == ["absent: pyalloc-test-no-such-program is not installed, skipped"]
+    trace = read_trace(traces[0])
+    trace.validate()
+    assert len(trace.ops) > 100  # sort reads 200,000 lines
