@@ -159,3 +159,33 @@ def test_without_the_cache_a_free_coalesces_at_once() -> None:
         assert s["cached_blocks"] == 0
         assert s["free_blocks"] == 1
         assert s["largest_free"] == 3 * (MEDIUM + 16)
+
+
+def test_realloc_grows_into_a_cached_successor_instead_of_moving(heap: Heap) -> None:
+    a = heap.malloc(MEDIUM)
+    b = heap.malloc(MEDIUM)
+    keep = heap.malloc(MEDIUM)  # b is not the top block
+    assert a < b < keep
+    heap.free(b)
+    assert heap.stats()["cached_blocks"] == 1
+    footprint = heap.stats()["heap_bytes"]
+    heap.bytes[a : a + MEDIUM] = bytes(range(256)) * (MEDIUM // 256)
+    assert heap.realloc(a, 2 * MEDIUM) == a  # b's space, coalesced from the cache
+    assert heap.bytes[a : a + MEDIUM] == bytes(range(256)) * (MEDIUM // 256)
+    assert heap.stats()["cached_blocks"] == 0 and heap.stats()["heap_bytes"] == footprint
+    heap.check()
+
+
+def test_realloc_slides_into_a_cached_predecessor_instead_of_moving(heap: Heap) -> None:
+    keep = heap.malloc(MEDIUM)
+    b = heap.malloc(MEDIUM)
+    a = heap.malloc(MEDIUM)
+    heap.malloc(MEDIUM)  # a is not the top block
+    assert keep < b < a
+    heap.free(b)
+    footprint = heap.stats()["heap_bytes"]
+    heap.bytes[a : a + MEDIUM] = bytes(range(256)) * (MEDIUM // 256)
+    assert heap.realloc(a, 2 * MEDIUM - 64) == b  # slid down into b's space
+    assert heap.bytes[b : b + MEDIUM] == bytes(range(256)) * (MEDIUM // 256)
+    assert heap.stats()["heap_bytes"] == footprint
+    heap.check()

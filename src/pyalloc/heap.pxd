@@ -79,6 +79,7 @@ cdef class Heap(Allocator):
     cpdef i64 _usable(self, i64 p) except -1
     @cython.locals(body=i64, b=i64, have=i64, need=i64, prev_bit=i64, q=i64, usable=i64, s=i64)
     cpdef i64 _resize(self, i64 p, i64 size) except -1
+    cdef i64 _resize_after_flush(self, i64 p, i64 size) except -1
     @cython.locals(n=i64, brk=i64, new_brk=i64, nbody=i64, nsize=i64, total=i64, after=i64, rest=i64,
                    abody=i64)
     cdef bint _grow_in_place(self, i64 b, i64 prev_bit, i64 have, i64 need, i64 size) except -1

@@ -708,6 +708,8 @@ class Heap(Allocator):
             return p
         if need <= self.capacity and self._grow_in_place(b, prev_bit, have, need, size):
             return p
+        if self._cached:
+            return self._resize_after_flush(p, size)
         if not prev_bit and self.realloc_slides_down:
             q = self._slide_down(b, have, need, size)
             if q:
@@ -718,6 +720,13 @@ class Heap(Allocator):
         view[q : q + usable] = view[p : p + usable]
         self._release(b, self._header(b))
         return q
+
+    def _resize_after_flush(self, p: int, size: int) -> int:
+        """Coalesce the cache and resize again: a cached block beside ``p`` looks
+        allocated, and may be the free space it can grow or slide into, as
+        malloc coalesces the cache before it grows the heap."""
+        self._flush_cache()
+        return self._resize(p, size)
 
     def _slide_down(self, b: int, have: int, need: int, size: int) -> int:
         """Grow ``b`` into its free predecessor (and free successor), moving its bytes.
