@@ -16,8 +16,9 @@ it replays the trace with the lab's machinery (``pyalloc.trace.bench``,
 what ``pyalloc bench`` runs) on three columns and prints each one's
 utilization, peak live payload / peak footprint:
 
-- **pyalloc**: ``Heap()`` as a program gets it (the ``default`` column of
-  ``pyalloc bench``); footprint: the heap's peak bytes;
+- **pyalloc**: ``Heap()`` as ``pyalloc bench`` runs it (its ``default``
+  column: slabs on, the cache of freed blocks off, so that every free
+  reaches the placement); footprint: the heap's peak bytes;
 - **glibc**: footprint ``arena + hblkhd`` of ``mallinfo2`` (the bytes glibc
   holds from the system, exact; resident pages on a glibc older than 2.33,
   which the header then says);
@@ -262,7 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def compare(sets: list[tuple[str, list[Source]]]) -> int:
     """Print every set's table, then the verdicts; 0."""
     print(
-        f"pyalloc: Heap() as a program gets it; glibc: mallinfo2 (arena + hblkhd);"
+        f"pyalloc: Heap(cache=False), the default column of pyalloc bench;"
+        f" glibc: mallinfo2 (arena + hblkhd);"
         f" mimalloc: resident pages, judged from a peak of {THRESHOLD >> 10} KiB"
         f" (~: below, not judged)\n"
     )
