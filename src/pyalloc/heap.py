@@ -661,14 +661,17 @@ class Heap(Allocator):
     def _trim(self, start: int, total: int) -> None:
         """Cut the free top block down to TOP_PAD and give its pages back.
 
-        The threshold then rises to twice the larger of itself and the heap's
-        extent before the trim (glibc raises its own too): a program whose heap
-        swings up and down within the same extent pays for page faults on its
-        first swing only, and what stays mapped is bounded by its own peak.
+        The threshold then at least doubles (as glibc raises its own) and
+        passes the heap's extent before the trim: a free top block never
+        exceeds the extent, so a program whose heap swings up and down within
+        the same extent pays for page faults on its first swing only, and what
+        stays mapped is bounded by its own peak.
         """
         old_brk = self.brk
         extent = old_brk - self.heap_start
-        self._trim_threshold = min(max(self._trim_threshold, extent) << 1, TRIM_THRESHOLD_MAX)
+        self._trim_threshold = min(
+            max(self._trim_threshold << 1, extent + TOP_PAD), TRIM_THRESHOLD_MAX
+        )
         new_brk = start + TOP_PAD
         self._set_header(new_brk, ALLOCATED)  # epilogue, predecessor free
         self._set_free(start, TOP_PAD)
