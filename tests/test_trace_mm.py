@@ -22,12 +22,15 @@ if mm.compiler() is None:
 BROKEN = EXAMPLE.read_text().replace(
     "void *mm_malloc(size_t size) {",
     "void *mm_malloc_ok(size_t size);\nvoid *mm_malloc(size_t size) {\n"
-    "    static char *last;\n"
+    "    static char *last, *first;\n"
     "    if (size == 777) return (char *)mm_malloc_ok(size) + 8;   /* misaligned */\n"
     "    if (size == 555) { if (!last) last = mm_malloc_ok(size); return last; } /* overlap */\n"
+    "    if (size == 48) return first - 16;            /* reaches into the first block */\n"
     "    if (size == 4242) return *(void **)16;                    /* crash */\n"
     "    if (size == 9999) for (;;) {}                              /* hang */\n"
-    "    return mm_malloc_ok(size);\n}\n"
+    "    char *p = mm_malloc_ok(size);\n"
+    "    if (!first) first = p;\n"
+    "    return p;\n}\n"
     "void *mm_malloc_ok(size_t size) {",
 )
 
@@ -49,8 +52,10 @@ def test_the_example_replays_validly() -> None:
     "size, fault",
     [
         (777, "op 2 (a 1 777): malloc(777) returned"),  # misaligned
-        (555, "op 5 (f 1): block 1 at 0x"),  # two live blocks at one address
-        (555, "first bytes changed before free"),
+        (555, "op 3 (a 2 555): malloc(555) returned 0x"),  # two live blocks at one address
+        (555, ", inside the live block [0x"),
+        (48, "op 2 (a 1 48): malloc(48) returned [0x"),  # from below into a live block
+        (48, "), over the live block at 0x"),
         (4242, "killed by signal 11 at op 2 (a 1 4242)"),  # a segfault
     ],
 )

@@ -41,7 +41,11 @@ Passes
    its end) and checked before each free and realloc, a realloc must keep
    the old prefix, and every pointer must be non-NULL (except for size 0)
    and aligned to ``min(16, largest power of two <= size)``, the fundamental
-   alignment an object of that size can need.
+   alignment an object of that size can need. A malloc-lab package's blocks
+   must also lie inside its heap and overlap no live block, checked at the
+   call that returns them, as mdriver does (``MallocLab.claim``; other
+   allocators are not checked so: their footprint is the process's pages,
+   which the list of live blocks would add to).
 3. Every block still live is freed, then REPEATS timed passes make the same
    calls with no touching or checking; the fastest is reported.
 
@@ -97,6 +101,7 @@ the trace leaves more free blocks; only the measured pass pays it.  Without
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import json
 import mmap
@@ -348,11 +353,42 @@ class MallocLab:
             function.restype = None if name == "mm_free" else ctypes.c_size_t
             self.functions.append(function)
 
+        # The live payloads: their sorted starts, and each one's end.
+        self.starts: list[int] = []
+        self.ends: dict[int, int] = {}
+
     def start(self) -> None:
         """An empty heap and mm_init, before every pass; ValidationError if mm_init fails."""
         self.reset()
         if self.init() < 0:
             raise ValidationError("mm_init failed (returned -1)")
+        self.starts.clear()
+        self.ends.clear()
+
+    def claim(self, pointer: int, size: int, call: str) -> None:
+        """Record a new payload; ValidationError if it overlaps a live one (as mdriver)."""
+        if not size:
+            return
+        starts, ends = self.starts, self.ends
+        i = bisect.bisect_right(starts, pointer)
+        if i and ends[starts[i - 1]] > pointer:
+            below = starts[i - 1]
+            raise ValidationError(
+                f"{call} returned {pointer:#x}, inside the live block"
+                f" [{below:#x}, {ends[below]:#x})"
+            )
+        if i < len(starts) and starts[i] < pointer + size:
+            raise ValidationError(
+                f"{call} returned [{pointer:#x}, {pointer + size:#x}), over the live block"
+                f" at {starts[i]:#x}"
+            )
+        starts.insert(i, pointer)
+        ends[pointer] = pointer + size
+
+    def release(self, pointer: int) -> None:
+        """Forget a payload freed or moved by realloc."""
+        if self.ends.pop(pointer, None) is not None:
+            del self.starts[bisect.bisect_left(self.starts, pointer)]
 
 
 def replay(ops_path: str, library: str, repeats: int, mode: str) -> dict[str, object]:
@@ -414,6 +450,10 @@ def replay(ops_path: str, library: str, repeats: int, mode: str) -> dict[str, ob
     index = 0
 
     def check_stamp(block: int, pointer: int, size: int, what: str) -> None:
+        """Check the block's stamps before it is freed or reallocated (and let a
+        package's overlap check forget it: it leaves)."""
+        if lab is not None:
+            lab.release(pointer)
         count = min(STAMP_BYTES, size)
         if not count:
             return
@@ -437,11 +477,13 @@ def replay(ops_path: str, library: str, repeats: int, mode: str) -> dict[str, ob
         if pointer % alignment_for(size):
             alignment = alignment_for(size)
             raise ValidationError(f"{call} returned {pointer:#x}, not {alignment}-aligned")
-        if lab is not None and not heap_lo <= pointer <= pointer + size <= heap_lo + heapsize():
-            raise ValidationError(
-                f"{call} returned {pointer:#x}: the payload is not inside the heap"
-                f" [{heap_lo:#x}, {heap_lo + heapsize():#x})"
-            )
+        if lab is not None:
+            if not heap_lo <= pointer <= pointer + size <= heap_lo + heapsize():
+                raise ValidationError(
+                    f"{call} returned {pointer:#x}: the payload is not inside the heap"
+                    f" [{heap_lo:#x}, {heap_lo + heapsize():#x})"
+                )
+            lab.claim(pointer, size, call)
 
     def check_touchable(size: int) -> None:
         if size > physical_bytes:
