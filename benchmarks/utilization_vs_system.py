@@ -253,10 +253,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sets = trace_sets()
     if not CLASSIC_DIR.is_dir():
         print(f"note: {CLASSIC_DIR} not found: no classic traces")
+    if not args.record:
+        return compare(sets)
     with tempfile.TemporaryDirectory(prefix="pyalloc-recorded-") as directory:
-        if args.record:
-            recorded = record_programs(Path(directory), lambda why: print(f"note: {why}"))
-            sets.append((RECORDED, [load_source(path) for path in recorded]))
+        recorded = record_programs(Path(directory), lambda why: print(f"note: {why}"))
+        sets.append((RECORDED, [load_source(path) for path in recorded]))
         return compare(sets)
 
 

@@ -55,12 +55,11 @@ from typing import Any, Final
 
 from .errors import HeapCorruptionError, HeapError
 from .files import check_output_path
-from .mapped import MappedHeap
+from .mapped import open_for_command
 from .policies import load_policy
 from .progress import ProgressBar, rich_for
 from .regions import BUILDING_SUFFIX, SHM_DIR, abandoned_builds, list_shared, unlink_shared
 from .shared import SharedHeap, describe_file, describe_segment, list_heaps
-from .shared.lock import lock_notice
 from .trace.bench import (
     FOOTPRINT_RESIDENT,
     JSON_KEYS,
@@ -211,16 +210,12 @@ def _attach(name: str) -> SharedHeap | str:
     """The heap ``name`` attached (saying so on stderr if its lock is held
     long), or why it cannot be."""
     try:
-        heap = MappedHeap.open(name) if _is_path(name) else SharedHeap.attach(name)
+        return open_for_command(name)
     except (HeapError, OSError, ValueError) as e:
         message = str(e)
         if not _is_path(name) and os.path.isfile(name):  # ".." is no heap file
             message += f" (for the heap file in this directory, say ./{name})"
         return message
-    notice = lock_notice(heap, name)
-    if notice:
-        print(notice, file=sys.stderr)
-    return heap
 
 
 def _pool_info(args: argparse.Namespace) -> int | None:

@@ -191,10 +191,13 @@ class Heap(Allocator):
         """Check ``capacity``; return the region bytes a heap of it needs."""
         if capacity > MAX_BLOCK:  # first: the policy's sizing takes a C integer
             raise ValueError(f"capacity {capacity} exceeds the largest heap ({MAX_BLOCK} bytes)")
+        # The control record grows with the capacity: find what works from here.
         least = capacity
-        while least < cls.control_bytes(least, policy_cls) + HEADER + MIN_BLOCK:
-            least = cls.control_bytes(least, policy_cls) + HEADER + MIN_BLOCK
-        if least > capacity:  # the control record grows with the capacity: say what works
+        need = cls.control_bytes(least, policy_cls) + HEADER + MIN_BLOCK
+        while least < need:
+            least = need
+            need = cls.control_bytes(least, policy_cls) + HEADER + MIN_BLOCK
+        if least > capacity:
             raise ValueError(f"capacity {capacity} is too small for a heap (at least {least})")
         return capacity
 

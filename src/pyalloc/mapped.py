@@ -48,14 +48,16 @@ of another pyalloc format version or byte order is refused with HeapError.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from typing import Self
 
 from .heap import DEFAULT_CAPACITY
 from .journal import DEFAULT_SLOTS
 from .shared import SharedHeap
+from .shared.lock import lock_notice
 
-__all__ = ["MappedHeap"]
+__all__ = ["MappedHeap", "open_for_command"]
 
 
 class MappedHeap(SharedHeap):
@@ -140,3 +142,14 @@ def _absolute(path: str | os.PathLike[str]) -> str:
     if not where:
         raise ValueError("a heap file's path must not be empty")
     return os.path.abspath(where)
+
+
+def open_for_command(name: str) -> SharedHeap:
+    """The heap a command names: the heap file at ``name`` when it holds a '/'
+    (a path), else the shared-memory segment ``name``. When another process
+    holds its lock long, says so on stderr: the command waits for it next."""
+    heap = MappedHeap.open(name) if "/" in name else SharedHeap.attach(name)
+    notice = lock_notice(heap, name)
+    if notice:
+        print(notice, file=sys.stderr)
+    return heap

@@ -13,7 +13,6 @@ without colour) in the colours of the maps, sized to the terminal.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,18 +62,12 @@ class LiveView:
 def open_heap(name: str) -> SharedHeap:
     """Attach the shared heap ``name``, or open the heap file at a path (a '/' in it);
     say on stderr if another process holds its lock long."""
-    from ..mapped import MappedHeap
-    from ..shared import SharedHeap
-    from ..shared.lock import lock_notice
+    from ..mapped import open_for_command
 
     try:
-        heap = MappedHeap.open(name) if "/" in name else SharedHeap.attach(name)
+        return open_for_command(name)
     except (HeapError, OSError, ValueError) as e:
         raise VizError(str(e)) from e
-    notice = lock_notice(heap, name)
-    if notice:
-        print(notice, file=sys.stderr)
-    return heap
 
 
 def read_view(heap: SharedHeap, name: str) -> LiveView:
