@@ -30,7 +30,21 @@ DIRECTIVES = {
     "wraparound": False,
     "cdivision": True,
     "embedsignature": True,
+    # ``if cython.compiled: return ...`` leaves the interpreted return behind it.
+    "warn.unreachable": False,
 }
+
+# Control words are u64 and offsets i64 >= 0: comparing them is meant
+# unsigned, as the interpreted engine compares them. Cython's functions that
+# return a C tuple leave it unset on their error path, which the caller never
+# reads (it sees the exception first).
+C_FLAGS = [
+    "-O2",
+    "-Wno-unused-function",
+    "-Wno-unreachable-code",
+    "-Wno-sign-compare",
+    "-Wno-maybe-uninitialized",
+]
 
 
 def extensions() -> list:
@@ -52,7 +66,7 @@ def extensions() -> list:
         Extension(
             name,
             [os.path.join("src", *name.split(".")) + ".py"],
-            extra_compile_args=["-O2", "-Wno-unused-function", "-Wno-unreachable-code"],
+            extra_compile_args=C_FLAGS,
         )
         for name in ENGINE_MODULES
     ]

@@ -209,6 +209,7 @@ def test_replay_on_a_system_allocator_without_the_system_module(
         ["top", "--interval", "nan", "x"],
         ["top", "--interval", "-1", "x"],
         ["top", "--interval", "inf", "x"],
+        ["top", "--interval", "0", "x"],
         ["gen", "uniform", "--ops", "1e9", "-o", "x.rep"],
         ["viz", "t.rep", "--scale", str(10**23)],
         ["replay", "t.rep", "--repeat", "-1"],

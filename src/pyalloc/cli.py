@@ -761,6 +761,7 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
 
 
 LARGEST_ARGUMENT: Final = 1 << 40  # beyond any count or size a command can use
+MIN_INTERVAL: Final = 0.1  # seconds: the shortest refresh of a live view
 
 
 def _integer_from(text: str, low: int) -> int:
@@ -784,14 +785,17 @@ def _positive(text: str) -> int:
     return _integer_from(text, 1)
 
 
-def _seconds(text: str) -> float:
-    """A finite, non-negative number of seconds, at most a day."""
+def _interval(text: str) -> float:
+    """Seconds between refreshes: at least MIN_INTERVAL (a view redrawn without
+    a pause would keep a core busy), at most a day."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not 0 <= value <= 86_400:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"expected seconds from 0 to 86400, got {text}")
+    if not MIN_INTERVAL <= value <= 86_400:  # also refuses nan
+        raise argparse.ArgumentTypeError(
+            f"expected seconds from {MIN_INTERVAL} to 86400, got {text}"
+        )
     return value
 
 
@@ -1310,10 +1314,10 @@ def add_top(subcommands: Subcommands) -> None:
     p.add_argument("name", help="a segment's name, or a heap file's path (with a '/')")
     p.add_argument(
         "--interval",
-        type=_seconds,
+        type=_interval,
         default=1.0,
         metavar="SECONDS",
-        help="time between refreshes (default 1)",
+        help=f"time between refreshes, at least {MIN_INTERVAL} (default 1)",
     )
     p.add_argument("--once", action="store_true", help="print one view and exit")
     p.add_argument("--rows", type=_positive, default=16, metavar="N", help="map rows (default 16)")
