@@ -70,7 +70,9 @@ def extensions() -> list:
         )
         for name in ENGINE_MODULES
     ]
-    return cythonize(modules, compiler_directives=DIRECTIVES, quiet=True, nthreads=os.cpu_count() or 1)
+    return cythonize(
+        modules, compiler_directives=DIRECTIVES, quiet=True, nthreads=os.cpu_count() or 1
+    )
 
 
 class OptionalBuildExt(build_ext):
@@ -90,15 +92,19 @@ class OptionalBuildExt(build_ext):
         try:
             super().run()
         except Exception as e:  # no compiler, or a compile error: run interpreted
-            print(f"pyalloc: the engine was not compiled ({e}); it will run interpreted",
-                  file=sys.stderr)
+            print(
+                f"pyalloc: the engine was not compiled ({e}); it will run interpreted",
+                file=sys.stderr,
+            )
             return
         self._write_digests()
 
     def _write_digests(self) -> None:
         import json
 
-        digests = {name: source_digest(os.path.join("src", *name.split("."))) for name in ENGINE_MODULES}
+        digests = {
+            name: source_digest(os.path.join("src", *name.split("."))) for name in ENGINE_MODULES
+        }
         directory = os.path.join("src" if self.inplace else self.build_lib, "pyalloc")
         with open(os.path.join(directory, "_engine_build.json"), "w") as f:
             json.dump(digests, f, indent=1, sort_keys=True)
