@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from heap_model import HEADER
 
-from pyalloc import HeapCorruptionError
+from pyalloc import DoubleFreeError, HeapCorruptionError, HeapError, InvalidPointerError
 from pyalloc.heap import POLICIES, SMALL_BLOCK_MAX, SMALL_CHUNK, Heap
 from pyalloc.mapped import MappedHeap
 
@@ -148,6 +148,29 @@ def test_realloc_slides_down_across_both_neighbours_to_an_exact_fit(heap: Heap) 
     assert bytes(heap.view(q)[:LARGE]) == data
     heap.check()  # the fence's prev-allocated bit is set again
     heap.free(fence)
+    heap.check()
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "size", "error"),
+    [
+        # The moved bytes end below the old header, which stays: it is marked free.
+        (2048, 0, BEYOND_HOLE, DoubleFreeError),
+        # The moved bytes cover the old header: what lies there is data.
+        (256, 256, 256 + LARGE + 16 + 256 - HEADER, InvalidPointerError),
+    ],
+)
+def test_the_pointer_a_slide_left_is_refused(
+    heap: Heap, before: int, after: int, size: int, error: type[HeapError]
+) -> None:
+    p, fence, data = boxed_in(heap, before, after)
+    q = heap.realloc(p, size)
+    assert q < p
+    image = bytes(heap.buf[: heap.brk + HEADER])
+    with pytest.raises(error):
+        heap.free(p)
+    assert bytes(heap.buf[: heap.brk + HEADER]) == image
+    assert bytes(heap.view(q)[:LARGE]) == data
     heap.check()
 
 
