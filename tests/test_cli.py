@@ -539,6 +539,22 @@ def test_record_exits_with_the_status_of_the_command(
     assert output.exists()
 
 
+def test_record_of_a_program_that_cannot_run_says_so_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record = pytest.importorskip("pyalloc.trace.record")
+    try:
+        record.build_interposer()
+    except Exception as e:  # no compiler here: nothing to record with
+        pytest.skip(f"the interposer cannot be built: {e}")
+    output = tmp_path / "t.rep"
+    missing = str(tmp_path / "no-such-program")
+    status, _, err = run(capsys, "record", "-o", str(output), "--", missing)
+    assert status == 1
+    assert err == f"pyalloc: record: cannot run {missing}: No such file or directory\n"
+    assert not output.exists()
+
+
 def test_help_texts_explain_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     for command in ("replay", "bench", "gen", "record"):
         with pytest.raises(SystemExit) as exit_info:

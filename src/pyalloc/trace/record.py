@@ -477,7 +477,10 @@ def record(
     with tempfile.TemporaryDirectory(prefix="pyalloc-record-") as work:
         log_path = Path(work) / "calls.log"
         child_env["PYALLOC_TRACE_FILE"] = str(log_path)
-        done = subprocess.run(list(command), env=child_env, cwd=cwd, stdout=stdout)
+        try:
+            done = subprocess.run(list(command), env=child_env, cwd=cwd, stdout=stdout)
+        except OSError as e:
+            raise OSError(f"cannot run {command[0]}: {e.strerror or e}") from None
         logs = _find_logs(log_path)
         if process == "main":
             chosen = log_path if log_path in logs else None
