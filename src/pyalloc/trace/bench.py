@@ -251,7 +251,7 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
         elif path.exists():
             found.append(path)
         else:
-            raise FileNotFoundError(f"{path}: no such file or directory")
+            raise FileNotFoundError(f"{path}: cannot read: No such file or directory")
     return found
 
 
