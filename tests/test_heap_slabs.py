@@ -288,6 +288,27 @@ def test_every_policy_puts_a_new_slab_in_a_hole_before_growing(heap: Any) -> Non
     heap.check()
 
 
+def test_a_slab_cut_from_the_top_leaves_the_break_aligned_for_the_next(heap: Any) -> None:
+    heap.malloc(16)
+    # A block whose header lies where a slab's would, then one of a slab and
+    # 16 bytes at the top; freed, it is the free top block.
+    filler = SLAB_BYTES - HEADER - heap.brk % SLAB_BYTES
+    if filler < 256:
+        filler += SLAB_BYTES
+    heap.malloc(filler - HEADER)
+    assert (heap.brk + HEADER) % SLAB_BYTES == 0
+    top = heap.malloc(SLAB_BYTES + 16 - HEADER)
+    heap.free(top)
+    s = slab_of(heap.malloc(100))  # a class without a slab: the top block has room
+    assert s == top
+    # The 16 bytes past the slab went back: the break is the slab's end,
+    # and the next slab follows it with no gap.
+    assert heap.brk == s - HEADER + SLAB_BYTES
+    assert slab_of(heap.malloc(48)) == s + SLAB_BYTES
+    assert heap.brk == s - HEADER + 2 * SLAB_BYTES
+    heap.check()
+
+
 # -- double free and interior pointers: every trial --------------------------------------
 
 

@@ -128,7 +128,7 @@ cdef class Heap(Allocator):
     cdef inline i64 _slab_block(self) except -1
     @cython.locals(brk=i64, top=i64, b=i64, a=i64, total=i64)
     cdef inline i64 _slab_block_at_top(self) except -1
-    @cython.locals(size=i64, gap=i64, rest=i64, prev_bit=i64)
+    @cython.locals(size=i64, gap=i64, end=i64, rest=i64, prev_bit=i64)
     cdef inline int _carve(self, i64 b, i64 have, i64 a) except -1
     @cython.locals(have=i64, q=i64)
     cdef inline i64 _slab_resize(self, i64 p, i64 D, i64 size) except -1

@@ -1177,19 +1177,32 @@ class Heap(Allocator):
 
     def _carve(self, b: int, have: int, a: int) -> None:
         """Make ``[a, a + SLAB_BYTES)`` of the unlinked block ``[b, b + have)``
-        an INTERNAL block; what lies below and above it becomes free blocks
-        (a rest too small for a block joins the slab block)."""
+        an INTERNAL block; what lies below and above it becomes free blocks.
+
+        A rest too small for a block joins the slab block, unless the block
+        ends at the break: then the break comes down to the slab's end, so
+        that what the heap grows by next (often the next slab) starts aligned
+        instead of a rest's bytes past it, a slab's worth below the next
+        aligned place.
+        """
         size = SLAB_BYTES
         gap = a - b
-        rest = b + have - a - size
+        end = b + have
+        rest = end - a - size
         if rest < MIN_BLOCK:
-            size += rest
+            if end == self.brk:
+                end -= rest
+            else:
+                size += rest
             rest = 0
         policy = self.policy
         if gap:
             policy.validate_insert(gap)
         if rest:
             policy.validate_insert(rest)
+        if end < b + have:  # the new epilogue, then the break
+            self._set_header(end, ALLOCATED | PREV_ALLOCATED)
+            self._set_brk(end)
         if gap:
             policy.insert_validated(b, gap)
             self._set_free(b, gap)
@@ -1197,7 +1210,7 @@ class Heap(Allocator):
             policy.insert_validated(a + size, rest)
             self._set_free(a + size, rest)
         else:
-            self._set_prev_allocated(b + have, 1)
+            self._set_prev_allocated(end, 1)
         prev_bit = 0 if gap else PREV_ALLOCATED
         self._set_header(a, allocated_body(size, size - HEADER, prev_bit) | INTERNAL)
 
