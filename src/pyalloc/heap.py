@@ -762,7 +762,9 @@ class Heap(Allocator):
             self.policy.remove(n, nsize)
         view = self.bytes
         view[pb + HEADER : pb + have] = view[b + HEADER : n]  # overlapping: a memmove
-        if b >= pb + have:  # the old header outlived the move: a second free of p is refused as such
+        # An old header the moved bytes did not cover is marked free: a
+        # second free of p is then refused as one.
+        if b >= pb + have:
             self._set_header(b, have | PREV_ALLOCATED)
         if rest >= MIN_BLOCK:
             self._set_header(pb, allocated_body(need, size, PREV_ALLOCATED))
