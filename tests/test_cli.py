@@ -526,14 +526,20 @@ def test_record_without_the_recorder_module(
     assert status == 1 and "not available" in err
 
 
-def test_record_exits_with_the_status_of_the_command(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture
+def interposer() -> None:
+    """Skip unless the recorder's interposer can be built here."""
     record = pytest.importorskip("pyalloc.trace.record")
     try:
         record.build_interposer()
     except Exception as e:  # no compiler here: nothing to record with
         pytest.skip(f"the interposer cannot be built: {e}")
+
+
+@pytest.mark.usefixtures("interposer")
+def test_record_exits_with_the_status_of_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     output = tmp_path / "t.rep"
     status, _, err = run(capsys, "record", "-o", str(output), "--", "sh", "-c", "exit 3")
     assert status == 3
@@ -541,14 +547,10 @@ def test_record_exits_with_the_status_of_the_command(
     assert output.exists()
 
 
+@pytest.mark.usefixtures("interposer")
 def test_record_of_a_program_that_cannot_run_says_so_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    record = pytest.importorskip("pyalloc.trace.record")
-    try:
-        record.build_interposer()
-    except Exception as e:  # no compiler here: nothing to record with
-        pytest.skip(f"the interposer cannot be built: {e}")
     output = tmp_path / "t.rep"
     missing = str(tmp_path / "no-such-program")
     status, _, err = run(capsys, "record", "-o", str(output), "--", missing)
