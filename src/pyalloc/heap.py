@@ -1183,9 +1183,9 @@ class Heap(Allocator):
 
         A rest too small for a block joins the slab block, unless the block
         ends at the break: then the break comes down to the slab's end, so
-        that what the heap grows by next (often the next slab) starts aligned
-        instead of a rest's bytes past it, a slab's worth below the next
-        aligned place.
+        that what the heap grows by next, often the next slab, starts at an
+        aligned place. Kept, the rest would put the break just past one, and
+        the next slab grown at the top a slab's size further up, over a hole.
         """
         size = SLAB_BYTES
         gap = a - b
