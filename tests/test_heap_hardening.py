@@ -224,6 +224,50 @@ def test_double_free_of_the_newest_block(populated: Populated) -> None:
     populated.assert_unchanged(before)
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_a_pointer_left_behind_by_free_or_realloc_is_refused(make_heap: Any, seed: int) -> None:
+    """Random mallocs, frees and reallocs; now and then a free of a pointer
+    that a free or a moving realloc left behind, and that no malloc has
+    returned since: refused every time, as a double free or an invalid
+    pointer (its bytes may be another block's data by then), the heap
+    unchanged."""
+    heap = make_heap(1 << 23)
+    rng = random.Random(seed)
+    live = LiveBlocks(heap)
+    left: set[int] = set()
+    refused = 0
+    for _ in range(1500):
+        r = rng.random()
+        size = rng.choice((rng.randint(1, 128), rng.randint(1, 2000), rng.randint(1, 20000)))
+        if r < 0.45 or not live:
+            p = heap.malloc(size)
+            left.discard(p)
+            live.add(p, size, rng)
+        elif r < 0.75:
+            p = rng.choice(live.pointers())
+            live.remove(p)
+            heap.free(p)
+            left.add(p)
+        elif r < 0.9:
+            p = rng.choice(live.pointers())
+            q = heap.realloc(p, size)
+            live.remove(p)
+            if q != p:
+                left.add(p)
+            left.discard(q)
+            live.add(q, size, rng)
+        elif left:
+            p = rng.choice(sorted(left))
+            end = heap.stats()["heap_bytes"]
+            before = read(heap, 0, end), heap.stats()
+            with pytest.raises((DoubleFreeError, InvalidPointerError)):
+                heap.free(p)
+            assert (read(heap, 0, end), heap.stats()) == before
+            refused += 1
+    assert refused >= 100
+    live.assert_all()
+
+
 def test_free_after_coalescing_is_refused(make_heap: Any) -> None:
     heap = make_heap(1 << 20)
     a, b, c, guard = heap.malloc(100), heap.malloc(100), heap.malloc(100), heap.malloc(100)
