@@ -10,7 +10,8 @@ For every trace of three sets:
   is installed (every generator, GENERATED_OPS ops, seed GENERATED_SEED);
 - **recorded here**, with ``--record``: common programs of this machine
   recorded as it runs (``recorded_here.py``): real programs that no
-  placement rule was tuned on. Not a target set: its verdicts print apart;
+  constant of the heap was chosen on. Not a target set: its verdicts print
+  apart;
 
 it replays the trace with the lab's machinery (``pyalloc.trace.bench``,
 what ``pyalloc bench`` runs) on three columns and prints each one's

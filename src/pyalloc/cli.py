@@ -55,7 +55,7 @@ from typing import Any, Final
 
 from .errors import HeapCorruptionError, HeapError
 from .files import check_output_path
-from .mapped import open_for_command
+from .mapped import names_a_file, open_for_command
 from .policies import load_policy
 from .progress import ProgressBar, rich_for
 from .regions import BUILDING_SUFFIX, SHM_DIR, abandoned_builds, list_shared, unlink_shared
@@ -202,10 +202,6 @@ def _check_state(name: str) -> str:
     return "ok"
 
 
-def _is_path(name: str) -> bool:
-    return "/" in name
-
-
 def _attach(name: str) -> SharedHeap | str:
     """The heap ``name`` attached (saying so on stderr if its lock is held
     long), or why it cannot be."""
@@ -213,14 +209,14 @@ def _attach(name: str) -> SharedHeap | str:
         return open_for_command(name)
     except (HeapError, OSError, ValueError) as e:
         message = str(e)
-        if not _is_path(name) and os.path.isfile(name):  # ".." is no heap file
+        if not names_a_file(name) and os.path.isfile(name):  # ".." is no heap file
             message += f" (for the heap file in this directory, say ./{name})"
         return message
 
 
 def _pool_info(args: argparse.Namespace) -> int | None:
     """``shm info`` of a pool; None if ``args.name`` is not one."""
-    if _is_path(args.name):
+    if names_a_file(args.name):
         return None
     pool = _open_pool(args.name)
     if pool is None:
@@ -312,7 +308,7 @@ def _has_numpy() -> bool:
 
 
 def shm_check(args: argparse.Namespace) -> int:
-    if not _is_path(args.name):
+    if not names_a_file(args.name):
         pool = _open_pool(args.name)
         if pool is not None:
             with pool:
@@ -343,7 +339,7 @@ def shm_check(args: argparse.Namespace) -> int:
 
 def shm_rm(args: argparse.Namespace) -> int:
     name = args.name
-    path = _is_path(name)
+    path = names_a_file(name)
     target = name if path else os.path.join(SHM_DIR, name)
     if not os.path.lexists(target):
         return _fail(f"no {'file' if path else 'shared-memory segment'} named {name!r}")

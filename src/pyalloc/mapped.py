@@ -57,7 +57,7 @@ from .journal import DEFAULT_SLOTS
 from .shared import SharedHeap
 from .shared.lock import lock_notice
 
-__all__ = ["MappedHeap", "open_for_command"]
+__all__ = ["MappedHeap", "names_a_file", "open_for_command"]
 
 
 class MappedHeap(SharedHeap):
@@ -144,11 +144,17 @@ def _absolute(path: str | os.PathLike[str]) -> str:
     return os.path.abspath(where)
 
 
+def names_a_file(name: str) -> bool:
+    """Whether a command's ``name`` of a heap is a heap file's path (it holds
+    a '/') rather than a shared-memory segment's name."""
+    return "/" in name
+
+
 def open_for_command(name: str) -> SharedHeap:
-    """The heap a command names: the heap file at ``name`` when it holds a '/'
-    (a path), else the shared-memory segment ``name``. When another process
-    holds its lock long, says so on stderr: the command waits for it next."""
-    heap = MappedHeap.open(name) if "/" in name else SharedHeap.attach(name)
+    """The heap a command names (``names_a_file``): the heap file at ``name``,
+    else the shared-memory segment ``name``. When another process holds its
+    lock long, says so on stderr: the command waits for it next."""
+    heap = MappedHeap.open(name) if names_a_file(name) else SharedHeap.attach(name)
     notice = lock_notice(heap, name)
     if notice:
         print(notice, file=sys.stderr)
