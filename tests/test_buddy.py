@@ -109,6 +109,20 @@ def test_realloc_grows_in_place_into_free_buddies(heap: BuddyHeap) -> None:
     heap.check()
 
 
+def test_a_moving_realloc_beside_a_corrupted_free_buddy_changes_nothing(heap: BuddyHeap) -> None:
+    buddy = heap.malloc(100)  # order 7 at offset 0
+    p = heap.malloc(100)  # its buddy, at 128: the two merge when p is released
+    heap.malloc(200)  # keeps p from growing in place
+    heap.free(buddy)
+    heap.region.buf[buddy + 2] ^= 0x5A  # an overflow reaches the free buddy's link
+    before = bytes(heap.region.buf)
+    with pytest.raises(HeapCorruptionError):
+        heap.realloc(p, 3000)  # refused before a new block is taken
+    assert bytes(heap.region.buf) == before
+    heap.region.buf[buddy + 2] ^= 0x5A
+    heap.check()
+
+
 def test_a_request_above_the_largest_power_of_two_is_refused() -> None:
     with BuddyHeap(1 << 20) as heap:
         largest = 1 << 19  # 2**20 would not fit beside the control record

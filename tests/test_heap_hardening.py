@@ -447,18 +447,46 @@ def test_coalescing_with_a_corrupted_free_block_is_refused(
     populated: Populated, policy: str, side: str
 ) -> None:
     heap, live = populated.heap, populated.live
-    f = max(populated.freed, key=lambda q: _free_block_size(populated, q))
-    block_end = f - HEADER + _free_block_size(populated, f)
-    offset = {"header": f - HEADER, "next-link": f, "prev-link": f + 8, "footer": block_end - 8}
+    offset, neighbour = _beside_the_largest_free_block(populated, side)
     # Freeing a live neighbour of f merges it with f, reading f's metadata.
-    neighbour = max(p for p in live.blocks if p < f) if side == "before" else block_end + HEADER
-    assert neighbour in live
     for word in free_block_words(policy):
         _flip(heap, offset[word] + 2)
         with pytest.raises(HeapCorruptionError):
             heap.free(neighbour)
         _flip(heap, offset[word] + 2)
         live.assert_all()
+
+
+@pytest.mark.engine_format
+@pytest.mark.parametrize("side", ["before", "after"])
+def test_a_moving_realloc_beside_a_corrupted_free_block_changes_nothing(
+    populated: Populated, policy: str, side: str
+) -> None:
+    # The old block's release would merge it with f: refused before the new
+    # block is taken, so no block is left that the program never got.
+    heap, live = populated.heap, populated.live
+    offset, neighbour = _beside_the_largest_free_block(populated, side)
+    for word in free_block_words(policy):
+        _flip(heap, offset[word] + 2)
+        before = bytes(heap.region.buf)
+        with pytest.raises(HeapCorruptionError):
+            heap.realloc(neighbour, 64 << 10)
+        assert bytes(heap.region.buf) == before, "a refused realloc changed the heap"
+        _flip(heap, offset[word] + 2)
+        live.assert_all()
+    heap.check()
+
+
+def _beside_the_largest_free_block(populated: Populated, side: str) -> tuple[dict[str, int], int]:
+    """The offsets of the largest free block's metadata words, and its live
+    neighbour on ``side``."""
+    f = max(populated.freed, key=lambda q: _free_block_size(populated, q))
+    block_end = f - HEADER + _free_block_size(populated, f)
+    offset = {"header": f - HEADER, "next-link": f, "prev-link": f + 8, "footer": block_end - 8}
+    live = populated.live
+    neighbour = max(p for p in live.blocks if p < f) if side == "before" else block_end + HEADER
+    assert neighbour in live
+    return offset, neighbour
 
 
 @pytest.mark.block_headers

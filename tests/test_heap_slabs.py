@@ -29,6 +29,7 @@ from pyalloc.slab import (
     SLOT_SPAN,
     SLOTS_AT,
     SMALL_MAX,
+    STATE_CLASS_MASK,
     STATE_USED_SHIFT,
     class_size,
     has_slab_room,
@@ -426,6 +427,22 @@ def test_check_catches_a_wrong_count(heap: Any) -> None:
     heap.words[D + D_STATE] += 1 << STATE_USED_SHIFT
     with pytest.raises(HeapCorruptionError):
         heap.check()
+
+
+def test_a_refused_realloc_out_of_a_slab_leaves_no_block_behind(heap: Any) -> None:
+    p = heap.malloc(32)
+    q = heap.malloc(32)
+    D = descriptor_words(heap, p)
+    before = heap.stats()
+    heap.words[D + D_STATE] &= STATE_CLASS_MASK  # two objects counted as none
+    with pytest.raises(HeapCorruptionError, match="impossible count"):
+        heap.realloc(p, 1000)  # a block for 1000 bytes is taken before p's slot is freed
+    heap.words[D + D_STATE] |= 2 << STATE_USED_SHIFT
+    after = heap.stats()  # ... and given back: freed, or kept in the cache
+    for key in ("live_blocks", "live_bytes"):
+        assert after[key] == before[key]
+    heap.free(q)
+    heap.check()
 
 
 def test_check_catches_a_broken_slab_list(heap: Any) -> None:

@@ -488,6 +488,8 @@ def test_open_refuses_a_truncated_heap_file(path: Path, keep: int) -> None:
         (C.W_FORMAT, 1 | 1 << 16, f"version 1; this pyalloc reads version {C.FORMAT_VERSION}"),
         (C.W_RESERVED, 0, "not made by SharedHeap.create or MappedHeap.create"),
         (C.W_CAPACITY, 1 << 40, "does not fit"),
+        (C.W_BRK, CAPACITY + 4096, "inconsistent with its region"),
+        (C.W_BRK, 1 << 63, "inconsistent with its region"),  # beyond a C integer
     ],
 )
 def test_open_refuses_a_damaged_control_record_and_writes_nothing(

@@ -279,6 +279,19 @@ def test_attach_refuses_a_corrupted_or_newer_heap(
     assert describe_segment(name) is None
 
 
+@pytest.mark.parametrize("brk", [(1 << 20) + 4096, 1 << 63])  # the second beyond a C integer
+def test_attach_refuses_a_break_outside_the_heap(names: Callable[[], str], brk: int) -> None:
+    name = names()
+    SharedHeap.create(name, 1 << 20).close()
+    with open(os.path.join(SHM, name), "r+b") as f:
+        f.seek(C.W_BRK * 8)
+        f.write(brk.to_bytes(8, "little"))
+    before = file_digest(name)
+    with pytest.raises(HeapError, match="inconsistent with its region"):
+        SharedHeap.attach(name)
+    assert file_digest(name) == before
+
+
 def test_a_private_heap_cannot_be_attached(names: Callable[[], str]) -> None:
     # The engine's heap written into a segment, without the shared words.
     from pyalloc.heap import Heap
@@ -722,6 +735,30 @@ def test_a_corrupted_journal_is_reported_not_followed(heap: SharedHeap) -> None:
         heap.check()
     finally:
         other.close()
+
+
+def test_a_stray_draft_or_break_word_is_refused_not_followed(heap: SharedHeap) -> None:
+    from pyalloc.shared import W_ARRAYS_NEXT, W_NAMES_NEXT
+
+    p = heap.malloc(100)
+    raw = heap._raw
+    blocks = heap.blocks()
+    # A draft word names a block the recovery frees; one that names none is forgotten.
+    for word in (W_NAMES_NEXT, W_ARRAYS_NEXT):
+        for value in (1 << 63, heap.capacity + 16, p + 8):
+            raw[word] = value
+            q = heap.malloc(1000)
+            assert raw[word] == 0
+            heap.free(q)
+    assert heap.blocks() == blocks
+    brk = raw[C.W_BRK]
+    for value in (1 << 63, heap.capacity, heap.heap_start - 16):
+        raw[C.W_BRK] = value  # as if another process had moved the break there
+        with pytest.raises(HeapCorruptionError, match="break word is corrupted"):
+            heap.malloc(10)
+    raw[C.W_BRK] = brk
+    heap.free(p)
+    heap.check()
 
 
 def test_processes_attached_counts_live_processes(heap: SharedHeap) -> None:

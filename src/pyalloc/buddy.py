@@ -366,10 +366,12 @@ class BuddyHeap(Allocator):
         body = self._live_header(p)
         self._release(p - HEADER, body >> ORDER_SHIFT & ORDER_MASK)
 
-    def _release(self, b: int, k: int) -> None:
+    def _release(self, b: int, k: int, dry_run: bool = False) -> None:
         """Free the allocated block ``b`` of order ``k``, merging it with free buddies.
 
-        Every buddy's header and links are checked before the first write.
+        Every buddy's header and links are checked before the first write;
+        with ``dry_run``, only the checks (for a realloc that must know the
+        release will succeed before it allocates).
         """
         base = self.heap_start
         top = self.brk - base
@@ -393,6 +395,8 @@ class BuddyHeap(Allocator):
             o &= ~bit(j)
             j += 1
         self._lists.check_head(W_LISTS + j)  # the list the merged block goes on
+        if dry_run:
+            return
         for buddy, order in merged:
             self._unlink(order, buddy)
         start = base + o
@@ -430,6 +434,7 @@ class BuddyHeap(Allocator):
             return p
         if want <= self.max_order and self._grow_in_place(b, k, want, size):
             return p
+        self._release(b, k, True)  # a refused release must come before the new block
         q = self._malloc(size)
         usable = bit(k) - HEADER
         self.bytes[q : q + usable] = self.bytes[p : p + usable]

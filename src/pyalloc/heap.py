@@ -244,16 +244,23 @@ class Heap(Allocator):
                 f"the heap is of format version {fmt & 0xFFFF}; "
                 f"this pyalloc reads version {C.FORMAT_VERSION}"
             )
+        # Checked as Python ints before anything is bound: a stray word may
+        # exceed what the compiled engine's integers hold, and a refused
+        # record leaves nothing half-bound.
+        capacity = int(words[C.W_CAPACITY])
+        heap_start = int(words[C.W_HEAP_START])
+        brk = int(words[C.W_BRK])
+        if not heap_start < capacity <= region.size or not heap_start <= brk < capacity:
+            raise HeapError("the heap's control record is inconsistent with its region")
+        policy_cls = policy_by_id(fmt >> 16)
         self.region = region
         self.words = words
         self.meta = MetadataStore(words)
         self.buf = region.buf
         self.bytes = memoryview(region.buf)
-        self.capacity = words[C.W_CAPACITY]
-        self.heap_start = words[C.W_HEAP_START]
-        self.brk = words[C.W_BRK]
-        if not self.heap_start < self.capacity <= region.size or self.brk >= self.capacity:
-            raise HeapError("the heap's control record is inconsistent with its region")
+        self.capacity = capacity
+        self.heap_start = heap_start
+        self.brk = brk
         self._slabs = 1 if words[W_SLABS] else 0
         # The largest block a small request may have got (a rest too small
         # for a block of its own stays with it).
@@ -268,7 +275,7 @@ class Heap(Allocator):
         self.header_key = words[C.W_HEADER_KEY]
         self.tag_secret = words[C.W_TAG_SECRET]
         self.link_key = words[C.W_LINK_KEY]
-        self.policy = policy_by_id(fmt >> 16)(self, C.CONTROL_WORDS)
+        self.policy = policy_cls(self, C.CONTROL_WORDS)
         self._lock = self._make_lock()
         self._closed = False
         # The cache of recently freed small blocks, by block size / 16 (see _free).
@@ -720,6 +727,7 @@ class Heap(Allocator):
             q = self._slide_down(b, have, need, size)
             if q:
                 return q
+        self._release(b, body, True)  # a refused release must come before the new block
         q = self._malloc(size)
         usable = have - HEADER
         view = self.bytes
@@ -1228,7 +1236,11 @@ class Heap(Allocator):
         q = self._malloc(size)
         view = self.bytes
         view[q : q + have] = view[p : p + have]
-        self._slab_free(p, D)
+        try:
+            self._slab_free(p, D)
+        except HeapError:
+            self._free(q)  # refused: the new block goes back, p stays as it was
+            raise
         return q
 
     def in_slab(self, p: int) -> bool:

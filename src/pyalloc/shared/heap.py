@@ -271,10 +271,18 @@ class SharedHeap(Heap):
     def _undo(self) -> None:
         self._journal.undo()
         self._segment.deferred.clear()
-        self.brk = self._raw[C.W_BRK]
+        self.brk = self._shared_brk()
 
     def _sync_brk(self) -> None:
-        self.brk = self._raw[C.W_BRK]
+        self.brk = self._shared_brk()
+
+    def _shared_brk(self) -> int:
+        """The break as the control record holds it, checked: any process can
+        write the record, and a stray word must not steer the engine."""
+        brk = int(self._raw[C.W_BRK])
+        if not self.heap_start <= brk < self.capacity:
+            raise HeapCorruptionError(f"the heap's break word is corrupted ({brk:#x})")
+        return brk
 
     def _discard_deferred(self) -> None:
         self._segment.discard_deferred()
@@ -287,14 +295,14 @@ class SharedHeap(Heap):
             self._journal.undo()
             raw[W_RECOVERIES] += 1
         for word in DRAFT_WORDS:
-            draft = raw[word]
+            draft = int(raw[word])
             if not draft:
                 continue
-            self.brk = raw[C.W_BRK]
+            self.brk = self._shared_brk()
             lock = self._lock
             lock.in_transaction = True
             try:
-                self._free(draft)
+                self._free(self._pointer(draft))
                 self.meta.store(word, 0)
             except HeapError:
                 self._undo()
@@ -304,7 +312,7 @@ class SharedHeap(Heap):
                 lock.in_transaction = False
             self._journal.commit()
             self._segment.discard_deferred()
-        self.brk = raw[C.W_BRK]
+        self.brk = self._shared_brk()
 
     def _checkpoint(self) -> None:
         """Commit in the middle of a transaction, at a point where the heap is consistent."""
