@@ -13,6 +13,7 @@ import os
 import pickle
 import random
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -758,6 +759,75 @@ def test_a_stray_draft_or_break_word_is_refused_not_followed(heap: SharedHeap) -
             heap.malloc(10)
     raw[C.W_BRK] = brk
     heap.free(p)
+    heap.check()
+
+
+HOLDER = (
+    "import sys\n"
+    "from pyalloc import SharedHeap\n"
+    "h = SharedHeap.attach(sys.argv[1])\n"
+    "h._lock.acquire()  # as a thread inside an operation holds it\n"
+    "print('held', flush=True)\n"
+    "if sys.stdin.readline():\n"
+    "    h._lock.release()\n"
+)
+
+
+def test_a_process_that_exits_holding_the_lock_leaves_a_recoverable_heap(
+    heap: SharedHeap,
+) -> None:
+    # The interpreter exits in the middle of an operation (here: with the
+    # lock taken): the mapping must outlive it, or the robust mutex is never
+    # marked "owner died" and every later locker waits for good.
+    p = heap.malloc(100)
+    done = subprocess.run(
+        [sys.executable, "-c", HOLDER, heap.name],
+        input="",  # end of input at once: exit holding the lock
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and done.stdout == "held\n"
+    assert heap._lock.try_acquire()  # "owner died": the lock is ours at once
+    heap._lock.release()
+    heap.free(p)
+    heap.check()
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise _Interrupted
+
+
+def test_a_wait_for_the_lock_ends_on_a_signal(heap: SharedHeap) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, heap.name],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    previous = signal.signal(signal.SIGALRM, _interrupt)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(_Interrupted):
+            heap.malloc(10)  # waits for the holder, who never lets go by itself
+        assert holder.poll() is None  # the signal ended the wait, not a release
+        holder.stdin.write("release\n")
+        holder.stdin.flush()
+        assert holder.wait(timeout=60) == 0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if holder.poll() is None:
+            holder.kill()
+        holder.stdin.close()
+        holder.stdout.close()
+    heap.free(heap.malloc(10))
     heap.check()
 
 

@@ -508,6 +508,42 @@ def test_top_once(shared: SharedHeap, capsys: pytest.CaptureFixture[str]) -> Non
     assert status == 1 and err.count("\n") == 1
 
 
+def test_top_gives_a_named_slab_object_its_usable_size(
+    shared: SharedHeap, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = shared.malloc(50)  # in a slab (a shared heap's class has one from its first object)
+    assert shared.in_slab(p)
+    shared.names["small"] = p
+    status, out, err = run(capsys, "top", shared.name, "--once", "--rows", "2")
+    assert status == 0, err
+    line = next(line for line in out.splitlines() if "small" in line)
+    assert line.split() == ["small", str(p), str(shared.usable_size(p))], line
+
+
+def _stop_top_with(signum: int) -> None:
+    os.kill(os.getpid(), signum)  # a Python handler (main's, or the default one) raises
+
+
+@pytest.mark.parametrize(
+    "signum, status, said",
+    [(signal.SIGINT, 0, ""), (signal.SIGTERM, 143, "pyalloc: terminated\n")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_ctrl_c_quits_top_and_sigterm_stops_it(
+    shared: SharedHeap,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    signum: int,
+    status: int,
+    said: str,
+) -> None:
+    from pyalloc.viz import live
+
+    monkeypatch.setattr(live, "run_top", lambda *args, **options: _stop_top_with(signum))
+    got, out, err = run(capsys, "top", shared.name)
+    assert (got, err) == (status, said)
+
+
 def test_top_counts_the_processes_attached(
     shared: SharedHeap, capsys: pytest.CaptureFixture[str]
 ) -> None:

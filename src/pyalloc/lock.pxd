@@ -46,15 +46,26 @@ from cpython.ref cimport PyObject, Py_XDECREF
 from cpython.pythread cimport PyThread_get_thread_ident
 from pyalloc.layout cimport u64, i64
 
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clock, timespec *now)
+    int CLOCK_REALTIME
+
 cdef extern from "<pthread.h>" nogil:
     int pthread_mutex_consistent(pthread_mutex_t *mutex)
+    int pthread_mutex_timedlock(pthread_mutex_t *mutex, const timespec *deadline)
 
 ctypedef pthread_mutex_t *mutex_ptr
 
-cdef int EBUSY
+cdef int EBUSY, ETIMEDOUT
+cdef long WAIT_SLICE_NS, NS_PER_SECOND
 
 cdef extern from "Python.h":
     PyObject *PyErr_GetHandledException()
+    int PyErr_CheckSignals() except -1
 
 
 cdef inline object handled_exception():
@@ -77,8 +88,10 @@ cdef class SharedLock(HeapLock):
     cdef public bint in_transaction
     cdef public unsigned long owner
 
-    @cython.locals(r=int, m=mutex_ptr)
+    @cython.locals(r=int)
     cpdef bint acquire(self) except -1
+    @cython.locals(r=int, m=mutex_ptr, t=timespec)
+    cdef int _wait_for_holder(self) except -1
     cpdef release(self)
     cdef int _begin(self) except -1
     @cython.locals(r=int)

@@ -34,7 +34,8 @@ the same mutex, so both engine modes can share one heap at once.
 Around each hold it runs the transaction of the heap's undo journal
 (``journal.py``)::
 
-    lock:    trylock, else lock with the GIL released
+    lock:    trylock, else lock with the GIL released, in slices (a signal
+             ends the wait)
              EOWNERDEAD (the holder died): recover, then mark consistent
              journal count or a draft word non-zero: recover
              the break moved (another process): reload it
@@ -53,6 +54,7 @@ import ctypes
 import errno
 import sys
 import threading
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final
@@ -147,9 +149,16 @@ MUTEX_BYTES: Final = 64
 
 NO_BRK: Final = (1 << 64) - 1  # no break is ever this
 EBUSY: Final = errno.EBUSY  # a C int when compiled (lock.pxd)
+ETIMEDOUT: Final = errno.ETIMEDOUT
+WAIT_SLICE_NS: Final = 100_000_000  # a waiter looks for a signal (Ctrl-C) this often
+NS_PER_SECOND: Final = 1_000_000_000
 _PTHREAD_PROCESS_SHARED: Final = 1  # glibc's values of the two attributes
 _PTHREAD_MUTEX_ROBUST: Final = 1
 _ATTR_BYTES: Final = 64  # room for a pthread_mutexattr_t (4 bytes in glibc)
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 
 
 class _Pthread:
@@ -159,7 +168,6 @@ class _Pthread:
         lib = ctypes.CDLL(None, use_errno=False)
         ptr = [ctypes.c_void_p]
         for name in (
-            "pthread_mutex_lock",
             "pthread_mutex_trylock",
             "pthread_mutex_unlock",
             "pthread_mutex_consistent",
@@ -175,7 +183,9 @@ class _Pthread:
             fn.restype = ctypes.c_int
         lib.pthread_mutex_init.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         lib.pthread_mutex_init.restype = ctypes.c_int
-        self.lock = lib.pthread_mutex_lock
+        lib.pthread_mutex_timedlock.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        lib.pthread_mutex_timedlock.restype = ctypes.c_int
+        self.timedlock = lib.pthread_mutex_timedlock
         self.trylock = lib.pthread_mutex_trylock
         self.unlock = lib.pthread_mutex_unlock
         self.consistent = lib.pthread_mutex_consistent
@@ -265,17 +275,41 @@ class SharedLock(HeapLock):
 
     def acquire(self) -> bool:
         if cython.compiled:
-            m = cython.cast(mutex_ptr, self._address)
-            r = pthread_mutex_trylock(m)
-            if r == EBUSY:  # not EOWNERDEAD: that one is held already, by this thread
-                with cython.nogil:
-                    r = pthread_mutex_lock(m)
+            r = pthread_mutex_trylock(cython.cast(mutex_ptr, self._address))
         else:
-            r = self._lib.lock(self._address)  # ctypes: the GIL is released while it waits
+            r = self._lib.trylock(self._address)
+        if r == EBUSY:  # not EOWNERDEAD: that one is held already, by this thread
+            r = self._wait_for_holder()
         if r:
             self._locked_with(r)
         self._begin()
         return True
+
+    def _wait_for_holder(self) -> int:
+        """Lock the mutex another holds, the GIL released, in slices of
+        WAIT_SLICE_NS: between them the signal handlers run, so Ctrl-C ends
+        a wait on a holder that never lets go. The lock call's result."""
+        if cython.compiled:
+            m = cython.cast(mutex_ptr, self._address)
+            while True:
+                with cython.nogil:
+                    clock_gettime(CLOCK_REALTIME, cython.address(t))
+                    t.tv_nsec += WAIT_SLICE_NS
+                    if t.tv_nsec >= NS_PER_SECOND:
+                        t.tv_sec += 1
+                        t.tv_nsec -= NS_PER_SECOND
+                    r = pthread_mutex_timedlock(m, cython.address(t))
+                if r != ETIMEDOUT:
+                    return int(r)
+                PyErr_CheckSignals()
+        lib = self._lib
+        deadline = _Timespec()
+        while True:  # ctypes releases the GIL during the call; handlers run after it
+            at = time.clock_gettime_ns(time.CLOCK_REALTIME) + WAIT_SLICE_NS
+            deadline.tv_sec, deadline.tv_nsec = divmod(at, NS_PER_SECOND)
+            r = lib.timedlock(self._address, ctypes.byref(deadline))
+            if r != ETIMEDOUT:
+                return int(r)
 
     def try_acquire(self) -> bool:
         """``acquire`` if no one holds the lock; False at once otherwise."""

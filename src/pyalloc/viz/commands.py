@@ -288,9 +288,10 @@ def top_command(args: argparse.Namespace) -> int:
         run_top(args.name, interval=args.interval, once=args.once, rows=args.rows)
     except VizError as e:
         return _fail(str(e))
-    except KeyboardInterrupt:
-        pass
-    return 0
+    except KeyboardInterrupt as e:
+        if type(e) is not KeyboardInterrupt:  # SIGTERM, which the command line reports
+            raise
+    return 0  # Ctrl-C is how top is left
 
 
 __all__ = ["FOOTPRINT_RESIDENT", "top_command", "viz_command"]

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import HeapCorruptionError, HeapError
-from ..layout import HEADER
 from ..units import human_bytes
 from .history import VizError
 from .snapshot import (
@@ -55,7 +54,7 @@ class LiveView:
     snapshot: Snapshot
     stats: dict[str, int]
     names: dict[str, int]  # name -> pointer
-    sizes: dict[int, int]  # pointer -> usable bytes, for the live blocks
+    sizes: dict[int, int]  # pointer -> usable bytes, for the named blocks
     taken_at: float  # time.time()
 
 
@@ -85,7 +84,12 @@ def read_view(heap: SharedHeap, name: str) -> LiveView:
         footprint = p + size  # the last block's end, plus the epilogue's header
     else:
         footprint = stats["heap_bytes"]
-    sizes = {p: size - HEADER for p, size, allocated in blocks if allocated}
+    sizes = {}  # a slab's objects are no blocks: ask the heap, as `shm info` does
+    for p in set(names.values()):
+        try:
+            sizes[p] = heap.usable_size(p)
+        except HeapError:
+            pass  # a name left on a freed block: shown without a size
     return LiveView(
         name,
         heap.policy_name,
