@@ -27,8 +27,7 @@ read, and a NUL byte ends the read.
 
 The ops decide, as in mdriver: a header whose op count or id count
 disagrees with them is reported in ``Trace.warnings``, not refused, and the
-id count becomes the one the ops use when the header's is too small or
-above ``MAX_ID``.
+id count becomes the one the ops use (a header's count only sizes tables).
 
 Invariants of a ``Trace`` returned by :func:`read_trace` / :func:`parse_trace`::
 
@@ -269,7 +268,7 @@ def _parse_lines(lines: list[str], source: str, name: str) -> Trace:
         ops[index] = Op("r", top_id, ops[index].size)
     warnings = []
     used_ids = top_id + 1
-    if used_ids > num_ids or num_ids > MAX_ID:
+    if used_ids != num_ids:
         warnings.append(f"header line 2 says {num_ids} ids; the ops use {used_ids}")
         num_ids = used_ids
     if len(ops) != num_ops and end != num_ops:
