@@ -1038,11 +1038,14 @@ def add_bench(subcommands: Subcommands) -> None:
 
 
 def gen_command(args: argparse.Namespace) -> int:
+    trace = None
     try:
         with ProgressBar(args.ops) as progress:
             progress.start(f"generating {args.kind}", args.ops)
             trace = generate(args.kind, args.ops, args.seed, progress.advance)
     except MemoryError:
+        pass  # reported below, once the handler has let go of the partial trace
+    if trace is None:
         return _fail(f"gen: not enough memory to build {args.ops:,} ops (a trace is built whole)")
     try:
         write_trace(trace, args.output)
