@@ -672,6 +672,11 @@ def test_record_refuses_an_output_it_cannot_write_before_running_the_command(
     err = capsys.readouterr().err
     assert status == 1 and err == f"pyalloc: record: {tmp_path / 'no'}: no such directory\n"
     assert not marker.exists()
+    # A directory no file can be made in, whatever its permission bits say.
+    status = main(["record", "-o", "/proc/t.rep", "--", *program])
+    err = capsys.readouterr().err
+    assert status == 1 and err.startswith("pyalloc: record: /proc: cannot create files there (")
+    assert not marker.exists()
 
 
 def test_the_performance_index_needs_timing(

@@ -279,3 +279,18 @@ def test_rm_removes_what_a_killed_create_left(
     assert status == 1 and "running process" in err and (tmp_path / live).exists()
     status, _, err = run(capsys, "shm", "rm", "--force", live)
     assert status == 0 and not (tmp_path / live).exists()
+
+
+def test_a_directory_is_named_as_one_not_as_an_errno(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = str(tmp_path)
+    for argv in (["shm", "info", directory], ["shm", "check", directory]):
+        status, out, err = run(capsys, *argv)
+        assert (status, out) == (1, "")
+        assert err == f"pyalloc: file {directory!r} is a directory, not a heap\n"
+    status, _, err = run(capsys, "shm", "rm", directory, "--force")
+    assert status == 1 and err == f"pyalloc: file {directory!r} is a directory, not a heap\n"
+    assert os.path.isdir(directory)
+    status, _, err = run(capsys, "shm", "rm", "")
+    assert status == 1 and err == "pyalloc: no shared-memory segment named ''\n"

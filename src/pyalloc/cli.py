@@ -340,9 +340,12 @@ def shm_check(args: argparse.Namespace) -> int:
 def shm_rm(args: argparse.Namespace) -> int:
     name = args.name
     path = names_a_file(name)
+    kind = "file" if path else "shared-memory segment"
     target = name if path else os.path.join(SHM_DIR, name)
-    if not os.path.lexists(target):
-        return _fail(f"no {'file' if path else 'shared-memory segment'} named {name!r}")
+    if not name or not os.path.lexists(target):
+        return _fail(f"no {kind} named {name!r}")
+    if os.path.isdir(target) and not os.path.islink(target):
+        return _fail(f"{kind} {name!r} is a directory, not a heap")
     if not path and name.endswith(BUILDING_SUFFIX):
         return _rm_temporary(target, args.force)
     info = describe_file(name) if path else describe_segment(name)

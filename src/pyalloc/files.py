@@ -23,11 +23,19 @@ def check_output_path(path: str | os.PathLike[str]) -> None:
     target = os.fspath(path)
     if os.path.isdir(target):
         raise IsADirectoryError(f"{target} is a directory; give a file name")
+    if os.path.exists(target) and not os.path.isfile(target):
+        return  # a device or a pipe, written into as it stands (replacing)
     directory = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{directory}: no such directory")
-    if not os.access(directory, os.W_OK):
-        raise PermissionError(f"{directory}: cannot create files there")
+    # A file made and removed: permission bits say nothing to root, nor of a
+    # read-only mount or a file system like /proc.
+    try:
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".pyalloc-probe-")
+    except OSError as e:
+        raise type(e)(f"{directory}: cannot create files there ({e.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 @contextmanager

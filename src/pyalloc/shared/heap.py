@@ -210,6 +210,8 @@ class SharedHeap(Heap):
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
             raise FileNotFoundError(f"no {cls._KIND} named {name!r}") from None
+        except IsADirectoryError:
+            raise IsADirectoryError(f"{what} is a directory, not a heap") from None
         try:
             words, size = _read_control(fd, what)
             _check_control(words, size, what)
