@@ -213,6 +213,8 @@ def test_replay_on_a_system_allocator_without_the_system_module(
         ["top", "--interval", "inf", "x"],
         ["top", "--interval", "0", "x"],
         ["gen", "uniform", "--ops", "1e9", "-o", "x.rep"],
+        ["gen", "uniform", "--seed", "-1", "-o", "x.rep"],
+        ["gen", "uniform", "--seed", str(1 << 41), "-o", "x.rep"],
         ["viz", "t.rep", "--scale", str(10**23)],
         ["replay", "t.rep", "--repeat", "-1"],
     ],
@@ -677,6 +679,12 @@ def test_record_refuses_an_output_it_cannot_write_before_running_the_command(
     err = capsys.readouterr().err
     assert status == 1 and err.startswith("pyalloc: record: /proc: cannot create files there (")
     assert not marker.exists()
+
+
+def test_allocators_none_stands_alone(traces: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = run(capsys, "bench", str(traces), "--allocators", "none,glibc")
+    assert (status, out) == (1, "")
+    assert err == "pyalloc: --allocators none stands alone (it means no system allocator)\n"
 
 
 def test_the_performance_index_needs_timing(

@@ -114,6 +114,8 @@ def test_a_missing_package_is_said_in_one_line(
     captured = capsys.readouterr()
     assert captured.err == f"pyalloc: --mm: {missing}: no such file\n"
     assert captured.out == ""
+    assert main(["replay", "--mm", str(tmp_path), str(ok)]) == 1
+    assert capsys.readouterr().err == f"pyalloc: --mm: {tmp_path}: a directory, not an mm.c\n"
 
 
 _DIR: list[Path] = []

@@ -423,6 +423,23 @@ def test_animation_frames_are_bounded(tmp_path: Path, capsys: pytest.CaptureFixt
         capsys, "viz", str(tmp_path / "c.rep"), "--animate", "--frames", "9999", "-o", str(out)
     )
     assert status == 2 and "--frames" in err
+    status, _, err = run(capsys, "viz", str(tmp_path / "c.rep"), "--frames", "5", "-o", "c.png")
+    assert status == 2 and err == "pyalloc: --frames counts the frames of --animate\n"
+
+
+def test_viz_draws_a_plug_in_policy_and_refuses_a_directory_as_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plugin = Path(__file__).resolve().parents[1] / "examples" / "worst_fit.py"
+    write_trace(churn_trace(), tmp_path / "c.rep")
+    out = tmp_path / "w.png"
+    status, stdout, err = run(
+        capsys, "viz", str(tmp_path / "c.rep"), "--policy", f"{plugin}:WorstFit", "-o", str(out)
+    )
+    assert status == 0, err
+    assert out.stat().st_size > 0
+    status, _, err = run(capsys, "viz", str(tmp_path / "c.rep"), "-o", str(tmp_path))
+    assert status == 1 and err == f"pyalloc: {tmp_path} is a directory; give a file name\n"
 
 
 def test_mp4_needs_ffmpeg(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -834,6 +834,8 @@ def bench_command(args: argparse.Namespace) -> int:
         allocators = []
     else:
         allocators = _split_names(args.allocators)
+    if "none" in (n.lower() for n in allocators):
+        return _fail("--allocators none stands alone (it means no system allocator)")
     unknown = [n for n in allocators if n not in SYSTEM_ALLOCATORS and not is_library_path(n)]
     if unknown:
         return _unknown("allocator", unknown, (*SYSTEM_ALLOCATORS, "none", "PATH.so"))
@@ -1081,7 +1083,9 @@ def add_gen(subcommands: Subcommands) -> None:
     p.add_argument(
         "--ops", type=_non_negative, default=10_000, metavar="N", help="ops (default 10000)"
     )
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    p.add_argument(
+        "--seed", type=_non_negative, default=0, metavar="S", help="random seed (default 0)"
+    )
     p.add_argument(
         "-o", "--output", type=_file_name, required=True, metavar="FILE", help="where to write"
     )
@@ -1271,7 +1275,10 @@ def add_viz(subcommands: Subcommands) -> None:
         "--animate", action="store_true", help="the map over time, one frame every ops/FRAMES ops"
     )
     p.add_argument(
-        "--frames", type=_positive, default=60, metavar="N", help="frames of --animate (default 60)"
+        "--frames",
+        type=_positive,
+        metavar="N",
+        help="frames of --animate (default 60, at most 400)",
     )
     p.add_argument(
         "--width", type=_positive, default=1000, metavar="PX", help="image width (default 1000)"

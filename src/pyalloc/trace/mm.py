@@ -76,7 +76,9 @@ def build(source: str | os.PathLike[str], directory: str | None = None) -> Packa
     """
     path = Path(source)
     if not path.is_file():
-        raise BuildError(f"{path}: no such file")
+        raise BuildError(
+            f"{path}: {'a directory, not an mm.c' if path.is_dir() else 'no such file'}"
+        )
     try:
         cc = find_compiler("building a malloc-lab package needs a C compiler")
     except CompilerNotFoundError as e:

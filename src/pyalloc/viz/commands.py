@@ -75,7 +75,7 @@ def _options(args: argparse.Namespace) -> PictureOptions:
 
 
 def _viz(args: argparse.Namespace) -> int:
-    from .render import MAX_FRAMES, check_output
+    from .render import DEFAULT_FRAMES, MAX_FRAMES, check_output
 
     if args.shm is not None:
         for option, given in (
@@ -93,6 +93,10 @@ def _viz(args: argparse.Namespace) -> int:
         raise UsageError("--at and --animate do not go together: an animation shows every op")
     if args.animate and args.compare is not None:
         raise UsageError("--animate draws one allocator; leave out --compare")
+    if args.frames is None:
+        args.frames = DEFAULT_FRAMES
+    elif not args.animate:
+        raise UsageError("--frames counts the frames of --animate")
     if not 1 <= args.frames <= MAX_FRAMES:
         raise UsageError(f"--frames must be between 1 and {MAX_FRAMES}")
     options = _options(args)
@@ -118,7 +122,7 @@ def _viz(args: argparse.Namespace) -> int:
         packages[package.name] = package
         names = [package.name]
     known = (*policy_names(), *SYSTEM_ALLOCATORS, *packages)
-    unknown = [n for n in names if n not in known]
+    unknown = [n for n in names if n not in known and ":" not in n]  # ":" names a plug-in
     if unknown:
         raise UsageError(
             f"unknown allocator {', '.join(map(repr, unknown))}; choose from: {', '.join(known)}"

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from ..files import replacing
+from ..files import check_output_path, replacing
 from ..units import human_bytes
 from .history import Timeline, VizError
 from .snapshot import (
@@ -64,6 +64,7 @@ TIMELINE_BOTTOM: Final = 52  # tick labels and the axis label under the timeline
 ADDRESS_LABEL_SPACING: Final = 16  # pixels between address labels, at least
 MIN_COLUMNS: Final = 16
 MAX_SIDE: Final = 1 << 15  # pixels; matplotlib refuses 2**16, and memory gives out first
+DEFAULT_FRAMES: Final = 60  # of an animation
 MAX_FRAMES: Final = 400
 
 # Lines of the timeline: payload in the maps' payload colour, each allocator's
@@ -136,6 +137,8 @@ class MapPlacement:
 def check_output(path: str | Path, animate: bool) -> str:
     """The output's format from its suffix; VizError for one that cannot be written."""
     path = Path(path)
+    if path.is_dir():
+        raise VizError(f"{path} is a directory; give a file name")
     suffix = path.suffix.lower().lstrip(".")
     formats = ANIMATION_FORMATS if animate else STILL_FORMATS
     if suffix not in formats:
@@ -146,6 +149,10 @@ def check_output(path: str | Path, animate: bool) -> str:
         )
     if not path.parent.is_dir():
         raise VizError(f"{path}: no such directory {str(path.parent)!r}")
+    try:
+        check_output_path(path)  # before the work, not after it
+    except OSError as e:
+        raise VizError(str(e)) from None
     if suffix == "mp4":
         from matplotlib import animation
 
