@@ -20,22 +20,34 @@ from .regions import process_alive
 
 def check_output_path(path: str | os.PathLike[str]) -> None:
     """OSError (with a message naming ``path``) if a file cannot be written there."""
-    target = os.fspath(path)
+    directory = _output_directory(os.fspath(path))
+    if directory is not None:
+        # A file made and removed: permission bits say nothing to root, nor
+        # of a read-only mount or a file system like /proc.
+        os.unlink(_new_file(directory, ".pyalloc-probe-", ""))
+
+
+def _output_directory(target: str) -> str | None:
+    """The directory a file written at ``target`` is made in; None for a
+    device or a pipe, written into as it stands (``replacing``)."""
     if os.path.isdir(target):
         raise IsADirectoryError(f"{target} is a directory; give a file name")
     if os.path.exists(target) and not os.path.isfile(target):
-        return  # a device or a pipe, written into as it stands (replacing)
+        return None
     directory = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{directory}: no such directory")
-    # A file made and removed: permission bits say nothing to root, nor of a
-    # read-only mount or a file system like /proc.
+    return directory
+
+
+def _new_file(directory: str, prefix: str, suffix: str) -> str:
+    """The path of a new empty file in ``directory``; OSError naming the directory."""
     try:
-        fd, probe = tempfile.mkstemp(dir=directory, prefix=".pyalloc-probe-")
+        fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
     except OSError as e:
         raise type(e)(f"{directory}: cannot create files there ({e.strerror})") from None
     os.close(fd)
-    os.unlink(probe)
+    return path
 
 
 @contextmanager
@@ -52,14 +64,12 @@ def replacing(path: str | os.PathLike[str]) -> Iterator[str]:
         return
     if os.path.islink(target):
         target = os.path.realpath(target)
-    check_output_path(target)
+    _output_directory(target)
     directory, base = os.path.split(os.path.abspath(target))
     # The target's suffix last: writers that choose a format by it (images) see it.
     suffix = ".part" + os.path.splitext(base)[1]
     _remove_abandoned(directory, base, suffix)
-    prefix = f".{base}.{os.getpid()}."
-    fd, temporary = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
-    os.close(fd)
+    temporary = _new_file(directory, f".{base}.{os.getpid()}.", suffix)
     try:
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 is not what an output needs
         yield temporary
