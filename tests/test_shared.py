@@ -831,6 +831,45 @@ def test_a_wait_for_the_lock_ends_on_a_signal(heap: SharedHeap) -> None:
     heap.check()
 
 
+def test_close_while_another_thread_waits_for_the_lock(names: Callable[[], str]) -> None:
+    # close() must not unmap the segment under a thread that waits for the
+    # lock (or holds it): that thread finishes its call, later calls are refused.
+    heap = SharedHeap.create(names(), CAPACITY)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, heap.name],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    got: list[int] = []
+    waiter = threading.Thread(target=lambda: got.append(heap.malloc(100)))
+    try:
+        assert holder.stdout.readline() == "held\n"
+        waiter.start()
+        while heap._lock.users == 0:  # the waiter is in acquire
+            time.sleep(0.001)
+        heap.close()
+        holder.stdin.write("release\n")
+        holder.stdin.flush()
+        waiter.join(timeout=60)
+        assert holder.wait(timeout=60) == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.stdin.close()
+        holder.stdout.close()
+    assert not waiter.is_alive() and len(got) == 1 and got[0] > 0
+    with pytest.raises(HeapError, match="closed"):
+        heap.malloc(10)
+    other = SharedHeap.attach(heap.name)  # the block the waiter got is there
+    try:
+        assert other.usable_size(got[0]) >= 100
+        other.check()
+    finally:
+        other.close()
+
+
 def test_processes_attached_counts_live_processes(heap: SharedHeap) -> None:
     assert heap.stats()["processes_attached"] == 1
     other = SharedHeap.attach(heap.name)  # a second attachment of this process

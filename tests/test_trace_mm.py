@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ BROKEN = EXAMPLE.read_text().replace(
     "    if (size == 48) return first - 16;            /* reaches into the first block */\n"
     "    if (size == 4242) return *(void **)16;                    /* crash */\n"
     "    if (size == 9999) for (;;) {}                              /* hang */\n"
+    "    if (size == 4099) first[50] = 0;          /* a byte in the middle of block 0 */\n"
     "    char *p = mm_malloc_ok(size);\n"
     "    if (!first) first = p;\n"
     "    return p;\n}\n"
@@ -57,6 +59,8 @@ def test_the_example_replays_validly() -> None:
         (48, "op 2 (a 1 48): malloc(48) returned [0x"),  # from below into a live block
         (48, "), over the live block at 0x"),
         (4242, "killed by signal 11 at op 2 (a 1 4242)"),  # a segfault
+        (4099, "op 4 (f 0): block 0 at 0x"),  # not at either end: every byte is checked
+        (4099, ": bytes between the stamps changed before free"),
     ],
 )
 def test_each_fault_is_reported_for_its_trace(size: int, fault: str) -> None:
@@ -66,6 +70,42 @@ def test_each_fault_is_reported_for_its_trace(size: int, fault: str) -> None:
     bad = mm.replay_package(package, parse_trace(trace_with(size), "bad"))
     assert not bad.valid and bad.error is not None
     assert fault in bad.error, bad.error
+
+
+def test_a_realloc_must_keep_every_byte() -> None:
+    lossy = EXAMPLE.read_text().replace(
+        "memcpy(newptr, ptr, old < size ? old : size);", "memcpy(newptr, ptr, 8);"
+    )
+    assert lossy != EXAMPLE.read_text()
+    package = mm.build(_write(lossy, "lossy_mm.c"))
+    result = mm.replay_package(package, parse_trace("1\n1\n3\n1\na 0 100\nr 0 5000\nf 0\n", "r"))
+    assert not result.valid
+    assert result.error == (
+        "op 2 (r 0 5000): realloc to 5000 did not keep block 0's bytes (bytes between the stamps)"
+    )
+
+
+def test_what_a_package_prints_is_neither_a_fault_nor_its_report() -> None:
+    # The report travels apart from stdout: a line that looks like one is ignored.
+    fake = r"{\"error\": null, \"peak_payload\": 1, \"peak_footprint\": 1, \"seconds\": 1e-9}"
+    headers = "#include <stdio.h>\n#include <stdlib.h>\n"
+    chatty = EXAMPLE.read_text().replace(
+        "int mm_init(void) {",
+        f'int mm_init(void) {{\n    puts("mm_init called");\n    puts("{fake}");',
+    )
+    package = mm.build(_write(headers + chatty, "chatty_mm.c"))
+    result = mm.replay_package(package, generate("uniform", ops=500, seed=3))
+    assert result.valid, result.error
+    assert result.peak_footprint > 1 and result.seconds > 1e-9
+    quits = EXAMPLE.read_text().replace(
+        "int mm_init(void) {", f'int mm_init(void) {{\n    puts("{fake}");\n    exit(0);'
+    )
+    package = mm.build(_write(headers + quits, "quits_mm.c"))
+    result = mm.replay_package(package, generate("uniform", ops=500, seed=3))
+    assert not result.valid
+    assert (
+        result.error == "the quits_mm.c replayer exited with status 0 without a report before op 1"
+    )
 
 
 def test_a_hang_is_cut_by_the_timeout() -> None:
@@ -116,6 +156,54 @@ def test_a_missing_package_is_said_in_one_line(
     assert captured.out == ""
     assert main(["replay", "--mm", str(tmp_path), str(ok)]) == 1
     assert capsys.readouterr().err == f"pyalloc: --mm: {tmp_path}: a directory, not an mm.c\n"
+
+
+def test_a_function_called_but_not_defined_fails_the_build(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = EXAMPLE.read_text().replace(
+        "void mm_free(void *bp) {", "void mm_free(void *bp) {\n    helper_gone();"
+    )
+    ok = tmp_path / "ok.rep"
+    ok.write_text(trace_with(64))
+    undefined = _write("void helper_gone(void);\n" + source, "undefined_mm.c")
+    assert main(["replay", "--mm", str(undefined), str(ok)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"pyalloc: --mm {undefined}: the package did not compile:\n")
+    assert "helper_gone" in err
+
+
+def test_odd_files_named_h_beside_a_package_are_not_its_headers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    source = package / "mm.c"
+    source.write_text(EXAMPLE.read_text())
+    (package / "config.h").mkdir()  # a directory
+    (package / "gone.h").symlink_to(tmp_path / "nowhere")  # a broken link
+    os.mkfifo(package / "pipe.h")  # reading it would wait for a writer
+    ok = tmp_path / "ok.rep"
+    ok.write_text(trace_with(64))
+    assert main(["replay", "--mm", str(source), str(ok)]) == 0, capsys.readouterr().err
+    assert "yes" in capsys.readouterr().out
+
+
+def test_bench_refuses_two_packages_of_one_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for side in ("a", "b"):
+        (tmp_path / side).mkdir()
+        (tmp_path / side / "mm.c").write_text(EXAMPLE.read_text())
+    ok = tmp_path / "ok.rep"
+    ok.write_text(trace_with(64))
+    argv = ["bench", str(ok), "--allocators", "none", "--policies", "segregated"]
+    status = main([*argv, "--mm", str(tmp_path / "a/mm.c"), "--mm", str(tmp_path / "b/mm.c")])
+    err = capsys.readouterr().err
+    assert status == 1 and err == (
+        f"pyalloc: --mm {tmp_path / 'b/mm.c'}: a column is named mm.c already"
+        " (a package's column is its file name): rename one\n"
+    )
 
 
 _DIR: list[Path] = []

@@ -676,8 +676,9 @@ def add_replay(subcommands: Subcommands) -> None:
         help="run traces on an allocator, checking every block and measuring it",
         description=(
             "Replay .rep traces (plain or .gz) on a pyalloc heap, checking every "
-            "pointer returned (16-byte alignment, inside the heap, no overlap with a "
-            "live block, payload bytes kept) and measuring utilization (peak live "
+            "pointer returned (aligned to 16 bytes, or a request of fewer to the largest "
+            "power of two within its size, as C asks; inside the heap; no overlap with a "
+            "live block; every payload byte kept) and measuring utilization (peak live "
             "payload / peak heap footprint), fragmentation at the peak and "
             "throughput (a separate timed run without the checks). With --allocator, "
             "run them on a system allocator instead. A trace that cannot be read or "
@@ -839,11 +840,16 @@ def bench_command(args: argparse.Namespace) -> int:
     unknown = [n for n in allocators if n not in SYSTEM_ALLOCATORS and not is_library_path(n)]
     if unknown:
         return _unknown("allocator", unknown, (*SYSTEM_ALLOCATORS, "none", "PATH.so"))
-    packages = []
+    packages: list[Any] = []
     for source in args.mm or []:
         package = _build_mm(source)
         if isinstance(package, int):
             return package
+        if package.name in {*policies, *allocators, *(p.name for p in packages)}:
+            return _fail(
+                f"--mm {source}: a column is named {package.name} already"
+                " (a package's column is its file name): rename one"
+            )
         packages.append(package)
     if not policies and not allocators and not packages:
         return _fail("nothing to compare: give at least one policy or allocator")

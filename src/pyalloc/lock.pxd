@@ -87,11 +87,13 @@ cdef class SharedLock(HeapLock):
     cdef list _deferred
     cdef public bint in_transaction
     cdef public unsigned long owner
+    cdef public int users
 
     @cython.locals(r=int)
     cpdef bint acquire(self) except -1
-    @cython.locals(r=int, m=mutex_ptr, t=timespec)
     cdef int _wait_for_holder(self) except -1
+    @cython.locals(r=int, m=mutex_ptr, t=timespec)
+    cdef int _wait_in_slices(self) except -1
     cpdef release(self)
     cdef int _begin(self) except -1
     @cython.locals(r=int)

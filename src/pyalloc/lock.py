@@ -270,10 +270,14 @@ class SharedLock(HeapLock):
         self._entry_exc: BaseException | None = None
         self.in_transaction = False
         self.owner = 0  # ident of the thread inside a transaction, 0 if none
+        # Threads of this process between acquire and the unlock: while any
+        # is, the segment must stay mapped (SharedHeap.close).
+        self.users = 0
         if not cython.compiled:
             self._lib = _pthread()
 
     def acquire(self) -> bool:
+        self.users += 1
         if cython.compiled:
             r = pthread_mutex_trylock(cython.cast(mutex_ptr, self._address))
         else:
@@ -289,6 +293,13 @@ class SharedLock(HeapLock):
         """Lock the mutex another holds, the GIL released, in slices of
         WAIT_SLICE_NS: between them the signal handlers run, so Ctrl-C ends
         a wait on a holder that never lets go. The lock call's result."""
+        try:
+            return self._wait_in_slices()
+        except BaseException:  # a signal's exception: this thread never held the lock
+            self.users -= 1
+            raise
+
+    def _wait_in_slices(self) -> int:
         if cython.compiled:
             m = cython.cast(mutex_ptr, self._address)
             while True:
@@ -313,11 +324,13 @@ class SharedLock(HeapLock):
 
     def try_acquire(self) -> bool:
         """``acquire`` if no one holds the lock; False at once otherwise."""
+        self.users += 1
         if cython.compiled:
             r = pthread_mutex_trylock(cython.cast(mutex_ptr, self._address))
         else:
             r = self._lib.trylock(self._address)
         if r == EBUSY:
+            self.users -= 1
             return False
         if r:
             self._locked_with(r)
@@ -347,6 +360,7 @@ class SharedLock(HeapLock):
     def _locked_with(self, r: int) -> None:
         """The lock call returned ``r``, not 0: the holder died (the lock is ours), or a fault."""
         if r != errno.EOWNERDEAD:
+            self.users -= 1  # not held
             raise HeapError(f"the shared heap's lock failed: {errno.errorcode.get(r, r)}")
         self._slow_begin(self._heap._recover)
         if cython.compiled:
@@ -403,6 +417,7 @@ class SharedLock(HeapLock):
             pthread_mutex_unlock(cython.cast(mutex_ptr, self._address))
         else:
             self._lib.unlock(self._address)
+        self.users -= 1
 
     def abandon(self) -> None:
         """Let go as a killed holder would: nothing committed or undone (tests)."""
@@ -413,6 +428,7 @@ class SharedLock(HeapLock):
     def after_fork_in_child(self) -> None:
         """A forked child is inside no transaction, whatever its parent was doing."""
         self.owner = 0
+        self.users = 0
         self.in_transaction = False
         self._entry_exc = None
         del self._deferred[:]

@@ -1,6 +1,5 @@
 """A process's shared heaps: a forked child gets a lock of its own on each,
-and an exiting process closes each (one it holds the lock of stays mapped:
-see ``SharedHeap.close``)."""
+and an exiting process leaves each mapped until the kernel unmaps it."""
 
 from __future__ import annotations
 
@@ -20,11 +19,13 @@ def _after_fork_in_child() -> None:
         heap._after_fork_in_child()
 
 
-def _close_at_exit() -> None:
-    # Before the interpreter frees the mappings in no particular order.
+def _keep_mapped_at_exit() -> None:
+    # The interpreter would unmap segments as it frees their objects, while
+    # daemon threads may still be in operations on them (or frozen holding a
+    # lock): the kernel unmaps them with the process instead.
     for heap in list(_open_heaps):
-        heap.close()
+        heap._segment.keep_mapped()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(_close_at_exit)
+atexit.register(_keep_mapped_at_exit)

@@ -492,12 +492,12 @@ class SharedHeap(Heap):
         _open_heaps.discard(self)
         lock = self._lock
         self._lock = _ClosedLock()
-        if isinstance(lock, SharedLock) and lock.owner:
-            # A thread of this process is inside an operation (the interpreter
-            # exits in the middle of one). Unmapped, the mutex would stay
-            # locked for good; mapped, the kernel hands the next locker
-            # EOWNERDEAD at this process's exit, and its recovery undoes the
-            # operation. The slot is reaped with the process.
+        if isinstance(lock, SharedLock) and lock.users:
+            # Another thread of this process holds the mutex or waits for it:
+            # it goes on with this mapping, which therefore stays, for good
+            # (if that thread never lets go, as when the interpreter exits
+            # under it, the kernel can only mark a mapped mutex owner-dead).
+            # The slot is reaped with the process.
             self._segment.keep_mapped()
             return
         lock.close()

@@ -6,7 +6,9 @@ with the allocator under test in ``LD_PRELOAD`` (none for glibc).  MODE:
 ``preload`` (the default), ``glibc`` (glibc's own malloc, measured by
 ``mallinfo2``), ``local`` or ``mm`` (see :func:`replay`).  Standard
 library only and no pyalloc import, so that the interpreter is as small as it
-can be when the baseline is taken.  Prints one JSON object on stdout.
+can be when the baseline is taken.  Writes one JSON object to the file
+named by ``PYALLOC_REPLAY_REPORT`` (not to stdout, which the allocator
+shares), and dies with the process named by ``PYALLOC_REPLAY_PARENT``.
 
 OPS_FILE layout (native byte order)::
 
@@ -38,8 +40,11 @@ Passes
    footprint.
 2. The measured, validating pass: every block's bytes are set (memset), a
    stamp of up to 8 bytes is written at its start (and, from 16 bytes, at
-   its end) and checked before each free and realloc, a realloc must keep
-   the old prefix, and every pointer must be non-NULL (except for size 0)
+   its end), and before each free and realloc every byte is checked: the
+   stamps, and the bytes between them still FILL_BYTE (one ``memcmp`` of
+   the run against itself shifted by a byte, which allocates nothing that
+   the footprint would count); a realloc must keep the old block's bytes
+   up to the smaller size, and every pointer must be non-NULL (except for size 0)
    and aligned to ``min(16, largest power of two <= size)``, the fundamental
    alignment an object of that size can need. A malloc-lab package's blocks
    must also lie inside its heap and overlap no live block, checked at the
@@ -117,6 +122,10 @@ STAMP_BYTES = 8
 STAMP_MULTIPLIER = 0x9E3779B97F4A7C15  # odd: distinct op indexes give distinct stamps
 WORD_MASK = (1 << 64) - 1
 FILL_BYTE = 0xA5
+REPORT_VARIABLE = "PYALLOC_REPLAY_REPORT"  # the file the report is written to
+PARENT_VARIABLE = "PYALLOC_REPLAY_PARENT"  # the pid that started this process
+PR_SET_PDEATHSIG = 1
+SIGKILL = 9  # signal.SIGKILL: the signal module's import costs pages that the footprint counts
 WORDS_PER_PAGE = mmap.PAGESIZE // 8
 
 
@@ -264,6 +273,19 @@ def progress_word() -> memoryview:
     with open(path, "r+b") as file:
         mapping = mmap.mmap(file.fileno(), 8, flags=mmap.MAP_SHARED)
     return memoryview(mapping).cast("Q")
+
+
+def libc_memcmp() -> Any:
+    """The C library's memcmp, taking addresses."""
+    memcmp = ctypes.CDLL(None).memcmp
+    memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    memcmp.restype = ctypes.c_int
+    return memcmp
+
+
+# Bound here, in the main thread: objects made in the trace's thread would
+# sit in the arena whose footprint is measured.
+MEMCMP = libc_memcmp()
 
 
 def word_table(length: int) -> memoryview:
@@ -417,6 +439,7 @@ def replay(ops_path: str, library: str, repeats: int, mode: str) -> dict[str, ob
     memset = ctypes.memset
     memmove = ctypes.memmove
     string_at = ctypes.string_at
+    memcmp = MEMCMP
     physical_bytes = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
     pointers = word_table(num_ids)
@@ -449,19 +472,33 @@ def replay(ops_path: str, library: str, repeats: int, mode: str) -> dict[str, ob
     peak_payload = 0
     index = 0
 
+    def changed_bytes(block: int, pointer: int, size: int, kept: int) -> str:
+        """Which of the first ``kept`` bytes at ``pointer`` differ from what
+        block ``block`` of ``size`` bytes was given (its stamps, FILL_BYTE
+        between them); "" if none."""
+        stamp = stamps[block].to_bytes(8, "little")
+        head = min(STAMP_BYTES, size, kept)
+        if head and string_at(pointer, head) != stamp[:head]:
+            return "first bytes"
+        tail = size - STAMP_BYTES if size >= 2 * STAMP_BYTES else size  # the tail stamp's start
+        fill = min(kept, tail) - STAMP_BYTES
+        if fill > 0 and (
+            string_at(pointer + STAMP_BYTES, 1)[0] != FILL_BYTE
+            or memcmp(pointer + STAMP_BYTES, pointer + STAMP_BYTES + 1, fill - 1)
+        ):
+            return "bytes between the stamps"
+        if kept > tail and string_at(pointer + tail, kept - tail) != stamp[: kept - tail]:
+            return "last bytes"
+        return ""
+
     def check_stamp(block: int, pointer: int, size: int, what: str) -> None:
-        """Check the block's stamps before it is freed or reallocated (and let a
+        """Check the block's bytes before it is freed or reallocated (and let a
         package's overlap check forget it: it leaves)."""
         if lab is not None:
             lab.release(pointer)
-        count = min(STAMP_BYTES, size)
-        if not count:
-            return
-        expected_bytes = stamps[block].to_bytes(8, "little")[:count]
-        if string_at(pointer, count) != expected_bytes:
-            raise ValidationError(f"block {block} at {pointer:#x}: first bytes changed {what}")
-        if size >= 2 * STAMP_BYTES and string_at(pointer + size - count, count) != expected_bytes:
-            raise ValidationError(f"block {block} at {pointer:#x}: last bytes changed {what}")
+        where = changed_bytes(block, pointer, size, size)
+        if where:
+            raise ValidationError(f"block {block} at {pointer:#x}: {where} changed {what}")
 
     def write_stamp(block: int, pointer: int, size: int) -> None:
         count = min(STAMP_BYTES, size)
@@ -512,11 +549,12 @@ def replay(ops_path: str, library: str, repeats: int, mode: str) -> dict[str, ob
                 moved = realloc(pointer, size)
                 check_pointer(moved, size, f"realloc({pointer:#x}, {size})")
                 check_touchable(size)
-                kept = min(STAMP_BYTES, old_size, size)
-                if string_at(moved, kept) != stamps[block].to_bytes(8, "little")[:kept]:
-                    raise ValidationError(f"realloc to {size} did not keep block {block}'s bytes")
-                if size > old_size:
-                    memset(moved + old_size, FILL_BYTE, size - old_size)
+                where = changed_bytes(block, moved, old_size, min(old_size, size))
+                if where:
+                    raise ValidationError(
+                        f"realloc to {size} did not keep block {block}'s bytes ({where})"
+                    )
+                memset(moved, FILL_BYTE, size)  # as a new block: the old tail stamp goes too
                 pointers[block] = moved
                 block_sizes[block] = size
                 payload += size - old_size
@@ -559,6 +597,9 @@ def replay(ops_path: str, library: str, repeats: int, mode: str) -> dict[str, ob
     if error is not None:
         return result
 
+    # From here on the word names a timed pass, past the ops (the pass after
+    # the checked one, whose live blocks are freed first, is the first).
+    progress[0] = num_ops + 1
     for block in range(num_ids):
         if pointers[block]:
             free(pointers[block])
@@ -566,7 +607,8 @@ def replay(ops_path: str, library: str, repeats: int, mode: str) -> dict[str, ob
 
     best = float("inf")
     clock = time.perf_counter
-    for _ in range(repeats):
+    for timed_pass in range(repeats):
+        progress[0] = num_ops + 1 + timed_pass
         if lab is not None:
             lab.start()
         started = clock()
@@ -587,7 +629,16 @@ def replay(ops_path: str, library: str, repeats: int, mode: str) -> dict[str, ob
     return result
 
 
+def die_with_parent() -> None:
+    """Be killed when the parent dies: its timeout stops a hung allocator, and
+    a parent killed outright would leave one spinning."""
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, SIGKILL)
+    if os.getppid() != int(os.environ[PARENT_VARIABLE]):
+        os._exit(1)  # it died before the request
+
+
 def main() -> None:
+    die_with_parent()
     ops_path, library, repeats_text = sys.argv[1:4]
     mode = sys.argv[4] if len(sys.argv) > 4 else "preload"
     reports: list[dict[str, object]] = []
@@ -595,6 +646,8 @@ def main() -> None:
     def run() -> None:
         try:
             reports.append(replay(ops_path, library, int(repeats_text), mode))
+        except ValidationError as exc:  # outside the checked pass: mm_init, mostly
+            reports.append({"error": str(exc)})
         except Exception as exc:  # reported to the parent as the replay's error
             reports.append({"error": f"{type(exc).__name__}: {exc}"})
 
@@ -604,7 +657,9 @@ def main() -> None:
     worker.join()
     if not reports:
         sys.exit("the replay thread ended without a report")
-    print(json.dumps(reports[0]))
+    # Not on stdout, which the allocator writes to as well.
+    with open(os.environ[REPORT_VARIABLE], "w") as report:
+        report.write(json.dumps(reports[0]))
 
 
 if __name__ == "__main__":

@@ -24,10 +24,13 @@ from pathlib import Path
 
 from .record import CompilerNotFoundError, build_cached, find_compiler, user_cache_dir
 from .rep import Trace
-from .system import SystemResult, replay_system
+from .system import REPLAY_TIMEOUT, SystemResult, replay_system
 
 MMLAB = Path(__file__).with_name("mmlab")
-CFLAGS = ("-O2", "-g", "-fPIC", "-shared", "-std=gnu11")
+# -z defs: a function the package calls but never defines (a missing
+# mm_realloc, a typo) fails the build, not every replay that loads it.
+CFLAGS = ("-O2", "-g", "-fPIC", "-shared", "-std=gnu11", "-Wl,-z,defs")
+COMPILE_TIMEOUT = 300.0  # seconds: a compiler stuck on an #include of a pipe is stopped
 
 
 class BuildError(Exception):
@@ -84,21 +87,33 @@ def build(source: str | os.PathLike[str], directory: str | None = None) -> Packa
     except CompilerNotFoundError as e:
         raise BuildError(str(e)) from None
     flags = [*CFLAGS, f"-I{MMLAB}", f"-I{path.parent}"]
-    inputs = [
-        path,
-        MMLAB / "memlib.c",
-        *sorted(MMLAB.glob("*.h")),
-        *sorted(path.parent.glob("*.h")),
-    ]
+    # The headers beside the package, as the compiler may include them: regular
+    # files only (a directory, a broken link or a pipe named *.h is none).
+    headers = [h for h in sorted(path.parent.glob("*.h")) if h.is_file()]
+    inputs = [path, MMLAB / "memlib.c", *sorted(MMLAB.glob("*.h")), *headers]
     digest = hashlib.sha256(shlex.join([*cc, *flags]).encode())
     for each in inputs:
-        digest.update(each.name.encode() + b"\0" + each.read_bytes())
+        try:
+            digest.update(each.name.encode() + b"\0" + each.read_bytes())
+        except OSError as e:
+            raise BuildError(f"{each}: cannot read: {e.strerror}") from None
     out_dir = Path(directory) if directory is not None else user_cache_dir("mm")
     library = out_dir / f"{path.stem}-{digest.hexdigest()[:16]}.so"
 
     def compile_into(built: Path) -> None:
         command = [*cc, *flags, str(path), str(MMLAB / "memlib.c"), "-o", str(built)]
-        done = subprocess.run(command, capture_output=True, text=True)
+        try:
+            done = subprocess.run(
+                command,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=COMPILE_TIMEOUT,
+            )
+        except subprocess.TimeoutExpired:
+            raise BuildError(
+                f"{path}: the compiler did not finish within {COMPILE_TIMEOUT:.0f} s"
+            ) from None
         if done.returncode != 0:
             status = f"{cc[0]} exited with status {done.returncode}"
             raise BuildError(status, done.stderr.strip() or status)
@@ -107,7 +122,11 @@ def build(source: str | os.PathLike[str], directory: str | None = None) -> Packa
 
 
 def replay_package(
-    package: Package, trace: Trace, *, timed_repeats: int = 1, timeout: float | None = 60.0
+    package: Package,
+    trace: Trace,
+    *,
+    timed_repeats: int = 1,
+    timeout: float | None = REPLAY_TIMEOUT,
 ) -> SystemResult:
     """Replay ``trace`` through the package, validated as any allocator is."""
     return replay_system(

@@ -85,6 +85,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._system_replayer import PARENT_VARIABLE, REPORT_VARIABLE
 from .rep import Trace
 
 __all__ = [
@@ -143,7 +144,21 @@ LIBRARY_DIRECTORIES = (
 
 _KIND_CODES = {"a": 0, "f": 1, "r": 2}
 _REPLAYER = Path(__file__).with_name("_system_replayer.py")
-_DEFAULT_TIMEOUT = 900.0
+REPLAY_TIMEOUT = -1.0  # a replay's timeout: replay_timeout() of its size
+
+
+def replay_timeout(ops: int, timed_repeats: int) -> float:
+    """Seconds a replay of ``ops`` ops may take before it counts as hung: a
+    minute, and a millisecond an op of each pass (the slowest allocator the
+    lab meets, a textbook implicit list on a long trace, stays far within)."""
+    return 60.0 + 0.001 * ops * (1 + timed_repeats)
+
+
+def _tail(path: Path, limit: int = 4096) -> str:
+    """The last ``limit`` bytes of the file ``path``, as text."""
+    with open(path, "rb") as file:
+        file.seek(max(0, os.fstat(file.fileno()).st_size - limit))
+        return file.read().decode(errors="replace").strip()
 
 
 @dataclass
@@ -278,17 +293,17 @@ def replay_system(
     allocator: str,
     *,
     timed_repeats: int = 1,
-    timeout: float | None = _DEFAULT_TIMEOUT,
+    timeout: float | None = REPLAY_TIMEOUT,
     malloc_lab: str | None = None,
 ) -> SystemResult:
     """Replay ``trace`` through ``allocator`` in a subprocess; see the module docstring.
 
     Never raises for a missing library, an invalid trace, a failed
     validation, a crash or a timeout: the result has ``valid=False`` and
-    ``error`` says why.  ``timeout`` (seconds, None for none) bounds the
-    whole subprocess. ``malloc_lab``: the shared object built from a
-    malloc-lab package (``trace.mm``), replayed through its mm_* functions
-    with mdriver's footprint (the peak of ``mem_heapsize()``); ``allocator``
+    ``error`` says why.  ``timeout`` (seconds, None for none; by default
+    ``replay_timeout`` of the trace) bounds the whole subprocess.
+    ``malloc_lab``: the shared object built from a malloc-lab package
+    (``trace.mm``), replayed through its mm_* functions with mdriver's footprint (the peak of ``mem_heapsize()``); ``allocator``
     is then only its name in the result.
     """
     name = trace.name or "<trace>"
@@ -357,34 +372,55 @@ def replay_system(
         env["PYALLOC_REPLAY_PROGRESS"] = str(progress_path)
 
         def at_op() -> str:
-            """Where the measured pass was, from the word the replayer keeps."""
+            """Where the replayer was, from the word it keeps: an op of the
+            checked pass, or a timed pass past them."""
             index = int.from_bytes(progress_path.read_bytes()[:8], sys.byteorder)
-            if not 0 < index <= len(trace.ops):
-                return ""
+            if index > len(trace.ops):
+                return f" in timed pass {index - len(trace.ops)} (the checked pass had passed)"
+            if not index:
+                return " before op 1"
             kind, block, size = trace.ops[index - 1]
             return f" at op {index} ({kind} {block}{'' if kind == 'f' else f' {size}'})"
 
+        # The report comes in a file of its own: stdout is the allocator's too
+        # (dropped), and stderr goes to a file whose end says why a crash was.
+        report_path = Path(work) / "report.json"
+        errors_path = Path(work) / "stderr"
+        env[REPORT_VARIABLE] = str(report_path)
+        env[PARENT_VARIABLE] = str(os.getpid())
+        if timeout == REPLAY_TIMEOUT:
+            timeout = replay_timeout(len(trace.ops), timed_repeats)
         try:
-            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+            with open(errors_path, "wb") as errors:
+                done = subprocess.run(
+                    command,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=errors,
+                    timeout=timeout,
+                )
         except subprocess.TimeoutExpired:
-            return failed(f"the {allocator} replayer did not finish within {timeout} s{at_op()}")
+            hung = f"did not finish within {timeout:.0f} s"
+            return failed(f"the {allocator} replayer {hung}{at_op()}")
         except OSError as exc:
             return failed(f"the {allocator} replayer could not start: {exc}")
-        where = at_op() if done.returncode != 0 else ""
-
-    last_line = done.stdout.strip().rpartition("\n")[2]
-    if done.returncode != 0 or not last_line:
-        how = (
-            f"was killed by signal {-done.returncode}"
-            if done.returncode < 0
-            else f"exited with status {done.returncode}"
-        )
-        detail = " / ".join(done.stderr.strip().splitlines()[-3:])
-        return failed(f"the {allocator} replayer {how}{where}" + (f": {detail}" if detail else ""))
-    try:
-        report = json.loads(last_line)
-    except json.JSONDecodeError:
-        return failed(f"the {allocator} replayer printed {last_line!r}, not a report")
+        try:
+            report = json.loads(report_path.read_text())
+        except (OSError, ValueError):
+            report = None
+        if done.returncode != 0 or not isinstance(report, dict):
+            how = (
+                f"was killed by signal {-done.returncode}"
+                if done.returncode < 0
+                else f"exited with status {done.returncode}"
+            )
+            if done.returncode == 0:
+                how += " without a report"
+            detail = " / ".join(_tail(errors_path).splitlines()[-3:])
+            return failed(
+                f"the {allocator} replayer {how}{at_op()}" + (f": {detail}" if detail else "")
+            )
 
     peak_payload = int(report.get("peak_payload", 0))
     peak_footprint = int(report.get("peak_footprint", 0))
