@@ -7,6 +7,7 @@ teardown. Processes are forked unless a test is about spawn.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import multiprocessing
 import os
@@ -803,62 +804,55 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def test_a_wait_for_the_lock_ends_on_a_signal(heap: SharedHeap) -> None:
+    previous = signal.signal(signal.SIGALRM, _interrupt)
+    try:
+        with held_by_another_process(heap.name) as holder:
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            with pytest.raises(_Interrupted):
+                heap.malloc(10)  # waits for the holder, who never lets go by itself
+            assert holder.poll() is None  # the signal ended the wait, not a release
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    heap.free(heap.malloc(10))
+    heap.check()
+
+
+@contextlib.contextmanager
+def held_by_another_process(name: str) -> Iterator[subprocess.Popen[str]]:
+    """Another process holds the heap's lock for the block, then lets go."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, heap.name],
+        [sys.executable, "-c", HOLDER, name],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     assert holder.stdin is not None and holder.stdout is not None
-    previous = signal.signal(signal.SIGALRM, _interrupt)
     try:
         assert holder.stdout.readline() == "held\n"
-        signal.setitimer(signal.ITIMER_REAL, 0.2)
-        with pytest.raises(_Interrupted):
-            heap.malloc(10)  # waits for the holder, who never lets go by itself
-        assert holder.poll() is None  # the signal ended the wait, not a release
+        yield holder
         holder.stdin.write("release\n")
         holder.stdin.flush()
         assert holder.wait(timeout=60) == 0
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
         if holder.poll() is None:
             holder.kill()
         holder.stdin.close()
         holder.stdout.close()
-    heap.free(heap.malloc(10))
-    heap.check()
 
 
 def test_close_while_another_thread_waits_for_the_lock(names: Callable[[], str]) -> None:
     # close() must not unmap the segment under a thread that waits for the
     # lock (or holds it): that thread finishes its call, later calls are refused.
     heap = SharedHeap.create(names(), CAPACITY)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, heap.name],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdin is not None and holder.stdout is not None
     got: list[int] = []
     waiter = threading.Thread(target=lambda: got.append(heap.malloc(100)))
-    try:
-        assert holder.stdout.readline() == "held\n"
+    with held_by_another_process(heap.name):
         waiter.start()
         while heap._lock.users == 0:  # the waiter is in acquire
             time.sleep(0.001)
         heap.close()
-        holder.stdin.write("release\n")
-        holder.stdin.flush()
-        waiter.join(timeout=60)
-        assert holder.wait(timeout=60) == 0
-    finally:
-        if holder.poll() is None:
-            holder.kill()
-        holder.stdin.close()
-        holder.stdout.close()
+    waiter.join(timeout=60)
     assert not waiter.is_alive() and len(got) == 1 and got[0] > 0
     with pytest.raises(HeapError, match="closed"):
         heap.malloc(10)
