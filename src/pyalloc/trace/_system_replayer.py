@@ -29,8 +29,13 @@ Passes
    otherwise measure glibc under another name), and ask the allocator to
    return its free pages to the system (``malloc_trim``, jemalloc's
    ``arena.<all>.purge``, ``mi_collect``, tcmalloc's ``ReleaseFreeMemory``:
-   whichever exist).  Then a new thread maps the ops and the tables and
-   reads the baseline.  The trace runs in that thread because glibc and
+   whichever exist).  Every ctypes object the replay uses is made here
+   (``Bound``) and files are opened without Python buffers: an object of
+   over 512 bytes made in the trace's thread lands in the arena or heap
+   whose footprint is measured, and moves where the allocator puts the
+   trace's blocks (a 568-byte dict that ctypes grew there once moved
+   glibc's peak on random-bal by 37 KB).  Then a new thread maps the ops
+   and the tables and reads the baseline.  The trace runs in that thread because glibc and
    jemalloc give a new thread an arena of its own, mimalloc a heap of its
    own and tcmalloc a thread cache of its own: its blocks do not land in
    pages that the interpreter's objects, or the free blocks they left, keep
@@ -89,7 +94,7 @@ made writable), ``hblkhd`` what blocks mapped on their own hold: together,
 the bytes glibc has taken from the kernel and not given back, whether the
 pages are resident or not.  Read at the same points as the pages (no op but
 an allocating one can raise it).  The trace's thread has its arena before
-the baseline (the interpreter allocates in the thread it starts), with the
+the baseline (the interpreter allocates a lock in the thread it starts), with the
 room glibc sets up in a new arena (``M_TOP_PAD``, 128 KiB, beyond what it
 first serves): ``spare`` counts that room as the trace's, as the resident
 pages would count its pages once the trace touched them.  Without it a
@@ -248,9 +253,7 @@ def release_free_memory(process: ctypes.CDLL) -> None:
 
 def map_ops(path: str) -> tuple[int, memoryview, memoryview, memoryview]:
     """num_ids and the kind, id and size columns of OPS_FILE, as mapped views."""
-    with open(path, "rb") as source:
-        mapping = mmap.mmap(source.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
-    words = memoryview(mapping).cast("Q")
+    words = map_file(path, 0, writable=False)
     num_ids, num_ops = words[0], words[1]
     touch_pages(words)
     return (
@@ -270,8 +273,22 @@ def progress_word() -> memoryview:
     path = os.environ.get("PYALLOC_REPLAY_PROGRESS")
     if not path:
         return word_table(1)
-    with open(path, "r+b") as file:
-        mapping = mmap.mmap(file.fileno(), 8, flags=mmap.MAP_SHARED)
+    return map_file(path, 8, writable=True)
+
+
+def map_file(path: str, length: int, writable: bool) -> memoryview:
+    """The file mapped (shared if ``writable``, read-only and private
+    otherwise) as 8-byte words. Opened with ``os.open``: a Python file
+    object's buffer would be an object of the trace's thread in the
+    measured arena."""
+    descriptor = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+    try:
+        if writable:
+            mapping = mmap.mmap(descriptor, length, flags=mmap.MAP_SHARED)
+        else:
+            mapping = mmap.mmap(descriptor, length, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+    finally:
+        os.close(descriptor)
     return memoryview(mapping).cast("Q")
 
 
@@ -413,29 +430,45 @@ class MallocLab:
             del self.starts[bisect.bisect_left(self.starts, pointer)]
 
 
-def replay(ops_path: str, library: str, repeats: int, mode: str) -> dict[str, object]:
-    """The measured pass and the timed passes; the report as a dict.
+class Bound:
+    """The allocator's functions and the footprint's readers, bound before
+    the trace's thread starts: ctypes objects made there (a library's
+    function type, a dict it grows) would sit in the arena whose footprint
+    is measured, and move glibc's placement of the trace's blocks.
 
-    Runs in a thread of its own (see "Passes" in the module docstring).
     ``mode``: "preload" (the library is the process's allocator), "glibc"
     (the same, with glibc's ``mallinfo2`` as the footprint), "local" (a
     shared object's own malloc, free and realloc) or "mm" (a malloc-lab
-    package).
+    package). Raises ValueError, AttributeError or OSError for a library
+    that cannot serve.
+    """
+
+    def __init__(self, library: str, mode: str) -> None:
+        self.lab: MallocLab | None = None
+        if mode == "mm":
+            self.lab = MallocLab(library)
+            self.functions = tuple(self.lab.functions)
+        else:
+            self.functions = bind_allocator(library, mode == "local")
+        self.process = ctypes.CDLL(None)
+        self.held_bytes = mallinfo2_reader(self.process) if mode == "glibc" else None
+        getattr(self.process, "malloc_stats", None)  # bound now, read at the baseline
+
+
+def replay(ops_path: str, bound: Bound, repeats: int) -> dict[str, object]:
+    """The measured pass and the timed passes; the report as a dict.
+
+    Runs in a thread of its own (see "Passes" in the module docstring).
     """
     num_ids, kinds, ids, sizes = map_ops(ops_path)
     num_ops = len(kinds)
-    lab = None
-    try:
-        if mode == "mm":
-            lab = MallocLab(library)
-            malloc, free, realloc = lab.functions
+    lab = bound.lab
+    malloc, free, realloc = bound.functions
+    if lab is not None:
+        try:
             lab.start()
-        else:
-            malloc, free, realloc = bind_allocator(library, mode == "local")
-    except (ValueError, AttributeError, OSError) as exc:
-        return {"error": str(exc)}
-    except ValidationError as exc:
-        return {"error": f"op 0: {exc}"}
+        except ValidationError as exc:
+            return {"error": f"op 0: {exc}"}
     memset = ctypes.memset
     memmove = ctypes.memmove
     string_at = ctypes.string_at
@@ -447,8 +480,8 @@ def replay(ops_path: str, library: str, repeats: int, mode: str) -> dict[str, ob
     stamps = word_table(num_ids)
 
     # footprint_now() in units of `unit` bytes, read after every op that can raise it
-    process = ctypes.CDLL(None)
-    held_bytes = mallinfo2_reader(process) if mode == "glibc" else None
+    process = bound.process
+    held_bytes = bound.held_bytes
     if lab is not None:  # mdriver's footprint: the peak of mem_heapsize(), in bytes
         heap_lo = lab.lo()
         heapsize = lab.heapsize
@@ -643,18 +676,26 @@ def main() -> None:
     mode = sys.argv[4] if len(sys.argv) > 4 else "preload"
     reports: list[dict[str, object]] = []
 
+    try:
+        bound = Bound(library, mode)
+    except (ValueError, AttributeError, OSError) as exc:
+        bound = None
+        reports.append({"error": str(exc)})
+
     def run() -> None:
+        assert bound is not None
         try:
-            reports.append(replay(ops_path, library, int(repeats_text), mode))
+            reports.append(replay(ops_path, bound, int(repeats_text)))
         except ValidationError as exc:  # outside the checked pass: mm_init, mostly
             reports.append({"error": str(exc)})
         except Exception as exc:  # reported to the parent as the replay's error
             reports.append({"error": f"{type(exc).__name__}: {exc}"})
 
     release_free_memory(ctypes.CDLL(None))
-    worker = threading.Thread(target=run, name="replay")
-    worker.start()
-    worker.join()
+    if bound is not None:
+        worker = threading.Thread(target=run, name="replay")
+        worker.start()
+        worker.join()
     if not reports:
         sys.exit("the replay thread ended without a report")
     # Not on stdout, which the allocator writes to as well.
