@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -103,9 +104,74 @@ def test_what_a_package_prints_is_neither_a_fault_nor_its_report() -> None:
     package = mm.build(_write(headers + quits, "quits_mm.c"))
     result = mm.replay_package(package, generate("uniform", ops=500, seed=3))
     assert not result.valid
-    assert (
-        result.error == "the quits_mm.c replayer exited with status 0 without a report before op 1"
+    assert result.error == (
+        "the quits_mm.c replayer exited with status 0 without a report"
+        " before op 1 (loading the allocator, or in mm_init)"
     )
+
+
+def test_a_report_the_package_writes_itself_is_refused() -> None:
+    forged = EXAMPLE.read_text().replace(
+        "int mm_init(void) {",
+        "int mm_init(void) {\n"
+        '    FILE *f = fopen(getenv("PYALLOC_REPLAY_REPORT"), "w");\n'
+        '    fputs("{\\"error\\": null, \\"peak_payload\\": 1000, \\"peak_footprint\\": 1000,'
+        ' \\"seconds\\": 1e-9}", f);\n'
+        "    fclose(f);\n"
+        "    _exit(0);\n",
+    )
+    source = "#include <stdio.h>\n#include <stdlib.h>\n#include <unistd.h>\n" + forged
+    package = mm.build(_write(source, "forged_mm.c"))
+    result = mm.replay_package(package, parse_trace(trace_with(64), "forged"))
+    assert not result.valid
+    assert result.error == (
+        "the forged_mm.c replayer's report gives a peak payload of 1,000 bytes; the trace's is 228"
+    )
+
+
+def test_what_a_package_forks_ends_with_its_replay(tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    forking = EXAMPLE.read_text().replace(
+        "int mm_init(void) {",
+        "int mm_init(void) {\n"
+        "    static int forked;\n"
+        "    if (!forked++) {\n"
+        "        pid_t child = fork();\n"
+        "        if (child == 0) { sleep(300); _exit(0); }\n"
+        f'        FILE *f = fopen("{pid_file}", "w"); fprintf(f, "%d", (int)child); fclose(f);\n'
+        "    }\n",
+    )
+    source = "#include <stdio.h>\n#include <unistd.h>\n" + forking
+    package = mm.build(_write(source, "forking_mm.c"))
+    result = mm.replay_package(package, parse_trace(trace_with(64), "fork"))
+    assert result.valid, result.error
+    child = int(pid_file.read_text())
+    for _ in range(500):  # killed with the replayer's group; reaped by whoever adopted it
+        if not _alive(child):
+            break
+        time.sleep(0.01)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def test_a_realloc_of_no_block_is_a_malloc_in_every_pass() -> None:
+    # mm_realloc(NULL, n) is never called: the checked pass and the timed
+    # passes make the same calls.
+    strict = EXAMPLE.read_text().replace(
+        "void *mm_realloc(void *ptr, size_t size) {",
+        "void *mm_realloc(void *ptr, size_t size) {\n    if (!ptr) abort();",
+    )
+    package = mm.build(_write("#include <stdlib.h>\n" + strict, "strict_mm.c"))
+    trace = parse_trace("1\n1\n2\n1\nr 0 100\nf 0\n", "r-null")
+    result = mm.replay_package(package, trace, timed_repeats=2)
+    assert result.valid, result.error
 
 
 def test_a_hang_is_cut_by_the_timeout() -> None:
@@ -156,6 +222,19 @@ def test_a_missing_package_is_said_in_one_line(
     assert captured.out == ""
     assert main(["replay", "--mm", str(tmp_path), str(ok)]) == 1
     assert capsys.readouterr().err == f"pyalloc: --mm: {tmp_path}: a directory, not an mm.c\n"
+
+
+def test_a_package_without_one_of_the_four_functions_fails_the_build(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = EXAMPLE.read_text().replace("void *mm_realloc(", "void *mm_realloc_gone(")
+    ok = tmp_path / "ok.rep"
+    ok.write_text(trace_with(64))
+    missing = _write(source, "no_realloc_mm.c")
+    assert main(["replay", "--mm", str(missing), str(ok)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"pyalloc: --mm {missing}: the package did not compile:\n")
+    assert "mm_realloc" in err
 
 
 def test_a_function_called_but_not_defined_fails_the_build(

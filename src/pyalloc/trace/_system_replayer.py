@@ -630,8 +630,8 @@ def replay(ops_path: str, bound: Bound, repeats: int) -> dict[str, object]:
     if error is not None:
         return result
 
-    # From here on the word names a timed pass, past the ops (the pass after
-    # the checked one, whose live blocks are freed first, is the first).
+    # From here on the word is past the ops: num_ops + 1 while the blocks the
+    # checked pass left are freed, num_ops + 1 + k in timed pass k.
     progress[0] = num_ops + 1
     for block in range(num_ids):
         if pointers[block]:
@@ -640,7 +640,7 @@ def replay(ops_path: str, bound: Bound, repeats: int) -> dict[str, object]:
 
     best = float("inf")
     clock = time.perf_counter
-    for timed_pass in range(repeats):
+    for timed_pass in range(1, repeats + 1):
         progress[0] = num_ops + 1 + timed_pass
         if lab is not None:
             lab.start()
@@ -651,8 +651,10 @@ def replay(ops_path: str, bound: Bound, repeats: int) -> dict[str, object]:
             elif kind == KIND_FREE or not size:
                 free(pointers[block])
                 pointers[block] = 0
-            else:
+            elif pointers[block]:
                 pointers[block] = realloc(pointers[block], size)
+            else:  # as the checked pass: a realloc of no block is a malloc
+                pointers[block] = malloc(size)
         best = min(best, clock() - started)
         for block in range(num_ids):
             if pointers[block]:

@@ -30,6 +30,8 @@ MMLAB = Path(__file__).with_name("mmlab")
 # -z defs: a function the package calls but never defines (a missing
 # mm_realloc, a typo) fails the build, not every replay that loads it.
 CFLAGS = ("-O2", "-g", "-fPIC", "-shared", "-std=gnu11", "-Wl,-z,defs")
+# memlib, and a table of the four entry points (a package missing one fails to link).
+LAB_SOURCES = (MMLAB / "memlib.c", MMLAB / "entry.c")
 COMPILE_TIMEOUT = 300.0  # seconds: a compiler stuck on an #include of a pipe is stopped
 
 
@@ -90,7 +92,7 @@ def build(source: str | os.PathLike[str], directory: str | None = None) -> Packa
     # The headers beside the package, as the compiler may include them: regular
     # files only (a directory, a broken link or a pipe named *.h is none).
     headers = [h for h in sorted(path.parent.glob("*.h")) if h.is_file()]
-    inputs = [path, MMLAB / "memlib.c", *sorted(MMLAB.glob("*.h")), *headers]
+    inputs = [path, *LAB_SOURCES, *sorted(MMLAB.glob("*.h")), *headers]
     digest = hashlib.sha256(shlex.join([*cc, *flags]).encode())
     for each in inputs:
         try:
@@ -101,7 +103,7 @@ def build(source: str | os.PathLike[str], directory: str | None = None) -> Packa
     library = out_dir / f"{path.stem}-{digest.hexdigest()[:16]}.so"
 
     def compile_into(built: Path) -> None:
-        command = [*cc, *flags, str(path), str(MMLAB / "memlib.c"), "-o", str(built)]
+        command = [*cc, *flags, str(path), *map(str, LAB_SOURCES), "-o", str(built)]
         try:
             done = subprocess.run(
                 command,

@@ -79,9 +79,11 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,11 +156,60 @@ def replay_timeout(ops: int, timed_repeats: int) -> float:
     return 60.0 + 0.001 * ops * (1 + timed_repeats)
 
 
-def _tail(path: Path, limit: int = 4096) -> str:
-    """The last ``limit`` bytes of the file ``path``, as text."""
-    with open(path, "rb") as file:
-        file.seek(max(0, os.fstat(file.fileno()).st_size - limit))
-        return file.read().decode(errors="replace").strip()
+ERRORS_KEPT = 4096  # bytes of the replayer's stderr kept, its end: what explains a crash
+
+
+def _run_replayer(
+    command: list[str], env: dict[str, str], timeout: float | None
+) -> tuple[int, str]:
+    """Run the replayer in a process group of its own; its exit status and
+    the end of its stderr (read as it comes, so an allocator that prints
+    without end costs neither memory nor disk). Whatever the group still
+    holds when it ends (a process the allocator forked) is killed with it.
+    TimeoutExpired after ``timeout`` seconds."""
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert process.stderr is not None
+    tail = bytearray()
+
+    def drain() -> None:
+        for chunk in iter(lambda: process.stderr.read1(65536), b""):  # type: ignore[union-attr]
+            tail.extend(chunk)
+            del tail[:-ERRORS_KEPT]
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        returncode = process.wait(timeout=timeout)
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+        reader.join(timeout=5)
+        process.stderr.close()
+    return returncode, tail.decode(errors="replace").strip()
+
+
+def trace_peak_payload(trace: Trace) -> int:
+    """The most bytes the trace's live blocks ask for at once, as the replayer counts them."""
+    sizes: dict[int, int] = {}
+    payload = peak = 0
+    for kind, block, size in trace.ops:
+        if kind == "f" or (kind == "r" and not size):
+            payload -= sizes.pop(block, 0)
+        else:
+            payload += size - sizes.get(block, 0)
+            sizes[block] = size
+            peak = max(peak, payload)
+    return peak
 
 
 @dataclass
@@ -303,8 +354,9 @@ def replay_system(
     ``error`` says why.  ``timeout`` (seconds, None for none; by default
     ``replay_timeout`` of the trace) bounds the whole subprocess.
     ``malloc_lab``: the shared object built from a malloc-lab package
-    (``trace.mm``), replayed through its mm_* functions with mdriver's footprint (the peak of ``mem_heapsize()``); ``allocator``
-    is then only its name in the result.
+    (``trace.mm``), replayed through its mm_* functions with mdriver's
+    footprint (the peak of ``mem_heapsize()``); ``allocator`` is then only
+    its name in the result.
     """
     name = trace.name or "<trace>"
 
@@ -354,7 +406,7 @@ def replay_system(
         library = found
         env["LD_PRELOAD"] = library
 
-    with tempfile.TemporaryDirectory(prefix="pyalloc-system-") as work:
+    with tempfile.TemporaryDirectory(prefix="pyalloc-system-", ignore_cleanup_errors=True) as work:
         ops_path = Path(work) / "ops.bin"
         _write_ops(trace, ops_path)
         command = [
@@ -374,32 +426,29 @@ def replay_system(
         def at_op() -> str:
             """Where the replayer was, from the word it keeps: an op of the
             checked pass, or a timed pass past them."""
-            index = int.from_bytes(progress_path.read_bytes()[:8], sys.byteorder)
+            try:
+                index = int.from_bytes(progress_path.read_bytes()[:8], sys.byteorder)
+            except OSError:  # the allocator removed it
+                return ""
+            if index == len(trace.ops) + 1:
+                return " freeing the blocks the checked pass left (which had passed)"
             if index > len(trace.ops):
-                return f" in timed pass {index - len(trace.ops)} (the checked pass had passed)"
+                timed = index - len(trace.ops) - 1
+                return f" in timed pass {timed} (the checked pass had passed)"
             if not index:
-                return " before op 1"
+                return " before op 1 (loading the allocator, or in mm_init)"
             kind, block, size = trace.ops[index - 1]
             return f" at op {index} ({kind} {block}{'' if kind == 'f' else f' {size}'})"
 
         # The report comes in a file of its own: stdout is the allocator's too
-        # (dropped), and stderr goes to a file whose end says why a crash was.
+        # (dropped), and the end of stderr says why a crash was.
         report_path = Path(work) / "report.json"
-        errors_path = Path(work) / "stderr"
         env[REPORT_VARIABLE] = str(report_path)
         env[PARENT_VARIABLE] = str(os.getpid())
         if timeout == REPLAY_TIMEOUT:
             timeout = replay_timeout(len(trace.ops), timed_repeats)
         try:
-            with open(errors_path, "wb") as errors:
-                done = subprocess.run(
-                    command,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=errors,
-                    timeout=timeout,
-                )
+            returncode, errors = _run_replayer(command, env, timeout)
         except subprocess.TimeoutExpired:
             hung = f"did not finish within {timeout:.0f} s"
             return failed(f"the {allocator} replayer {hung}{at_op()}")
@@ -409,15 +458,15 @@ def replay_system(
             report = json.loads(report_path.read_text())
         except (OSError, ValueError):
             report = None
-        if done.returncode != 0 or not isinstance(report, dict):
+        if returncode != 0 or not isinstance(report, dict):
             how = (
-                f"was killed by signal {-done.returncode}"
-                if done.returncode < 0
-                else f"exited with status {done.returncode}"
+                f"was killed by signal {-returncode}"
+                if returncode < 0
+                else f"exited with status {returncode}"
             )
-            if done.returncode == 0:
+            if returncode == 0:
                 how += " without a report"
-            detail = " / ".join(_tail(errors_path).splitlines()[-3:])
+            detail = " / ".join(errors.splitlines()[-3:])
             return failed(
                 f"the {allocator} replayer {how}{at_op()}" + (f": {detail}" if detail else "")
             )
@@ -426,6 +475,11 @@ def replay_system(
     peak_footprint = int(report.get("peak_footprint", 0))
     if report.get("error"):
         return failed(str(report["error"]), peak_payload, peak_footprint)
+    if peak_payload != trace_peak_payload(trace):  # written by something else than the replayer
+        return failed(
+            f"the {allocator} replayer's report gives a peak payload of {peak_payload:,} bytes;"
+            f" the trace's is {trace_peak_payload(trace):,}"
+        )
     method = FOOTPRINT_METHOD
     if malloc_lab is not None:
         method = FOOTPRINT_METHOD_MEM_HEAPSIZE
