@@ -224,32 +224,25 @@ def test_a_missing_package_is_said_in_one_line(
     assert capsys.readouterr().err == f"pyalloc: --mm: {tmp_path}: a directory, not an mm.c\n"
 
 
-def test_a_package_without_one_of_the_four_functions_fails_the_build(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    "old, new, missing",
+    [
+        ("void *mm_realloc(", "void *mm_realloc_gone(", "mm_realloc"),  # one of the four
+        ("void mm_free(void *bp) {", "void mm_free(void *bp) {\n    helper_gone();", "helper_gone"),
+    ],
+    ids=["an entry point", "a helper"],
+)
+def test_a_function_the_lab_or_the_package_needs_undefined_fails_the_build(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], old: str, new: str, missing: str
 ) -> None:
-    source = EXAMPLE.read_text().replace("void *mm_realloc(", "void *mm_realloc_gone(")
+    source = "void helper_gone(void);\n" + EXAMPLE.read_text().replace(old, new)
     ok = tmp_path / "ok.rep"
     ok.write_text(trace_with(64))
-    missing = _write(source, "no_realloc_mm.c")
-    assert main(["replay", "--mm", str(missing), str(ok)]) == 1
+    package = _write(source, f"no_{missing}.c")
+    assert main(["replay", "--mm", str(package), str(ok)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"pyalloc: --mm {missing}: the package did not compile:\n")
-    assert "mm_realloc" in err
-
-
-def test_a_function_called_but_not_defined_fails_the_build(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    source = EXAMPLE.read_text().replace(
-        "void mm_free(void *bp) {", "void mm_free(void *bp) {\n    helper_gone();"
-    )
-    ok = tmp_path / "ok.rep"
-    ok.write_text(trace_with(64))
-    undefined = _write("void helper_gone(void);\n" + source, "undefined_mm.c")
-    assert main(["replay", "--mm", str(undefined), str(ok)]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith(f"pyalloc: --mm {undefined}: the package did not compile:\n")
-    assert "helper_gone" in err
+    assert err.startswith(f"pyalloc: --mm {package}: the package did not compile:\n")
+    assert missing in err
 
 
 def test_odd_files_named_h_beside_a_package_are_not_its_headers(
