@@ -110,10 +110,11 @@ class _Segment(FileRegion):
             super()._discard(start, length)
 
     def keep_mapped(self) -> None:
-        """Never unmap, for the rest of the process: it holds the robust
-        mutex in this mapping, and at its exit the kernel must find the
-        mutex there to mark its owner dead. A reference that is never given
-        back keeps the mapping; the kernel unmaps it with the process."""
+        """Never unmap, for the rest of the process: a thread of it may hold
+        the robust mutex in this mapping (or wait for it), and at the
+        process's exit the kernel must find the mutex there to mark its
+        owner dead. A reference that is never given back keeps the mapping;
+        the kernel unmaps it with the process."""
         ctypes.pythonapi.Py_IncRef(ctypes.py_object(self.buf))
 
     def discard_deferred(self) -> None:

@@ -294,14 +294,16 @@ def map_file(path: str, length: int, writable: bool) -> memoryview:
 
 def libc_memcmp() -> Any:
     """The C library's memcmp, taking addresses."""
-    memcmp = ctypes.CDLL(None).memcmp
+    memcmp = PROCESS.memcmp
     memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
     memcmp.restype = ctypes.c_int
     return memcmp
 
 
-# Bound here, in the main thread: objects made in the trace's thread would
-# sit in the arena whose footprint is measured.
+# The process's own functions (the C library's, or a preloaded allocator's),
+# and memcmp: bound here, in the main thread, as every ctypes object the
+# replay uses (see "Passes").
+PROCESS = ctypes.CDLL(None)
 MEMCMP = libc_memcmp()
 
 
@@ -333,7 +335,7 @@ def bind_allocator(library: str, local: bool) -> tuple[Any, Any, Any]:
     if it were preloaded). Otherwise the library was preloaded and the
     process's functions must be its.
     """
-    process = ctypes.CDLL(None)
+    process = PROCESS
     if local:
         own = ctypes.CDLL(library, mode=os.RTLD_LOCAL | os.RTLD_NOW)
         for name in ("malloc", "free", "realloc"):
@@ -450,7 +452,7 @@ class Bound:
             self.functions = tuple(self.lab.functions)
         else:
             self.functions = bind_allocator(library, mode == "local")
-        self.process = ctypes.CDLL(None)
+        self.process = PROCESS
         self.held_bytes = mallinfo2_reader(self.process) if mode == "glibc" else None
         getattr(self.process, "malloc_stats", None)  # bound now, read at the baseline
 
@@ -667,7 +669,7 @@ def replay(ops_path: str, bound: Bound, repeats: int) -> dict[str, object]:
 def die_with_parent() -> None:
     """Be killed when the parent dies: its timeout stops a hung allocator, and
     a parent killed outright would leave one spinning."""
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, SIGKILL)
+    PROCESS.prctl(PR_SET_PDEATHSIG, SIGKILL)
     if os.getppid() != int(os.environ[PARENT_VARIABLE]):
         os._exit(1)  # it died before the request
 
@@ -693,7 +695,7 @@ def main() -> None:
         except Exception as exc:  # reported to the parent as the replay's error
             reports.append({"error": f"{type(exc).__name__}: {exc}"})
 
-    release_free_memory(ctypes.CDLL(None))
+    release_free_memory(PROCESS)
     if bound is not None:
         worker = threading.Thread(target=run, name="replay")
         worker.start()

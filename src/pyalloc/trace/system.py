@@ -475,10 +475,11 @@ def replay_system(
     peak_footprint = int(report.get("peak_footprint", 0))
     if report.get("error"):
         return failed(str(report["error"]), peak_payload, peak_footprint)
-    if peak_payload != trace_peak_payload(trace):  # written by something else than the replayer
+    expected = trace_peak_payload(trace)
+    if peak_payload != expected:  # the report was written by something else than the replayer
         return failed(
             f"the {allocator} replayer's report gives a peak payload of {peak_payload:,} bytes;"
-            f" the trace's is {trace_peak_payload(trace):,}"
+            f" the trace's is {expected:,}"
         )
     method = FOOTPRINT_METHOD
     if malloc_lab is not None:
